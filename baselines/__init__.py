@@ -1,0 +1,1 @@
+"""Baseline methods; every module here registers itself (see bench.registry)."""

@@ -1,0 +1,31 @@
+"""Popularity floor: the K items bought most often in the training sequences, the same for every user.
+
+Counts come from training sequences only (validation and test targets are never counted), so the
+floor leaks nothing; ties go to the lower item id for determinism.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bench.registry import Method, RunContext, register_method
+from bench.split import TrainData
+
+
+@register_method
+class Popularity(Method):
+    name = "pop"
+    family = "baseline"
+    description = "most popular training items (sanity floor)"
+
+    def fit(self, data: TrainData, context: RunContext) -> None:
+        counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in data.train_sequences]
+                                            + [np.zeros(0, dtype=np.int64)]),
+                             minlength=data.n_items + 1).astype(float)
+        counts[0] = -np.inf  # padding is never recommended
+        self.ranking = np.argsort(-counts, kind="stable")[: data.n_items]
+
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        return np.tile(self.ranking[:k], (len(histories), 1))

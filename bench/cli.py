@@ -1,0 +1,130 @@
+"""``python -m bench``: run, leaderboard, datasets, methods."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.errors import GRBenchError
+
+DEFAULT_OUT = Path("results")
+DEFAULT_LEADERBOARDS = Path("leaderboards")
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+
+
+def _leaderboard_dir(args: argparse.Namespace) -> Path:
+    """Leaderboards go to ./leaderboards for the default --out, else beside the results."""
+    if args.leaderboards is not None:
+        return args.leaderboards
+    return DEFAULT_LEADERBOARDS if args.out == DEFAULT_OUT else args.out / "leaderboards"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="GRBench: one split, one evaluator, "
+                                     "one leaderboard for generative recommendation.")
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="train and evaluate methods on datasets, then write leaderboards")
+    run.add_argument("--methods", type=_list, default=["all"],
+                     help="comma-separated method specs (name or name:key=value,...), or 'all' (default)")
+    run.add_argument("--datasets", type=_list, default=None,
+                     help="comma-separated dataset specs (default: the profile's, ml-100k for quick)")
+    run.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
+    run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    run.add_argument("--leaderboards", type=Path, default=None,
+                     help="leaderboard folder (default leaderboards/ for the default --out, else OUT/leaderboards)")
+    run.add_argument("--force", action="store_true", help="rerun cells that already have a result")
+    run.add_argument("--max-test-users", type=int, default=None,
+                     help="score a fixed-seed subset of this many test users (same subset for every method)")
+
+    board = commands.add_parser("leaderboard", help="regenerate the Markdown leaderboards from stored results")
+    board.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    board.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+
+    commands.add_parser("datasets", help="list dataset sources")
+    commands.add_parser("methods", help="list registered methods")
+    return parser
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from bench.profiles import get_profile
+    from bench.registry import default_methods
+    from bench.runner import RunPlan, run_benchmark
+
+    profile = get_profile(args.profile)
+    methods = default_methods() if args.methods == ["all"] else args.methods
+    datasets = args.datasets or list(profile.default_datasets)
+    if args.max_test_users is not None and args.max_test_users < 1:
+        raise GRBenchError("--max-test-users must be at least 1")
+    plan = RunPlan(methods=methods, datasets=datasets, profile=profile.name, seeds=args.seeds, out=args.out,
+                   leaderboards=_leaderboard_dir(args), force=args.force, max_test_users=args.max_test_users)
+    run_benchmark(plan)
+    return 0
+
+
+def command_leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard import render_dataset_tables, write_leaderboards
+    from bench.results import ResultStore
+
+    store = ResultStore(args.out)
+    if not store.path.exists():
+        raise GRBenchError(f"no results at {store.path}; run `python -m bench run --out {args.out}` first")
+    records = store.load()
+    paths = write_leaderboards(records, _leaderboard_dir(args))
+    print(render_dataset_tables(records))
+    print(f"\nwrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def command_datasets(args: argparse.Namespace) -> int:
+    from bench.data import sources
+
+    for name, source in sorted(sources().items()):
+        spec = f"{name}:{source.argument}" if source.argument else name
+        print(f"{spec:<28} {source.description}")
+    return 0
+
+
+def command_methods(args: argparse.Namespace) -> int:
+    from bench.registry import methods
+
+    for name, method in sorted(methods().items()):
+        text = " (needs item text)" if method.needs_text else ""
+        print(f"{name:<14} {method.family:<11} {method.description}{text}")
+    return 0
+
+
+COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
+            "methods": command_methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except GRBenchError as error:
+        if os.environ.get("GRBENCH_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished results are kept; rerun the same command to continue", file=sys.stderr)
+        return 130

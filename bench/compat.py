@@ -1,0 +1,53 @@
+"""Known integration quirks of third-party packages, handled once, here (see DESIGN.md).
+
+- RecBole 1.2.1 uses NumPy aliases removed in NumPy 2 (``np.float``, ``np.float_``, ...):
+  :func:`import_recbole` restores them before RecBole is imported.
+- ``recbole.quick_start`` imports ``ray.tune``, which breaks on NumPy 2: never import it; RecBole is
+  installed without its dependencies (see ``requirements/nodeps.txt``) and used through its lower-level API.
+- Packaged assets (the ml-100k files in the recbole wheel, model files in asset packages) are located
+  with ``importlib.util.find_spec`` so that importing the package (and its heavy dependencies) is not needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from bench.errors import GRBenchError
+
+_NUMPY_ALIASES = {"float": np.float64, "float_": np.float64, "complex_": np.complex128, "unicode_": np.str_,
+                  "int": np.int_, "bool": np.bool_, "object": np.object_}
+
+
+def restore_numpy_aliases() -> None:
+    """Puts back the NumPy aliases that RecBole 1.2.1 still uses (no-op where they exist)."""
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def import_recbole(module: str = "recbole") -> ModuleType:
+    """Imports a RecBole module after restoring the NumPy aliases it needs."""
+    restore_numpy_aliases()
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        raise GRBenchError(
+            f"cannot import {module} ({error}); install it with "
+            "`pip install --no-deps -r requirements/nodeps.txt`"
+        ) from error
+
+
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise GRBenchError(
+            f"package {package!r} is not installed; install it with "
+            "`pip install --no-deps -r requirements/nodeps.txt`"
+        )
+    return Path(list(spec.submodule_search_locations)[0])

@@ -1,0 +1,66 @@
+"""Dataset sources. Each module in this package registers its sources with :func:`register_source`.
+
+A dataset is named on the command line by a *spec*: ``ml-100k``, ``beauty``, ``seq:<path>``,
+``synthetic`` or ``synthetic:users=200,items=80``. Adding a source is one new module here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+from bench.data.base import Dataset, SourceInfo
+from bench.errors import GRBenchError, UnknownNameError
+
+_SOURCES: dict[str, SourceInfo] = {}
+
+
+def register_source(
+    name: str, description: str, *, argument: str | None = None, argument_required: bool = False
+) -> Callable[[Callable[[str | None], Dataset]], Callable[[str | None], Dataset]]:
+    """Decorator registering ``loader(argument) -> Dataset`` under ``name``."""
+
+    def decorate(loader: Callable[[str | None], Dataset]) -> Callable[[str | None], Dataset]:
+        if name in _SOURCES:
+            raise ValueError(f"dataset source {name!r} registered twice")
+        _SOURCES[name] = SourceInfo(name, description, loader, argument, argument_required)
+        return loader
+
+    return decorate
+
+
+def _discover() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def sources() -> dict[str, SourceInfo]:
+    """All registered sources by name."""
+    if not _SOURCES:
+        _discover()
+    return dict(_SOURCES)
+
+
+def parse_spec(spec: str) -> tuple[SourceInfo, str | None]:
+    """Splits ``name[:argument]`` and finds the source; raises a clear error for unknown names."""
+    name, _, argument = spec.partition(":")
+    known = sources()
+    if name not in known:
+        raise UnknownNameError("dataset", name, list(known))
+    source = known[name]
+    if argument and source.argument is None:
+        raise GRBenchError(f"dataset {name!r} takes no argument, got {spec!r}")
+    if source.argument_required and not argument:
+        raise GRBenchError(f"dataset {name!r} needs an argument: {name}:{source.argument}")
+    return source, argument or None
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Loads the dataset named by ``spec``."""
+    source, argument = parse_spec(spec)
+    return source.loader(argument)
+
+
+__all__ = ["Dataset", "load_dataset", "parse_spec", "register_source", "sources"]

@@ -1,0 +1,20 @@
+"""Where GRBench keeps downloaded data and stage caches (both overridable by environment variables)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+
+def data_dir() -> Path:
+    """Downloaded raw datasets: ``$GRBENCH_DATA``, else ``<user cache dir>/grbench/data``."""
+    configured = os.environ.get("GRBENCH_DATA")
+    return Path(configured).expanduser() if configured else Path(user_cache_dir("grbench")) / "data"
+
+
+def cache_dir() -> Path:
+    """Stage caches (checkpoints, semantic IDs): ``$GRBENCH_CACHE``, else ``<user cache dir>/grbench/cache``."""
+    configured = os.environ.get("GRBENCH_CACHE")
+    return Path(configured).expanduser() if configured else Path(user_cache_dir("grbench")) / "cache"

@@ -1,0 +1,35 @@
+"""What a result needs to be rerun and trusted: package versions and the git commit."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+TRACKED_PACKAGES = ("grbench", "numpy", "pandas", "torch", "recbole", "transformers", "peft", "trl",
+                    "sentence-transformers", "accelerate")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def versions() -> dict[str, str]:
+    """Python and the installed versions of the packages that can change a number."""
+    found = {"python": platform.python_version()}
+    for package in TRACKED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit() -> str:
+    """HEAD of the GRBench checkout, with ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit

@@ -1,0 +1,161 @@
+"""The method interface and registry: a method is one file in ``baselines/`` or ``methods/``.
+
+A method subclasses :class:`Method`, decorates itself with :func:`register_method`, and implements
+``fit(data, context)`` and ``recommend(histories, k, users)``. The harness owns data, split,
+evaluation, timing and storage; a method never sees a test target while it trains.
+
+On the command line a method is named by a *spec*: ``sasrec`` or ``sasrec:loss=bce,epochs=50``.
+Options override the method's settings for the chosen profile, and the full spec is the row label.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from bench.costs import CostMeter, StageCost
+from bench.errors import GRBenchError, UnknownNameError
+from bench.split import TrainData
+
+METHOD_PACKAGES = ("baselines", "methods")
+FAMILIES = ("baseline", "id-based", "generative", "llm")
+T = TypeVar("T")
+
+
+@dataclass
+class RunContext:
+    """What the harness gives a method for one (dataset, profile, seed) run."""
+
+    seed: int
+    profile: str
+    device: str
+    cache_dir: Path  # stage checkpoints for this method, dataset split and settings
+    costs: CostMeter = field(default_factory=CostMeter)
+    track: Callable[..., Iterable] = field(default=lambda iterable, description="", total=None: iterable)
+
+    def stage(self, name: str) -> AbstractContextManager[StageCost]:
+        """Times a named training stage (``with context.stage("cpt"): ...``)."""
+        return self.costs.stage(name)
+
+    def progress(self, iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        """Wraps a loop in a progress bar (``for batch in context.progress(loader, "epoch 1")``)."""
+        return iter(self.track(iterable, description=description, total=total))
+
+
+class Method(ABC):
+    """Base class of every benchmarked method."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    description: ClassVar[str]
+    needs_text: ClassVar[bool] = False  # LLM and text-SID methods cannot run without item titles
+    # Per-profile settings; a profile missing here falls back to "quick", then to {}.
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, settings: dict[str, Any], context: RunContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.rng = np.random.default_rng(context.seed)
+
+    @classmethod
+    def settings_for(cls, profile: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The profile's settings with command-line options applied; unknown option names fail."""
+        base = dict(cls.profiles.get(profile, cls.profiles.get("quick", {})))
+        unknown = sorted(set(options) - set(base))
+        if unknown:
+            raise GRBenchError(f"method {cls.name!r} has no option {unknown[0]!r}; "
+                               f"its options are: {', '.join(sorted(base)) or 'none'}")
+        for key, value in options.items():
+            base[key] = _coerce(value, base[key])
+        return base
+
+    @abstractmethod
+    def fit(self, data: TrainData, context: RunContext) -> None:
+        """Trains on training sequences (validation targets may drive early stopping)."""
+
+    @abstractmethod
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        """Top-``k`` distinct dense item ids per history, best first: an int array (len(histories), k)."""
+
+
+def _coerce(text: str, default: Any) -> Any:
+    """Converts a command-line option to the type of the profile's default."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise GRBenchError(f"option value {text!r}: expected true or false")
+        return text.lower() in ("true", "1")
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise GRBenchError(f"option value {text!r}: expected {kind.__name__}") from None
+    return text
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.family not in FAMILIES:
+        raise ValueError(f"{cls.__name__}.family must be one of {FAMILIES}")
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    for package_name in METHOD_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{package_name}.{module.name}")
+
+
+def methods() -> dict[str, type[Method]]:
+    """All registered methods by name (importing every file in ``baselines/`` and ``methods/``)."""
+    if not _METHODS:
+        _discover()
+    return dict(_METHODS)
+
+
+def default_methods() -> list[str]:
+    """What ``--methods all`` runs: every registered method in its default variant."""
+    return sorted(methods())
+
+
+def parse_method_spec(spec: str) -> tuple[type[Method], dict[str, str]]:
+    """Splits ``name[:key=value,...]`` into the method class and its options."""
+    name, _, option_text = spec.partition(":")
+    known = methods()
+    if name not in known:
+        raise UnknownNameError("method", name, list(known))
+    options: dict[str, str] = {}
+    for part in filter(None, option_text.split(",")):
+        key, equals, value = part.partition("=")
+        if not equals or not key:
+            raise GRBenchError(f"method spec {spec!r}: option {part!r} is not key=value")
+        options[key.strip()] = value.strip()
+    return known[name], options
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and (where installed) torch, deterministically on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)

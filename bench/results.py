@@ -1,0 +1,138 @@
+"""Stored results: ``<out>/results.jsonl`` (one run record a line) and ``<out>/rankings/``.
+
+Writes are atomic: the whole file is rewritten to a temporary file in the same folder, flushed to
+disk and renamed over the old one, under a lock file so that concurrent runs sharing ``--out``
+neither lose nor duplicate a record. A ranking file is written (atomically) before the record that
+points to it, so a record never refers to a missing ranking.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from bench.errors import DataError, GRBenchError
+
+RESULTS_FILE = "results.jsonl"
+KEY_FIELDS = ("method", "dataset", "profile", "seed", "split_fingerprint")
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """What identifies a result: a rerun with the same key is skipped unless forced."""
+
+    method: str
+    dataset: str
+    profile: str
+    seed: int
+    split_fingerprint: str
+
+    @classmethod
+    def of(cls, record: dict) -> ResultKey:
+        return cls(*(record[name] for name in KEY_FIELDS))
+
+    @property
+    def id(self) -> str:
+        """A short, filesystem-safe, human-readable id."""
+        return slug(f"{self.dataset}--{self.method}--{self.profile}--seed{self.seed}--{self.split_fingerprint[:8]}")
+
+
+def slug(text: str) -> str:
+    """Makes a label safe as a file name (``seq:Beauty`` -> ``seq-Beauty``)."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(folder: Path) -> None:
+    """Fails early, with a clear message, when results could not be written to ``folder``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise GRBenchError(f"cannot write results to {folder}: {error.strerror or error}") from None
+
+
+class ResultStore:
+    """The results of one ``--out`` folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / RESULTS_FILE
+        self._lock = FileLock(str(self.path) + ".lock")
+
+    def load(self) -> list[dict]:
+        """All records; a line that is not a complete JSON record is an error naming that line."""
+        if not self.path.exists():
+            return []
+        records = []
+        with self.path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    ResultKey.of(record)
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise DataError(self.path, f"not a result record ({error})", line=number,
+                                    expected=f"a JSON object with {', '.join(KEY_FIELDS)}") from None
+                records.append(record)
+        return records
+
+    def finished(self) -> set[ResultKey]:
+        return {ResultKey.of(record) for record in self.load()}
+
+    def add(self, record: dict) -> None:
+        """Adds a record, replacing any earlier record with the same key (so a forced rerun never duplicates)."""
+        key = ResultKey.of(record)
+        with self._lock:
+            kept = [r for r in self.load() if ResultKey.of(r) != key]
+            kept.append(record)
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+            write_atomically(self.path, text.encode("utf-8"))
+
+    def rankings_path(self, key: ResultKey) -> Path:
+        name = f"{slug(key.method)}-{slug(key.profile)}-seed{key.seed}.jsonl.gz"
+        return self.folder / "rankings" / slug(key.dataset) / name
+
+    def write_rankings(self, key: ResultKey, rows: Iterable[dict]) -> Path:
+        """Writes one ``{"user", "target", "topk"}`` line per test user, gzip-compressed and reproducible."""
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as stream:
+            for row in rows:
+                stream.write((json.dumps(row) + "\n").encode("utf-8"))
+        path = self.rankings_path(key)
+        write_atomically(path, buffer.getvalue())
+        return path
+
+
+def read_rankings(path: Path) -> list[dict]:
+    """Reads a rankings file back (for audits and recomputation)."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as stream:
+            return [json.loads(line) for line in stream]
+    except (OSError, EOFError, json.JSONDecodeError) as error:
+        raise DataError(path, f"unreadable rankings file ({error})") from None

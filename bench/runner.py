@@ -1,0 +1,191 @@
+"""Runs the benchmark matrix: datasets x methods x seeds, one stored result per cell.
+
+Every name is checked before any work starts; each finished cell is written at once (rankings,
+then its record), so an interrupted run loses at most the cell in progress and a rerun of the same
+command skips what is finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from bench.costs import LATENCY_BATCH_SIZE, gpu_count, hardware, timed_batches
+from bench.data import load_dataset, parse_spec
+from bench.evaluate import check_rankings, per_user_metrics, summarize
+from bench.leaderboard import render_dataset_tables, write_leaderboards
+from bench.paths import cache_dir
+from bench.profiles import Profile, get_profile
+from bench.provenance import git_commit, versions
+from bench.registry import Method, RunContext, parse_method_spec, seed_everything
+from bench.results import ResultKey, ResultStore, check_writable, slug
+from bench.split import EVAL_SUBSET_SEED, Split, leave_last_out
+
+TOP_K = 10
+
+
+@dataclass
+class RunPlan:
+    """One ``python -m bench run`` invocation."""
+
+    methods: list[str]
+    datasets: list[str]
+    profile: str = "quick"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    out: Path = Path("results")
+    leaderboards: Path = Path("leaderboards")
+    force: bool = False
+    max_test_users: int | None = None  # overrides the profile's subset size
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    spec: str
+    method: type[Method]
+    settings: dict[str, Any]
+    options: dict[str, str]
+
+
+def resolve_methods(specs: Sequence[str], profile: Profile) -> list[MethodRun]:
+    """Parses every method spec and its options up front, so a typo fails before hours of training."""
+    resolved = []
+    for spec in specs:
+        method, options = parse_method_spec(spec)
+        resolved.append(MethodRun(spec, method, method.settings_for(profile.name, options), options))
+    return resolved
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (torchrun / accelerate set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
+    """Runs the plan and writes results and leaderboards; returns the records made by this call."""
+    console = console or Console(stderr=True)
+    profile = get_profile(plan.profile)
+    method_runs = resolve_methods(plan.methods, profile)
+    for spec in plan.datasets:
+        parse_spec(spec)
+    check_writable(plan.out)
+    store = ResultStore(plan.out)
+    finished = store.finished()
+    max_users = plan.max_test_users if plan.max_test_users is not None else profile.max_test_users
+    made: list[dict] = []
+    with make_progress(console) as progress:
+        for dataset_spec in plan.datasets:
+            task = progress.add_task(f"load + split {dataset_spec}", total=1)
+            split = leave_last_out(load_dataset(dataset_spec))
+            progress.update(task, completed=1)
+            users = split.evaluation_users(max_users)
+            for run in method_runs:
+                if run.method.needs_text and not split.train_view().has_text:
+                    console.print(f"[yellow]skip {run.spec} on {split.dataset}: it needs item text and "
+                                  f"this dataset has no titles[/yellow]")
+                    continue
+                for seed in plan.seeds:
+                    key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint)
+                    if key in finished and not plan.force:
+                        console.print(f"skip {key.id}: already in {store.path} (use --force to rerun)")
+                        continue
+                    record, rows = run_cell(split, run, profile, seed, users, progress)
+                    if not is_main_process():
+                        continue  # under `accelerate launch`, every rank trains; only rank 0 writes
+                    record["rankings"] = str(store.write_rankings(key, rows).relative_to(plan.out))
+                    store.add(record)
+                    made.append(record)
+    if not is_main_process():
+        return made
+    records = store.load()
+    write_leaderboards(records, plan.leaderboards)
+    print(render_dataset_tables(records, datasets={r["dataset"] for r in made} or None))
+    console.print(f"results: {store.path}   leaderboards: {plan.leaderboards}")
+    return made
+
+
+def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray,
+             progress: Progress) -> tuple[dict, list[dict]]:
+    """Trains and scores one method on one split with one seed; returns its record and ranking rows."""
+    label = f"{run.spec} / {split.dataset} / seed {seed}"
+    seed_everything(seed)
+
+    def track(iterable, description: str = "", total: int | None = None):
+        return progress.track(iterable, total=total, description=f"  {run.spec}: {description}")
+
+    context = RunContext(
+        seed=seed,
+        profile=profile.name,
+        device="cuda" if gpu_count() else "cpu",
+        cache_dir=cache_dir() / slug(split.dataset) / split.fingerprint / slug(run.spec) / f"seed{seed}",
+        track=track,
+    )
+    method = run.method(run.settings, context)
+    fit_task = progress.add_task(f"train {label}", total=1)
+    started = time.perf_counter()
+    with context.stage("train") as train_cost:
+        method.fit(split.train_view(), context)
+    progress.update(fit_task, completed=1)
+
+    histories = split.test_histories(users)
+    targets = split.test_targets(users)
+    topk = np.zeros((len(users), TOP_K), dtype=np.int64)
+    infer_task = progress.add_task(f"recommend {label}", total=len(users))
+
+    def run_batch(window: slice) -> None:
+        batch = method.recommend(histories[window], TOP_K, users[window])
+        topk[window] = check_rankings(batch, window.stop - window.start, TOP_K, split.n_items, run.spec)
+
+    latency = timed_batches(run_batch, len(users), LATENCY_BATCH_SIZE,
+                            on_batch=lambda n: progress.advance(infer_task, n))
+    inference_s = time.perf_counter() - started - train_cost.wall_s
+
+    vectors = per_user_metrics(targets, topk)
+    record = {
+        "id": ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint).id,
+        "method": run.spec,
+        "dataset": split.dataset,
+        "profile": profile.name,
+        "seed": seed,
+        "split_fingerprint": split.fingerprint,
+        "method_name": run.method.name,
+        "family": run.method.family,
+        "options": run.options,
+        "settings": run.settings,
+        "reduced_schedule": profile.reduced_schedule and run.method.family == "llm",
+        "dataset_info": {**split.stats, "has_text": split.train_view().has_text},
+        "eval_users": int(len(users)),
+        "eval_subset": "all" if len(users) == split.n_users else f"fixed subset (seed {EVAL_SUBSET_SEED})",
+        "top_k": TOP_K,
+        "metrics": summarize(vectors, profile.bootstrap_samples),
+        "train": {"wall_s": train_cost.wall_s, "gpus": train_cost.gpus, "gpu_hours": train_cost.gpu_hours,
+                  "peak_gpu_mem_gb": train_cost.peak_gpu_mem_gb},
+        "stages": [s for s in context.costs.as_records() if s["name"] != "train"],
+        "inference": {"wall_s": inference_s, **latency},
+        "hardware": hardware(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "command": shlex.join(sys.argv),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    rows = [
+        {"user": str(split.user_ids[u]), "target": str(split.item_ids[t]),
+         "topk": [str(i) for i in split.original_items(ranked)]}
+        for u, t, ranked in zip(users, targets, topk)
+    ]
+    return record, rows
+

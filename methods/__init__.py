@@ -1,0 +1,1 @@
+"""Generative and LLM methods; every module here registers itself (see bench.registry)."""

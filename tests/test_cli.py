@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.evaluate import per_user_metrics
+from bench.results import ResultStore, read_rankings
+
+SMOKE = ["run", "--profile", "smoke", "--methods", "pop,random"]
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def test_smoke_run_writes_results_rankings_and_leaderboards(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(*SMOKE, "--seeds", "0,1", "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "| pop" in printed and "NDCG@10" in printed
+    records = ResultStore(out).load()
+    assert sorted((r["method"], r["seed"]) for r in records) == [("pop", 0), ("pop", 1), ("random", 0), ("random", 1)]
+    for record in records:
+        assert record["dataset"] == "synthetic" and len(record["split_fingerprint"]) == 16
+        assert {"python", "numpy"} <= set(record["versions"]) and record["git_commit"]
+        assert record["hardware"]["label"] and record["train"]["wall_s"] >= 0
+        assert record["inference"]["batch_size"] == 16 and record["inference"]["ms_per_user"] > 0
+    board = out / "leaderboards"
+    assert {p.name for p in board.iterdir()} == {"synthetic.md", "costs.md", "index.md"}
+    assert "± " in (board / "synthetic.md").read_text()  # two seeds: mean ± sd
+
+
+def test_stored_metrics_can_be_recomputed_from_the_rankings(tmp_path):
+    out = tmp_path / "out"
+    run_cli(*SMOKE, "--out", out)
+    for record in ResultStore(out).load():
+        rows = read_rankings(out / record["rankings"])
+        assert len(rows) == record["eval_users"]
+        ids = {item: n for n, item in enumerate({i for r in rows for i in [r["target"], *r["topk"]]})}
+        targets = np.array([ids[r["target"]] for r in rows])
+        topk = np.array([[ids[i] for i in r["topk"]] for r in rows])
+        for metric, vector in per_user_metrics(targets, topk).items():
+            assert vector.mean() == pytest.approx(record["metrics"][metric]["mean"])
+
+
+def test_rerun_skips_finished_and_force_never_duplicates(tmp_path, capsys):
+    out = tmp_path / "out"
+    run_cli(*SMOKE, "--out", out)
+    before = (out / "results.jsonl").read_text()
+    run_cli(*SMOKE, "--out", out)
+    assert "already in" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_text() == before
+    run_cli(*SMOKE, "--out", out, "--force")
+    records = ResultStore(out).load()
+    assert len(records) == 2
+
+
+def test_leaderboard_is_regenerated_from_results_alone(tmp_path):
+    out = tmp_path / "out"
+    run_cli(*SMOKE, "--out", out)
+    board = out / "leaderboards"
+    original = {p.name: p.read_text() for p in board.iterdir()}
+    for path in board.iterdir():
+        path.unlink()
+    assert run_cli("leaderboard", "--out", out) == 0
+    assert {p.name: p.read_text() for p in board.iterdir()} == original
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--methods", "nope"], "unknown method 'nope'; known methods: pop, random"),
+        (["run", "--methods", "pop:depth=3"], "method 'pop' has no option 'depth'"),
+        (["run", "--datasets", "imdb"], "unknown dataset 'imdb'"),
+        (["run", "--profile", "huge"], "unknown profile 'huge'"),
+        (["leaderboard", "--out", "no-such-folder"], "no results at no-such-folder"),
+    ],
+)
+def test_bad_names_fail_with_one_clear_line(args, message, capsys):
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_data_keeps_earlier_results(tmp_path, capsys):
+    out = tmp_path / "out"
+    run_cli(*SMOKE, "--out", out)
+    before = (out / "results.jsonl").read_bytes()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3 4\nnot-a-pair\n")
+    assert run_cli(*SMOKE, "--out", out, "--datasets", f"synthetic,seq:{bad}") == 2
+    assert "bad.txt, line 2: only one id" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_listing_commands_print_one_line_each():
+    for command, expected in (("methods", {"pop", "random"}), ("datasets", {"ml-100k", "seq:<path>", "synthetic"})):
+        result = subprocess.run([sys.executable, "-m", "bench", command], capture_output=True, text=True, check=True)
+        first_words = {line.split()[0] for line in result.stdout.splitlines()}
+        assert expected <= {word.split(":")[0] if word.startswith("synthetic") else word for word in first_words}
+
+
+@pytest.mark.real
+def test_ml100k_pop_beats_random(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("run", "--methods", "pop,random", "--datasets", "ml-100k", "--out", out) == 0
+    metrics = {r["method"]: r["metrics"]["ndcg@10"]["mean"] for r in ResultStore(out).load()}
+    assert metrics["pop"] > 2 * metrics["random"]

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from bench.errors import DataError, GRBenchError
+from bench.results import ResultKey, ResultStore, check_writable, read_rankings
+
+
+def record(method: str = "pop", seed: int = 0, value: float = 0.1) -> dict:
+    return {"method": method, "dataset": "d", "profile": "smoke", "seed": seed, "split_fingerprint": "f" * 16,
+            "metrics": {"ndcg@10": {"mean": value}}}
+
+
+def test_add_replaces_same_key_and_keeps_others(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(record("pop", 0, 0.1))
+    store.add(record("pop", 1, 0.2))
+    store.add(record("pop", 0, 0.3))
+    records = store.load()
+    assert len(records) == 2
+    assert {(r["seed"], r["metrics"]["ndcg@10"]["mean"]) for r in records} == {(0, 0.3), (1, 0.2)}
+    assert ResultKey.of(record("pop", 1)) in store.finished()
+    assert not list(tmp_path.glob(".results.jsonl.*.tmp"))  # no temporary file left behind
+
+
+def test_a_corrupt_line_is_reported_with_its_number(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(record())
+    with store.path.open("a") as handle:
+        handle.write('{"method": "half-writ')
+    with pytest.raises(DataError, match=r"results.jsonl, line 2: not a result record"):
+        store.load()
+
+
+def _writer(folder: str, worker: int) -> None:
+    store = ResultStore(folder)
+    for seed in range(12):
+        store.add(record(f"m{worker}", seed))
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(str(tmp_path), w)) for w in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    records = ResultStore(tmp_path).load()
+    assert len(records) == 24 and len({ResultKey.of(r) for r in records}) == 24
+
+
+def test_rankings_round_trip_and_are_reproducible(tmp_path):
+    store = ResultStore(tmp_path)
+    key = ResultKey.of(record())
+    rows = [{"user": "u1", "target": "a", "topk": ["a", "b"]}]
+    path = store.write_rankings(key, rows)
+    first = path.read_bytes()
+    assert read_rankings(path) == rows
+    store.write_rankings(key, rows)
+    assert path.read_bytes() == first  # gzip without a timestamp: identical bytes
+    path.write_bytes(first[:10])
+    with pytest.raises(DataError, match="unreadable rankings file"):
+        read_rankings(path)
+
+
+def test_unwritable_output_fails_early(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(GRBenchError, match=f"cannot write results to {blocker / 'out'}"):
+        check_writable(blocker / "out")
