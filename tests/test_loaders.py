@@ -103,3 +103,34 @@ def test_shared_beauty_file():
     assert (split.n_users, split.n_items, split.stats["interactions"]) == (22363, 12101, 198502)
     assert not split.train_view().has_text
     assert "attributes" in dataset.catalog.columns
+
+
+def write_ml100k(folder, inter_lines: list[str]) -> None:
+    folder.mkdir(exist_ok=True)
+    header = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    write(folder / "ml-100k.inter", header + "".join(line + "\n" for line in inter_lines))
+    write(folder / "ml-100k.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+          "1\tCaf\xe9 Film\t1995\tComedy Drama\n".encode("latin-1"))
+
+
+def test_ml100k_format_fixture(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.data.movielens.ml100k_dir", lambda: tmp_path / "ml")
+    write_ml100k(tmp_path / "ml", ["1\t1\t3\t10", "1\t1\t4\t5"])
+    dataset = load_dataset("ml-100k")
+    assert list(dataset.interactions.timestamp) == [10.0, 5.0]
+    assert dataset.catalog.iloc[0].title == "Caf\xe9 Film (1995)"  # Latin-1 decoded
+    assert dataset.catalog.iloc[0].categories == ["Comedy", "Drama"]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["1\t1\t3"], r"ml-100k.inter, line 2: 3 fields \(expected 4\)"),
+        (["1\t1\t3\t10", "1\t2\t3\tsoon"], r"ml-100k.inter, line 3, field 'timestamp': bad timestamp 'soon'"),
+    ],
+)
+def test_ml100k_bad_lines(tmp_path, monkeypatch, lines, message):
+    monkeypatch.setattr("bench.data.movielens.ml100k_dir", lambda: tmp_path / "ml")
+    write_ml100k(tmp_path / "ml", lines)
+    with pytest.raises(DataError, match=message):
+        load_dataset("ml-100k")

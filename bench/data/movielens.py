@@ -44,10 +44,13 @@ def load_ml100k(argument: str | None = None) -> Dataset:
     folder = ml100k_dir()
     inter_path = folder / "ml-100k.inter"
     inter = read_atomic_file(inter_path, ["user_id", "item_id", "timestamp"], "utf-8")
-    try:
-        timestamps = [float(row["timestamp"]) for row in inter]
-    except ValueError as error:
-        raise DataError(inter_path, f"bad timestamp ({error})", field="timestamp", expected="a number") from None
+    timestamps = []
+    for line_number, row in enumerate(inter, start=2):
+        try:
+            timestamps.append(float(row["timestamp"]))
+        except ValueError:
+            raise DataError(inter_path, f"bad timestamp {row['timestamp']!r}", line=line_number,
+                            field="timestamp", expected="a number") from None
     items = read_atomic_file(folder / "ml-100k.item", ["item_id", "movie_title", "release_year", "class"],
                              "latin-1")
     catalog = make_catalog(
