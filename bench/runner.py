@@ -166,6 +166,7 @@ def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: n
         "family": run.method.family,
         "options": run.options,
         "settings": run.settings,
+        "variant": run.method.variant(run.settings),
         "reduced_schedule": profile.reduced_schedule and run.method.family == "llm",
         "dataset_info": {**split.stats, "has_text": split.train_view().has_text},
         "eval_users": int(len(users)),

@@ -1,0 +1,347 @@
+"""``beauty``, ``sports``, ``toys``: the Amazon review data 2014 (McAuley lab), 5-core, with item text.
+
+Two files per category live in ``$GRBENCH_DATA/amazon2014/``: ``reviews_<Category>_5.json.gz`` (JSON
+lines) and ``meta_<Category>.json.gz`` (one Python literal dict a line). They are downloaded on first
+use, resumably; files put there by hand are used as they are, without touching the network.
+
+A completed download is checked to decompress fully and its sha256 is written beside it
+(``<file>.sha256``, ``sha256sum`` format), so a file that later changes or rots is reported instead of
+silently giving other numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import gzip
+import hashlib
+import http.client
+import json
+import re
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from rich import progress as rp
+from rich.console import Console
+
+from bench.data import register_source
+from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.errors import DataError, GRBenchError
+from bench.paths import data_dir
+
+BASE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+# source name -> (category, the published size of its 5-core file)
+CATEGORIES = {
+    "beauty": ("Beauty", "22,363 users, 12,101 items, 198,502 reviews"),
+    "sports": ("Sports_and_Outdoors", "35,598 users, 18,357 items, 296,337 reviews"),
+    "toys": ("Toys_and_Games", "19,412 users, 11,924 items, 167,597 reviews"),
+}
+# Official checksums by file name. None are published, so this stays empty unless someone verifies one.
+KNOWN_SHA256: dict[str, str] = {}
+CORE = 5
+TIMEOUT_S = 10  # urllib's one timeout: connecting (fail at once offline) and each read of a transfer
+ATTEMPTS = 5  # a transfer that stalls after making progress is resumed this many times in all
+CHUNK = 1 << 20
+REVIEW_KEYS = ("reviewerID", "asin", "unixReviewTime")
+REVIEW_FORMAT = "a JSON object with keys reviewerID, asin and unixReviewTime"
+META_FORMAT = "a Python literal dict with an 'asin' key"
+GZIP_ERRORS = (OSError, EOFError, zlib.error)  # bad header or CRC, truncation, bad deflate data
+# Finds a meta line's asin without parsing it: ast.literal_eval is the slow part of loading, and
+# most meta lines describe items that have no 5-core reviews.
+ASIN_PATTERN = re.compile(rb"""['"]asin['"]\s*:\s*['"]([^'"]*)['"]""")
+
+
+def amazon_dir() -> Path:
+    """Where the Amazon 2014 files are kept (and where to put them by hand)."""
+    return data_dir() / "amazon2014"
+
+
+def file_names(category: str) -> tuple[str, str]:
+    """The reviews and meta file names of a category, as published."""
+    return f"reviews_{category}_5.json.gz", f"meta_{category}.json.gz"
+
+
+# ---------------------------------------------------------------------------------------------- download
+
+
+def download(url: str, target: Path) -> None:
+    """Fetches ``url`` to ``target`` through ``<target>.part``, resuming whatever an earlier run left.
+
+    A connection that cannot be opened fails at once; one that breaks after delivering bytes is
+    resumed up to ``ATTEMPTS`` times. Raises ``OSError`` or ``http.client.HTTPException``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    for attempt in range(1, ATTEMPTS + 1):
+        before = _size(part)
+        try:
+            _fetch(url, part)
+            break
+        except (OSError, http.client.HTTPException):
+            if attempt == ATTEMPTS or _size(part) <= before:
+                raise
+    part.replace(target)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _fetch(url: str, part: Path) -> None:
+    """One request: asks for the bytes after the end of ``part`` and appends them."""
+    offset = _size(part)
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # the .part is as long as the file or longer: start over
+            part.unlink()
+            return _fetch(url, part)
+        raise
+    with response:
+        start, total = _resume_point(response, offset)
+        name = url.rsplit("/", 1)[-1]
+        with part.open("ab" if start else "wb") as handle, _progress(name, total, start) as advance:
+            while chunk := response.read(CHUNK):
+                handle.write(chunk)
+                advance(len(chunk))
+    if total is not None and _size(part) != total:
+        raise ConnectionError(f"connection closed after {_size(part):,} of {total:,} bytes")
+
+
+def _resume_point(response: http.client.HTTPResponse, offset: int) -> tuple[int, int | None]:
+    """Where the response's body starts in the file, and the file's total size if the server says."""
+    if response.status == 206:
+        content_range = response.headers.get("Content-Range") or ""
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", content_range.strip())
+        if not match or int(match[1]) != offset:
+            raise ConnectionError(f"asked for bytes from {offset}, got Content-Range {content_range!r}")
+        return offset, int(match[2]) if match[2].isdigit() else None
+    length = response.headers.get("Content-Length") or ""  # a 200 answer is the whole file: Range ignored
+    return 0, int(length) if length.isdigit() else None
+
+
+@contextmanager
+def _progress(name: str, total: int | None, completed: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr where the size is known; otherwise nothing to show progress against."""
+    if total is None:
+        yield lambda _: None
+        return
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
+               rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
+    with rp.Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(name, total=total, completed=completed)
+        yield functools.partial(progress.advance, task)
+
+
+def _download_failure(url: str, error: Exception, paths: tuple[Path, Path]) -> str:
+    reason = error.reason if type(error) is urllib.error.URLError else error
+    partial = [p.name for p in paths if p.with_name(p.name + ".part").is_file()]
+    return (
+        f"could not download {url} ({reason}). Without a network, get {paths[0].name} and {paths[1].name} "
+        f"from {BASE_URL} elsewhere and put them at {paths[0]} and {paths[1]}; GRBENCH_DATA sets the data "
+        f"directory (now {data_dir()})" + ("; run again to resume the partial download" if partial else "")
+    )
+
+
+def ensure_files(category: str) -> tuple[Path, Path]:
+    """The category's reviews and meta files, downloaded if absent and checked against known checksums."""
+    folder = amazon_dir()
+    reviews_name, meta_name = file_names(category)
+    paths = (folder / reviews_name, folder / meta_name)
+    for path in paths:
+        if not path.is_file():
+            url = BASE_URL + path.name
+            try:
+                download(url, path)
+            except (OSError, http.client.HTTPException) as error:
+                raise GRBenchError(_download_failure(url, error, paths)) from error
+            _record_checksum(path)
+        check_checksum(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ integrity
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+@contextmanager
+def _gzip_errors(path: Path, where: Callable[[], str] = lambda: "") -> Iterator[None]:
+    """Turns a damaged gzip stream into a DataError naming the file (and how far reading got)."""
+    try:
+        yield
+    except GZIP_ERRORS as error:
+        raise DataError(path, f"damaged gzip file{where()} ({error}); delete it to download again",
+                        expected="a complete gzip file") from None
+
+
+def check_gzip(path: Path) -> None:
+    """Decompresses the whole file: a truncated or corrupted download fails here, not halfway into a run."""
+    with _gzip_errors(path), gzip.open(path, "rb") as handle:
+        while handle.read(CHUNK):
+            pass
+
+
+def _record_checksum(path: Path) -> None:
+    """Checks a fresh download and writes its sha256 beside it; a bad download is deleted, not kept."""
+    try:
+        check_gzip(path)
+    except DataError:
+        path.unlink()
+        raise
+    _sidecar(path).write_text(f"{sha256_of(path)}  {path.name}\n")
+
+
+def check_checksum(path: Path) -> None:
+    """Compares the file with its recorded and known sha256 (where there are any)."""
+    sidecar = _sidecar(path)
+    expected = {sidecar.name: (sidecar.read_text().split() or [""])[0].lower()} if sidecar.is_file() else {}
+    if path.name in KNOWN_SHA256:
+        expected["the published checksum"] = KNOWN_SHA256[path.name].lower()
+    if not expected:
+        return
+    actual = sha256_of(path)
+    for source, digest in expected.items():
+        if digest != actual:
+            raise DataError(path, f"sha256 {actual} differs from {digest} in {source}: corrupt or changed; "
+                            "delete it to download again")
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Streams the non-blank lines of a gzip file with their 1-based numbers."""
+    line_number = 0
+    with _gzip_errors(path, lambda: f" after line {line_number}"), gzip.open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield line_number, raw
+
+
+def read_reviews(path: Path) -> pd.DataFrame:
+    """Reads (user, item, timestamp) in file order; the review text and rating are not needed."""
+    users: list[str] = []
+    items: list[str] = []
+    times: list[float] = []
+    for line_number, raw in gzip_lines(path):
+        try:
+            # Undecodable bytes can only be in text we do not use; they must not fail the load.
+            row = json.loads(raw.decode("utf-8", errors="replace"))
+        except ValueError as error:
+            raise DataError(path, f"invalid JSON ({error})", line=line_number,
+                            expected=REVIEW_FORMAT) from None
+        missing = [key for key in REVIEW_KEYS if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise DataError(path, f"no {', '.join(missing)}", line=line_number, expected=REVIEW_FORMAT)
+        time = row["unixReviewTime"]
+        if isinstance(time, bool) or not isinstance(time, (int, float)):
+            raise DataError(path, f"timestamp {time!r}", line=line_number, field="unixReviewTime",
+                            expected="a number of seconds")
+        users.append(str(row["reviewerID"]))
+        items.append(str(row["asin"]))
+        times.append(float(time))
+    return pd.DataFrame({"user": users, "item": items, "timestamp": times})
+
+
+def read_meta(path: Path, wanted: set[str]) -> dict[str, dict]:
+    """Catalog rows for the ``wanted`` items (the first meta line of each), parsed as Python literals."""
+    rows: dict[str, dict] = {}
+    for line_number, raw in gzip_lines(path):
+        found = ASIN_PATTERN.search(raw)
+        if found and found[1].decode("utf-8", errors="replace") not in wanted:
+            continue
+        try:
+            row = ast.literal_eval(raw.decode("utf-8", errors="replace").strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
+            raise DataError(path, f"not a Python literal ({type(error).__name__}: {error})", line=line_number,
+                            expected=META_FORMAT) from None
+        if not isinstance(row, dict) or "asin" not in row:
+            raise DataError(path, "no 'asin' key", line=line_number, expected=META_FORMAT)
+        item = str(row["asin"])
+        if item in wanted and item not in rows:
+            rows[item] = {"item": item, "title": _text(row.get("title")), "categories": _first_path(row),
+                          "brand": _text(row.get("brand"))}
+    return rows
+
+
+def _text(value: object) -> str | None:
+    """A title or brand; empty ones count as missing."""
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def _first_path(row: dict) -> list[str]:
+    """The first category path (``categories`` is a list of paths, most items have one)."""
+    paths = row.get("categories")
+    if isinstance(paths, (list, tuple)) and paths and isinstance(paths[0], (list, tuple)):
+        return [str(name) for name in paths[0]]
+    return []
+
+
+# ---------------------------------------------------------------------------------------- the source
+
+
+def k_core(frame: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]:
+    """Drops users and items with fewer than ``k`` events until none is left; returns the rounds taken.
+
+    Each event counts (repeated reviews of an item too); dropping one side can push the other below
+    ``k``, hence the loop.
+    """
+    rounds = 0
+    while True:
+        keep = (frame.groupby("user")["item"].transform("size") >= k) & (
+            frame.groupby("item")["user"].transform("size") >= k)
+        if keep.all():
+            return frame, rounds
+        frame = frame[keep]
+        rounds += 1
+
+
+def _counts(frame: pd.DataFrame, suffix: str) -> dict[str, int]:
+    return {f"users_{suffix}": frame["user"].nunique(), f"items_{suffix}": frame["item"].nunique(),
+            f"interactions_{suffix}": len(frame)}
+
+
+def load_amazon(name: str, category: str, argument: str | None = None) -> Dataset:
+    """Loads one category: 5-core re-filtered, events in (user, time) order with file order breaking ties."""
+    reviews_path, meta_path = ensure_files(category)
+    raw = read_reviews(reviews_path)
+    frame, rounds = k_core(raw, CORE)
+    # A stable sort of a frame still in file order: equal timestamps keep the order of the file.
+    frame = frame.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+    items = sorted(set(frame["item"]))
+    meta = read_meta(meta_path, set(items))
+    catalog = make_catalog([meta.get(item, {"item": item}) for item in items])
+    info = {
+        "category": category,
+        "core": CORE,
+        "core_rounds": rounds,
+        **_counts(raw, "before_core"),
+        **_counts(frame, "after_core"),
+        "items_without_meta": len(items) - len(meta),
+    }
+    interactions = make_interactions(frame["user"], frame["item"], frame["timestamp"])
+    return Dataset(name=name, interactions=interactions, catalog=catalog, source=f"amazon2014:{category}",
+                   info=info)
+
+
+for _name, (_category, _size_note) in CATEGORIES.items():
+    register_source(_name, f"Amazon 2014 {_category} 5-core ({_size_note}) with titles, category paths and "
+                    "brands; downloaded on first use")(functools.partial(load_amazon, _name, _category))
