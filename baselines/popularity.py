@@ -19,6 +19,7 @@ class Popularity(Method):
     name = "pop"
     family = "baseline"
     description = "most popular training items (sanity floor)"
+    has_training_schedule = False
 
     def fit(self, data: TrainData, context: RunContext) -> None:
         counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in data.train_sequences]

@@ -15,6 +15,7 @@ class RandomItems(Method):
     name = "random"
     family = "baseline"
     description = "uniformly random items (chance floor)"
+    has_training_schedule = False
 
     def fit(self, data: TrainData, context: RunContext) -> None:
         self.n_items = data.n_items

@@ -13,13 +13,16 @@ Adding another RecBole sequential model is one line in ``RECBOLE_MODELS``.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.checkpoint import EpochCheckpoint, restore_rng, rng_state
 from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
+from bench.costs import gpu_count
 from bench.errors import GRBenchError
 from bench.evaluate import per_user_metrics
 from bench.registry import Method, RunContext, register_method
@@ -137,7 +140,6 @@ class RecBoleSequential(Method):
         return config
 
     def fit(self, data: TrainData, context: RunContext) -> None:
-        import torch
 
         import_recbole()
         from recbole.data import create_dataset, data_preparation
@@ -156,21 +158,42 @@ class RecBoleSequential(Method):
         self._map_ids(dataset, data)
         loss_func = (lambda interaction: bce_loss(self.model, interaction)) if self.settings["loss"] == "bce" else None
 
-        best_score, best_epoch, best_state, history = -1.0, -1, None, []
-        epochs = context.progress(range(self.settings["epochs"]), f"{self.name} epochs", total=self.settings["epochs"])
-        for epoch in epochs:
+        # Saved after every epoch: a killed run resumes at the next epoch with the same weights, optimizer,
+        # data order and random draws, and the time already spent is carried into its cost.
+        checkpoint = EpochCheckpoint(context.cache_dir / "training-state.pt",
+                                     {"settings": self.settings, "split": data.fingerprint, "seed": context.seed,
+                                      "model": self.recbole_model})
+        state = checkpoint.load() or {"best_score": -1.0, "best_epoch": -1, "best_state": None, "history": [],
+                                      "stopped": False, "wall_s": 0.0, "gpu_hours": 0.0}
+        if state["history"]:
+            self.model.load_state_dict(state["model"])
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            train_loader.generator.set_state(state["loader_rng"])
+            restore_rng(state["rng"])
+            context.carry_over(state["wall_s"], state["gpu_hours"])
+        history = state["history"]
+        resumed_after = len(history)
+        started = time.perf_counter()
+        epochs = context.progress(range(len(history), self.settings["epochs"]), f"{self.name} epochs",
+                                  total=self.settings["epochs"] - len(history))
+        for epoch in ([] if state["stopped"] else epochs):
             loss = trainer._train_epoch(train_loader, epoch, loss_func=loss_func, show_progress=False)
             score = self.validation_score(data)
             history.append({"epoch": epoch, "loss": float(np.sum(loss)), VALID_METRIC: score})
-            if score > best_score:
-                best_score, best_epoch = score, epoch
-                best_state = copy.deepcopy(self.model.state_dict())
-            elif epoch - best_epoch >= self.settings["patience"]:
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(self.model.state_dict()))
+            state["stopped"] = epoch - state["best_epoch"] >= self.settings["patience"]
+            elapsed = time.perf_counter() - started
+            checkpoint.save({**state, "model": self.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                             "loader_rng": train_loader.generator.get_state(), "rng": rng_state(),
+                             "wall_s": state["wall_s"] + elapsed,
+                             "gpu_hours": state["gpu_hours"] + elapsed * gpu_count() / 3600})
+            if state["stopped"]:
                 break
-        self.model.load_state_dict(best_state)
-        torch.save(best_state, context.cache_dir / "best-model.pt")
-        self.training_report = {"best_epoch": best_epoch, f"best_valid_{VALID_METRIC}": best_score,
-                                "epochs_run": len(history), "history": history}
+        self.model.load_state_dict(state["best_state"])
+        self.training_report = {"best_epoch": state["best_epoch"], f"best_valid_{VALID_METRIC}": state["best_score"],
+                                "epochs_run": len(history), "history": history,
+                                "resumed_after_epochs": resumed_after or None}
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:
         """Our dense ids -> RecBole's internal ids (RecBole remaps tokens in order of appearance)."""

@@ -18,6 +18,19 @@ def _list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _specs(text: str) -> list[str]:
+    """Splits ``pop,sasrec:epochs=5,patience=3,synthetic:users=9`` into specs: a ``key=value`` part
+    without a ``name:`` of its own continues the options of the spec before it."""
+    specs: list[str] = []
+    for part in _list(text):
+        key, equals, _ = part.partition("=")
+        if equals and ":" not in key and specs and ":" in specs[-1]:
+            specs[-1] += f",{part}"
+        else:
+            specs.append(part)
+    return specs
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(part) for part in _list(text)]
@@ -38,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     run = commands.add_parser("run", help="train and evaluate methods on datasets, then write leaderboards")
-    run.add_argument("--methods", type=_list, default=["all"],
+    run.add_argument("--methods", type=_specs, default=["all"],
                      help="comma-separated method specs (name or name:key=value,...), or 'all' (default)")
-    run.add_argument("--datasets", type=_list, default=None,
+    run.add_argument("--datasets", type=_specs, default=None,
                      help="comma-separated dataset specs (default: the profile's, ml-100k for quick)")
     run.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
     run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")

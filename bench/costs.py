@@ -67,6 +67,9 @@ class StageCost:
     gpus: int = 0
     gpu_hours: float = 0.0
     peak_gpu_mem_gb: float | None = None
+    # Part of wall_s and gpu_hours spent by earlier processes of this run that were interrupted and resumed
+    carried_wall_s: float = 0.0
+    carried_gpu_hours: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +78,7 @@ class CostMeter:
 
     def __init__(self) -> None:
         self.stages: list[StageCost] = []
+        self._open: list[StageCost] = []
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageCost]:
@@ -86,15 +90,24 @@ class CostMeter:
         record = StageCost(name, gpus=gpus)
         synchronize()
         start = time.perf_counter()
+        self._open.append(record)
         try:
             yield record
         finally:
             synchronize()
-            record.wall_s = time.perf_counter() - start
-            record.gpu_hours = record.wall_s * gpus / 3600
+            self._open.remove(record)
+            elapsed = time.perf_counter() - start
+            record.wall_s = elapsed + record.carried_wall_s
+            record.gpu_hours = elapsed * gpus / 3600 + record.carried_gpu_hours
             if gpus:
                 record.peak_gpu_mem_gb = torch.cuda.max_memory_allocated() / 2**30
             self.stages.append(record)
+
+    def carry_over(self, wall_s: float, gpu_hours: float) -> None:
+        """Adds time spent before a resume (read from a checkpoint) to every stage open now."""
+        for record in self._open:
+            record.carried_wall_s += wall_s
+            record.carried_gpu_hours += gpu_hours
 
     def as_records(self) -> list[dict]:
         return [asdict(stage) for stage in self.stages]

@@ -15,14 +15,14 @@ class Profile:
     default_datasets: tuple[str, ...]
     max_test_users: int | None  # None: every test user; else a fixed-seed subset shared by all methods
     bootstrap_samples: int
-    reduced_schedule: bool  # rows are marked "pipeline proof, not a ranking" where a method says so
+    reduced_schedule: bool  # rows of trained methods are marked "pipeline proof, not a ranking"
 
 
 PROFILES: dict[str, Profile] = {
     profile.name: profile
     for profile in (
         Profile("smoke", "seconds: synthetic data, tiny random models (tests)", ("synthetic",), None, 200, True),
-        Profile("quick", "the offline CPU default: ml-100k, SmolLM2-135M, reduced LLM schedules",
+        Profile("quick", "the offline CPU default: ml-100k, SmolLM2-135M, reduced training schedules",
                 ("ml-100k",), None, 1000, True),
         Profile("small", "full recipes with SmolLM2-135M, for one GPU", ("ml-100k",), None, 1000, False),
         Profile("paper", "the study's settings with Qwen/Qwen3-1.7B, for GPUs", ("beauty", "sports", "toys"),

@@ -38,13 +38,17 @@ class RunContext:
     seed: int
     profile: str
     device: str
-    cache_dir: Path  # stage checkpoints for this method, dataset split and settings
+    cache_dir: Path  # stage checkpoints of this (dataset split, method spec, profile, seed)
     costs: CostMeter = field(default_factory=CostMeter)
     track: Callable[..., Iterable] = field(default=lambda iterable, description="", total=None: iterable)
 
     def stage(self, name: str) -> AbstractContextManager[StageCost]:
         """Times a named training stage (``with context.stage("cpt"): ...``)."""
         return self.costs.stage(name)
+
+    def carry_over(self, wall_s: float, gpu_hours: float) -> None:
+        """Counts training time spent by an interrupted earlier process of this run (see bench.checkpoint)."""
+        self.costs.carry_over(wall_s, gpu_hours)
 
     def progress(self, iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Wraps a loop in a progress bar (``for batch in context.progress(loader, "epoch 1")``)."""
@@ -58,6 +62,9 @@ class Method(ABC):
     family: ClassVar[str]
     description: ClassVar[str]
     needs_text: ClassVar[bool] = False  # LLM and text-SID methods cannot run without item titles
+    # False for count-based floors (pop, random): no training schedule exists to cut short, so their rows
+    # are never marked "reduced schedule" in CPU profiles.
+    has_training_schedule: ClassVar[bool] = True
     # Per-profile settings; a profile missing here falls back to "quick", then to {}.
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
 

@@ -29,6 +29,7 @@ def test_smoke_run_writes_results_rankings_and_leaderboards(tmp_path, capsys):
         assert {"python", "numpy"} <= set(record["versions"]) and record["git_commit"]
         assert record["hardware"]["label"] and record["train"]["wall_s"] >= 0
         assert record["inference"]["batch_size"] == 16 and record["inference"]["ms_per_user"] > 0
+        assert record["reduced_schedule"] is False  # count-based floors have no schedule to cut short
     board = out / "leaderboards"
     assert {p.name for p in board.iterdir()} == {"synthetic.md", "costs.md", "index.md"}
     assert "± " in (board / "synthetic.md").read_text()  # two seeds: mean ± sd
@@ -110,3 +111,12 @@ def test_ml100k_pop_beats_random(tmp_path):
     assert run_cli("run", "--methods", "pop,random", "--datasets", "ml-100k", "--out", out) == 0
     metrics = {r["method"]: r["metrics"]["ndcg@10"]["mean"] for r in ResultStore(out).load()}
     assert metrics["pop"] > 2 * metrics["random"]
+
+
+def test_specs_with_several_options_stay_whole():
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--methods", "pop,sasrec:epochs=5,patience=3,gru4rec",
+                                      "--datasets", "synthetic:users=9,items=7,ml-100k,seq:/d/a=b.txt"])
+    assert args.methods == ["pop", "sasrec:epochs=5,patience=3", "gru4rec"]
+    assert args.datasets == ["synthetic:users=9,items=7", "ml-100k", "seq:/d/a=b.txt"]

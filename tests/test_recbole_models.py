@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines.recbole_models import RECBOLE_MODELS, write_benchmark_files
+from baselines.recbole_models import RECBOLE_MODELS, RecBoleSequential, write_benchmark_files
 from bench.cli import main
 from bench.data import load_dataset
 from bench.registry import methods
@@ -68,6 +68,9 @@ def test_smoke_runs_of_every_recbole_model(tmp_path):
         assert 1 <= report["epochs_run"] <= 2 and len(report["history"]) == report["epochs_run"]
         assert np.isfinite(report["history"][0]["loss"])
         assert record["metrics"]["ndcg@10"]["mean"] > 0
+        assert record["reduced_schedule"] is True  # a CPU profile cuts RecBole's schedule short
+    board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
+    assert "| sasrec:loss=bce (loss BCE) †" in board
 
 
 @pytest.mark.real
@@ -84,3 +87,35 @@ def test_parity_with_recbole_pipeline_on_an_ml100k_slice():
     assert abs(masked["ndcg@10"] - theirs["ndcg@10"]) < 0.5 * max(masked["ndcg@10"], theirs["ndcg@10"])
     assert abs(masked["hit@10"] - theirs["hit@10"]) < 0.5 * max(masked["hit@10"], theirs["hit@10"]) + 0.02
     assert unmasked["ndcg@10"] <= masked["ndcg@10"] + 1e-9  # masking seen items can only help on ml-100k
+
+
+def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
+    """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
+    spec = "sasrec:epochs=4,patience=10"
+    run = ["run", "--profile", "smoke", "--methods", spec]
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
+    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
+    straight = ResultStore(tmp_path / "straight").load()[0]
+
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
+    original = RecBoleSequential.validation_score
+    calls = []
+
+    def killed_in_epoch_three(self, data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
+        return original(self, data)
+
+    monkeypatch.setattr(RecBoleSequential, "validation_score", killed_in_epoch_three)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
+    assert not (tmp_path / "resumed" / "results.jsonl").exists()
+    monkeypatch.setattr(RecBoleSequential, "validation_score", original)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
+    resumed = ResultStore(tmp_path / "resumed").load()[0]
+
+    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
+    assert resumed["report"]["history"] == straight["report"]["history"]
+    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
+    # the two epochs of the interrupted process count in the cost of the run
+    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"] < resumed["train"]["wall_s"]
