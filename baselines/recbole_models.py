@@ -12,24 +12,19 @@ Adding another RecBole sequential model is one line in ``RECBOLE_MODELS``.
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.checkpoint import EpochCheckpoint, restore_rng, rng_state
 from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
-from bench.costs import gpu_count
 from bench.errors import GRBenchError
-from bench.evaluate import per_user_metrics
 from bench.registry import Method, RunContext, register_method
 from bench.split import TrainData
+from bench.training import train_with_early_stopping, validation_score
 
 RECBOLE_DATASET = "grbench"
-VALID_METRIC = "ndcg@10"
 
 # Training knobs per profile; the models' own hyper-parameters are RecBole's standard configs
 # (recbole/properties/model/<Model>.yaml), except in `smoke`, where they are shrunk (TINY_MODELS).
@@ -158,42 +153,15 @@ class RecBoleSequential(Method):
         self._map_ids(dataset, data)
         loss_func = (lambda interaction: bce_loss(self.model, interaction)) if self.settings["loss"] == "bce" else None
 
-        # Saved after every epoch: a killed run resumes at the next epoch with the same weights, optimizer,
-        # data order and random draws, and the time already spent is carried into its cost.
-        checkpoint = EpochCheckpoint(context.cache_dir / "training-state.pt",
-                                     {"settings": self.settings, "split": data.fingerprint, "seed": context.seed,
-                                      "model": self.recbole_model})
-        state = checkpoint.load() or {"best_score": -1.0, "best_epoch": -1, "best_state": None, "history": [],
-                                      "stopped": False, "wall_s": 0.0, "gpu_hours": 0.0}
-        if state["history"]:
-            self.model.load_state_dict(state["model"])
-            trainer.optimizer.load_state_dict(state["optimizer"])
-            train_loader.generator.set_state(state["loader_rng"])
-            restore_rng(state["rng"])
-            context.carry_over(state["wall_s"], state["gpu_hours"])
-        history = state["history"]
-        resumed_after = len(history)
-        started = time.perf_counter()
-        epochs = context.progress(range(len(history), self.settings["epochs"]), f"{self.name} epochs",
-                                  total=self.settings["epochs"] - len(history))
-        for epoch in ([] if state["stopped"] else epochs):
-            loss = trainer._train_epoch(train_loader, epoch, loss_func=loss_func, show_progress=False)
-            score = self.validation_score(data)
-            history.append({"epoch": epoch, "loss": float(np.sum(loss)), VALID_METRIC: score})
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(self.model.state_dict()))
-            state["stopped"] = epoch - state["best_epoch"] >= self.settings["patience"]
-            elapsed = time.perf_counter() - started
-            checkpoint.save({**state, "model": self.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                             "loader_rng": train_loader.generator.get_state(), "rng": rng_state(),
-                             "wall_s": state["wall_s"] + elapsed,
-                             "gpu_hours": state["gpu_hours"] + elapsed * gpu_count() / 3600})
-            if state["stopped"]:
-                break
-        self.model.load_state_dict(state["best_state"])
-        self.training_report = {"best_epoch": state["best_epoch"], f"best_valid_{VALID_METRIC}": state["best_score"],
-                                "epochs_run": len(history), "history": history,
-                                "resumed_after_epochs": resumed_after or None}
+        self.training_report = train_with_early_stopping(
+            context, name=self.name, key={"settings": self.settings, "split": data.fingerprint, "seed": context.seed},
+            model=self.model, optimizer=trainer.optimizer, epochs=self.settings["epochs"],
+            patience=self.settings["patience"],
+            train_epoch=lambda epoch: float(np.sum(
+                trainer._train_epoch(train_loader, epoch, loss_func=loss_func, show_progress=False))),
+            validate=lambda: validation_score(self.recommend, data, self.settings["eval_batch_size"]),
+            extra_state=(train_loader.generator.get_state, train_loader.generator.set_state),  # shuffling order
+        )
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:
         """Our dense ids -> RecBole's internal ids (RecBole remaps tokens in order of appearance)."""
@@ -203,15 +171,6 @@ class RecBoleSequential(Method):
             self.recbole_item[item] = token_to_id[str(item)]
         user_to_id = dataset.field2token_id["user_id"]
         self.recbole_user = np.array([user_to_id[str(u)] for u in range(data.n_users)], dtype=np.int64)
-
-    def validation_score(self, data: TrainData) -> float:
-        users = np.arange(data.n_users)
-        topk = np.concatenate([
-            self.recommend(data.train_sequences[start:start + self.settings["eval_batch_size"]], 10,
-                           users[start:start + self.settings["eval_batch_size"]])
-            for start in range(0, data.n_users, self.settings["eval_batch_size"])
-        ])
-        return float(per_user_metrics(data.valid_targets, topk)[VALID_METRIC].mean())
 
     def scores(self, histories: Sequence[np.ndarray], users: np.ndarray) -> Any:
         """Scores of every item, as a tensor (len(histories), n_items + 1) in GRBench's dense ids (0 = -inf)."""

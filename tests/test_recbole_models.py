@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines.recbole_models import RECBOLE_MODELS, RecBoleSequential, write_benchmark_files
+from baselines import recbole_models
+from baselines.recbole_models import RECBOLE_MODELS, write_benchmark_files
 from bench.cli import main
 from bench.data import load_dataset
 from bench.registry import methods
@@ -98,19 +99,19 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
     straight = ResultStore(tmp_path / "straight").load()[0]
 
     monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
-    original = RecBoleSequential.validation_score
+    original = recbole_models.validation_score
     calls = []
 
-    def killed_in_epoch_three(self, data):
+    def killed_in_epoch_three(*args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
-        return original(self, data)
+        return original(*args)
 
-    monkeypatch.setattr(RecBoleSequential, "validation_score", killed_in_epoch_three)
+    monkeypatch.setattr(recbole_models, "validation_score", killed_in_epoch_three)
     assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
     assert not (tmp_path / "resumed" / "results.jsonl").exists()
-    monkeypatch.setattr(RecBoleSequential, "validation_score", original)
+    monkeypatch.setattr(recbole_models, "validation_score", original)
     assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
     resumed = ResultStore(tmp_path / "resumed").load()[0]
 

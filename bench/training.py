@@ -1,0 +1,93 @@
+"""The epoch loop every trained method shares: early stopping on validation NDCG@10, and resume.
+
+Methods differ in how they train an epoch and how they rank; they do not differ in how a run is
+stopped, checkpointed and resumed, so that lives here once. :func:`train_with_early_stopping` runs
+``train_epoch`` and ``validate`` alternately, keeps the best weights, stops after ``patience`` epochs
+without improvement, and saves the whole state after every epoch (:mod:`bench.checkpoint`), so that a
+killed run continues at the next epoch with the same weights, optimizer, data order and random draws.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.checkpoint import EpochCheckpoint, restore_rng, rng_state
+from bench.costs import gpu_count
+from bench.evaluate import per_user_metrics
+from bench.registry import RunContext
+from bench.split import TrainData
+
+VALID_METRIC = "ndcg@10"
+VALID_TOP_K = 10
+
+
+def validation_score(recommend: Callable[[Sequence[np.ndarray], int, np.ndarray], np.ndarray], data: TrainData,
+                     batch_size: int) -> float:
+    """Mean validation NDCG@10 of ``recommend`` over all users (history ``items[:-2]``, target ``items[-2]``)."""
+    users = np.arange(data.n_users)
+    histories = data.valid_histories()
+    topk = np.concatenate([
+        recommend(histories[start:start + batch_size], VALID_TOP_K, users[start:start + batch_size])
+        for start in range(0, data.n_users, batch_size)
+    ])
+    return float(per_user_metrics(data.valid_targets, topk)[VALID_METRIC].mean())
+
+
+def train_with_early_stopping(
+    context: RunContext,
+    *,
+    name: str,
+    key: dict[str, Any],
+    model: Any,
+    optimizer: Any,
+    epochs: int,
+    patience: int,
+    train_epoch: Callable[[int], float],
+    validate: Callable[[], float],
+    extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+) -> dict[str, Any]:
+    """Trains ``model`` (a torch module) for up to ``epochs`` epochs and leaves its best weights loaded.
+
+    ``train_epoch(epoch)`` returns the epoch's training loss; ``validate()`` the validation score (higher is
+    better). ``key`` describes the run (settings, split, seed): a checkpoint saved under another key is not
+    resumed. ``extra_state`` is a (get, set) pair for state beyond the model, optimizer and global random
+    generators that a resume must restore (e.g. a data loader's own generator). Returns the training report
+    stored with the result: best epoch and score, epochs run, the per-epoch history, where it resumed.
+    """
+    checkpoint = EpochCheckpoint(context.cache_dir / "training-state.pt", {"method": name, **key})
+    state = checkpoint.load() or {"best_score": float("-inf"), "best_epoch": -1, "best_state": None,
+                                  "history": [], "stopped": False, "wall_s": 0.0, "gpu_hours": 0.0}
+    history: list[dict[str, Any]] = state["history"]
+    resumed_after = len(history)
+    if resumed_after:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        if extra_state is not None:
+            extra_state[1](state["extra"])
+        context.carry_over(state["wall_s"], state["gpu_hours"])
+    started = time.perf_counter()
+    remaining = range(resumed_after, epochs) if not state["stopped"] else range(0)
+    for epoch in context.progress(remaining, f"{name} epochs", total=len(remaining)):
+        loss = train_epoch(epoch)
+        score = validate()
+        history.append({"epoch": epoch, "loss": float(loss), VALID_METRIC: score})
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
+        state["stopped"] = epoch - state["best_epoch"] >= patience
+        elapsed = time.perf_counter() - started
+        checkpoint.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "rng": rng_state(), "extra": extra_state[0]() if extra_state is not None else None,
+                         "wall_s": state["wall_s"] + elapsed,
+                         "gpu_hours": state["gpu_hours"] + elapsed * gpu_count() / 3600})
+        if state["stopped"]:
+            break
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return {"best_epoch": state["best_epoch"], f"best_valid_{VALID_METRIC}": state["best_score"] if history else None,
+            "epochs_run": len(history), "history": history, "resumed_after_epochs": resumed_after or None}
