@@ -1,4 +1,4 @@
-"""``python -m bench``: run, leaderboard, datasets, methods."""
+"""``python -m bench``: run, leaderboard, datasets, methods, sids."""
 
 from __future__ import annotations
 
@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("datasets", help="list dataset sources")
     commands.add_parser("methods", help="list registered methods")
+
+    sids = commands.add_parser("sids", help="build (or load cached) semantic IDs of a dataset; print their statistics")
+    sids.add_argument("--dataset", default="ml-100k", help="dataset spec (default ml-100k)")
+    sids.add_argument("--quantizer", default="rqvae",
+                      help="rqvae (default: TIGER's RQ-VAE) | rkmeans (residual k-means)")
+    sids.add_argument("--encoder", default=None,
+                      help="sentence-transformers model for item text (default: the packaged all-MiniLM-L6-v2)")
+    sids.add_argument("--source", default="auto", help="auto (default) | text | attributes | collaborative")
+    sids.add_argument("--epochs", type=int, default=None, help="RQ-VAE training epochs (default 200)")
+    sids.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    sids.add_argument("--examples", type=int, default=5, help="example items to show (default 5)")
+    sids.add_argument("--rebuild", action="store_true", help="ignore and overwrite the cached SIDs")
     return parser
 
 
@@ -121,8 +133,40 @@ def command_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_sids(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+
+    from rich.console import Console
+    from rich.progress import track
+
+    from bench.data import load_dataset
+    from bench.sid import SidConfig, build_semantic_ids, format_report
+    from bench.split import leave_last_out
+
+    config = SidConfig(quantizer=args.quantizer, source=args.source)
+    if args.encoder:
+        config = replace(config, encoder=args.encoder)
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    split = leave_last_out(load_dataset(args.dataset))
+    console = Console(stderr=True)
+
+    def progress(iterable, description: str = "", total: int | None = None):
+        return track(iterable, description, total, console=console, transient=True)
+
+    started = time.perf_counter()
+    sids = build_semantic_ids(split.train_view(), config, seed=args.seed, rebuild=args.rebuild, track=progress)
+    seconds = time.perf_counter() - started
+    print(f"semantic IDs of {split.dataset} (split {split.fingerprint})\n")
+    print(format_report(sids, split.catalog, split.item_ids, examples=args.examples))
+    done = "loaded from cache" if sids.from_cache else f"built in {seconds:.1f} s, cached"
+    console.print(f"{done}: {sids.cache_path}")
+    return 0
+
+
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
-            "methods": command_methods}
+            "methods": command_methods, "sids": command_sids}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
