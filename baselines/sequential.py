@@ -1,0 +1,197 @@
+"""Shared base for torch sequential recommenders that rank every item by ``hidden · item_vector``.
+
+HSTU (``baselines/hstu.py``) and SASRec-style models such as ReaRec differ in their network only; the
+rest is the same and lives here once:
+
+- **Data**: training examples come from :attr:`TrainData.train_sequences` alone (``items[:-2]``): each
+  sequence's last ``max_len + 1`` items give the input ``seq[:-1]`` and the next-item targets ``seq[1:]``
+  at every position (the autoregressive objective of SASRec and HSTU). Sequences are *left-aligned*:
+  item ``t`` of a sequence sits in column ``t`` and padding (id 0) fills the columns after it, so a
+  causal network's hidden state at a real position never depends on the padding or on the batch width.
+  Validation targets only drive early stopping; test targets are never visible.
+- **Loss** (setting ``loss``): ``ce`` is the full softmax over items ``1..n_items``; ``sampled`` is a
+  sampled softmax against ``negatives`` items drawn uniformly per position (a negative equal to the
+  target is masked out). There is no logQ correction: with uniform sampling ``log Q`` is the same
+  constant for every candidate and cancels in the softmax. Logits are divided by ``temperature``
+  (optional setting, default 1).
+- **Training**: Adam or AdamW (``optimizer``, ``learning_rate``, ``weight_decay``; betas per class) and
+  the shared early-stopping loop :func:`bench.training.train_with_early_stopping`, so checkpoints after
+  every epoch and resume after a kill come for free. Shuffling, negative sampling and dropout draw from
+  torch's global generator, which the harness seeds and the checkpoint saves and restores.
+- **Ranking**: :meth:`recommend` scores items ``1..n_items`` (never padding) with the hidden state at
+  each history's last item (histories cut to their last ``max_len`` items).
+
+A subclass supplies :meth:`SequentialRecommender.build_encoder` (a :class:`SequenceEncoder`) and its
+per-profile settings, which must hold the keys in :data:`REQUIRED_SETTINGS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import GRBenchError
+from bench.registry import Method, RunContext
+from bench.split import PADDING_ITEM, TrainData
+from bench.training import train_with_early_stopping, validation_score
+
+LOSSES = ("ce", "sampled")
+OPTIMIZERS = ("adam", "adamw")
+REQUIRED_SETTINGS = ("loss", "negatives", "optimizer", "learning_rate", "weight_decay", "batch_size",
+                     "eval_batch_size", "epochs", "patience", "max_len")
+
+
+class SequenceEncoder(torch.nn.Module):
+    """The network of a sequential recommender: item ids ``(B, L)`` -> hidden states ``(B, L, D)``.
+
+    Rows are left-aligned and padded with 0 on the right. The state at position ``t`` must depend on
+    ``items[:, :t + 1]`` only (causal), since it predicts item ``t + 1`` in training and ranks items at
+    the last real position in :meth:`SequentialRecommender.recommend`.
+    """
+
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.item_embedding = torch.nn.Embedding(n_items + 1, dim, padding_idx=PADDING_ITEM)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """What hidden states are scored against (any shape of ids -> that shape + (D,)); override to normalise."""
+        return self.item_embedding(items)
+
+
+def left_aligned(sequences: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Rows of item ids, each sequence from column 0, padded with 0 up to ``width`` (longer ones are an error)."""
+    rows = np.full((len(sequences), width), PADDING_ITEM, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        rows[row, : len(seq)] = seq
+    return rows
+
+
+def next_item_examples(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, targets)``, each ``(n, max_len)``: per sequence of 2+ items, its last ``max_len + 1`` items
+    shifted by one (input ``seq[:-1]``, target ``seq[1:]``, 0 where padded). Shorter sequences teach nothing."""
+    windows = [np.asarray(seq[-(max_len + 1):], dtype=np.int64) for seq in sequences if len(seq) >= 2]
+    return left_aligned([w[:-1] for w in windows], max_len), left_aligned([w[1:] for w in windows], max_len)
+
+
+class SequentialRecommender(Method):
+    """Base method: owns data, loss, optimizer, the epoch loop and full ranking; subclasses own the network."""
+
+    family = "id-based"
+    betas: ClassVar[tuple[float, float]] = (0.9, 0.999)  # Adam(W) betas; a subclass may follow its reference
+
+    def build_encoder(self, n_items: int) -> SequenceEncoder:
+        """The untrained network for ``n_items`` items, built from ``self.settings``."""
+        raise NotImplementedError
+
+    @classmethod
+    def variant(cls, settings: dict[str, Any]) -> str:
+        if settings["loss"] == "sampled":
+            return f"loss sampled softmax, {settings['negatives']} negatives"
+        return "loss CE"
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        missing = [key for key in REQUIRED_SETTINGS if key not in settings]
+        if missing:  # a programming error in the subclass's profiles, caught by any test run
+            raise ValueError(f"{cls.__name__} profile lacks settings {missing}")
+        if settings["loss"] not in LOSSES:
+            raise GRBenchError(f"{cls.name}: loss {settings['loss']!r} unknown; expected one of {', '.join(LOSSES)}")
+        if settings["optimizer"] not in OPTIMIZERS:
+            raise GRBenchError(f"{cls.name}: optimizer {settings['optimizer']!r} unknown; "
+                               f"expected one of {', '.join(OPTIMIZERS)}")
+        for key in ("negatives", "batch_size", "eval_batch_size", "max_len", "epochs"):
+            if settings[key] < 1:
+                raise GRBenchError(f"{cls.name}: {key} must be at least 1, got {settings[key]}")
+        if settings.get("temperature", 1.0) <= 0:
+            raise GRBenchError(f"{cls.name}: temperature must be positive, got {settings['temperature']}")
+
+    # --- training -----------------------------------------------------------------------------------------
+
+    def fit(self, data: TrainData, context: RunContext) -> None:
+        settings = self.settings
+        self.device = torch.device(context.device)
+        self.encoder = self.build_encoder(data.n_items).to(self.device)
+        optimizer_class = torch.optim.AdamW if settings["optimizer"] == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(self.encoder.parameters(), lr=settings["learning_rate"], betas=self.betas,
+                                    weight_decay=settings["weight_decay"])
+        inputs, targets = (torch.from_numpy(a) for a in next_item_examples(data.train_sequences, settings["max_len"]))
+        if len(inputs) == 0:
+            raise GRBenchError(f"{self.name}: no training sequence of {data.dataset} has two items to learn from")
+
+        def train_epoch(epoch: int) -> float:
+            self.encoder.train()
+            order = torch.randperm(len(inputs))
+            losses = []
+            for start in range(0, len(order), settings["batch_size"]):
+                batch = order[start:start + settings["batch_size"]]
+                width = int((inputs[batch] != PADDING_ITEM).sum(1).max())  # trailing padding is dead weight
+                loss = self.loss(inputs[batch, :width].to(self.device), targets[batch, :width].to(self.device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            return float(np.mean(losses))
+
+        self.training_report = train_with_early_stopping(
+            context, name=self.name, key={"settings": settings, "split": data.fingerprint, "seed": context.seed},
+            model=self.encoder, optimizer=optimizer, epochs=settings["epochs"], patience=settings["patience"],
+            train_epoch=train_epoch,
+            # looked up at call time, so tests can interrupt training by replacing this module's validation_score
+            validate=lambda: validation_score(self.recommend, data, settings["eval_batch_size"]),
+        )
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-item loss over the real positions of a ``(B, L)`` batch (targets 0 are padding).
+
+        Both losses start from the logits of every item at every position. The sampled softmax reads its
+        candidates' logits from there: the same numbers and gradients as scoring the sampled vectors one
+        by one, and cheaper for catalogs of up to ``negatives * dim`` items than materialising a
+        (positions, negatives, dim) tensor of their vectors.
+        """
+        real = targets != PADDING_ITEM
+        hidden = self.encoder(inputs)[real]  # (P, D)
+        positives = targets[real] - 1  # (P,) column of the target: column i is item i + 1
+        logits = hidden @ self.all_item_vectors().T / self.settings.get("temperature", 1.0)  # (P, n_items)
+        if self.settings["loss"] == "ce":
+            return F.cross_entropy(logits, positives)
+        negatives = torch.randint(0, logits.shape[1], (len(positives), self.settings["negatives"]),
+                                  device=logits.device)
+        negative_logits = logits.gather(1, negatives).masked_fill(negatives == positives[:, None], float("-inf"))
+        candidates = torch.cat([logits.gather(1, positives[:, None]), negative_logits], dim=1)
+        return -F.log_softmax(candidates, dim=1)[:, 0].mean()  # the target is candidate 0
+
+    # --- ranking ------------------------------------------------------------------------------------------
+
+    def all_item_vectors(self) -> torch.Tensor:
+        """Vectors of items ``1..n_items`` (row ``i`` is item ``i + 1``): padding is never a candidate."""
+        return self.encoder.item_vectors(torch.arange(1, self.encoder.n_items + 1, device=self.device))
+
+    def last_hidden(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Hidden state after each history's last item, ``(len(histories), D)``, histories cut to ``max_len``."""
+        max_len = self.settings["max_len"]
+        recent = [np.asarray(h[-max_len:], dtype=np.int64) for h in histories]
+        lengths = torch.tensor([len(h) for h in recent], device=self.device)
+        items = torch.from_numpy(left_aligned(recent, max(1, int(lengths.max())))).to(self.device)
+        hidden = self.encoder(items)
+        return hidden[torch.arange(len(recent), device=self.device), (lengths - 1).clamp(min=0)]
+
+    @torch.no_grad()
+    def scores(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Score of every item for each history, ``(len(histories), n_items + 1)``; column 0 (padding) is -inf."""
+        self.encoder.eval()
+        item_scores = self.last_hidden(histories) @ self.all_item_vectors().T
+        return F.pad(item_scores, (1, 0), value=float("-inf"))
+
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        return torch.topk(self.scores(histories), k, dim=1).indices.cpu().numpy().astype(np.int64)
+
+    def report(self) -> dict[str, Any]:
+        return getattr(self, "training_report", {})

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines import sequential
+from baselines.hstu import HSTU, HSTUEncoder, HSTULayer
+from baselines.popularity import Popularity
+from baselines.sequential import next_item_examples
+from bench.cli import main
+from bench.data import load_dataset
+from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.registry import RunContext, methods, seed_everything
+from bench.results import ResultStore
+from bench.split import leave_last_out
+from bench.training import validation_score
+
+
+def context(tmp_path: Path, seed: int = 0) -> RunContext:
+    return RunContext(seed=seed, profile="smoke", device="cpu", cache_dir=tmp_path / "cache")
+
+
+def fitted(tmp_path: Path, dataset: Dataset, **options: str) -> tuple[HSTU, RunContext]:
+    """An HSTU trained with the smoke settings (plus ``options``) on ``dataset``, as the harness would."""
+    seed_everything(0)
+    run = context(tmp_path)
+    method = HSTU(HSTU.settings_for("smoke", options), run)
+    method.fit(leave_last_out(dataset).train_view(), run)
+    return method, run
+
+
+def sequences_dataset(name: str, sequences: list[list[int]]) -> Dataset:
+    """One user per sequence, events in list order."""
+    users, items, times = [], [], []
+    for user, seq in enumerate(sequences):
+        users += [f"u{user}"] * len(seq)
+        items += [str(item) for item in seq]
+        times += list(range(len(seq)))
+    catalog = make_catalog([{"item": str(item), "title": None} for item in sorted(set(items), key=int)])
+    return Dataset(name, make_interactions(users, items, times), catalog, source="test")
+
+
+def test_hstu_is_an_id_based_method():
+    assert methods()["hstu"] is HSTU and HSTU.family == "id-based"
+    assert HSTU.variant(HSTU.settings_for("quick", {})) == "loss sampled softmax, 128 negatives"
+    assert HSTU.variant(HSTU.settings_for("quick", {"loss": "ce"})) == "loss CE"
+
+
+def slow_hstu_layer(layer: HSTULayer, x: torch.Tensor) -> torch.Tensor:
+    """The paper's equations (1)-(3) written out position by position, for one (L, D) sequence."""
+    length, dim = x.shape
+    heads, width = layer.heads, dim // layer.heads
+    out = torch.zeros_like(x)
+    projected = []
+    for i in range(length):
+        normed = (x[i] - x[i].mean()) / torch.sqrt(x[i].var(unbiased=False) + 1e-6)
+        projected.append(F.silu(normed @ layer.f1))
+    for i in range(length):
+        u_i = projected[i][:dim]
+        attended = torch.zeros(dim)
+        for h in range(heads):
+            block = slice(h * width, (h + 1) * width)
+            q_i = projected[i][2 * dim:3 * dim][block]
+            for j in range(i + 1):  # causal: keys up to the query's own position
+                k_j = projected[j][3 * dim:][block]
+                v_j = projected[j][dim:2 * dim][block]
+                weight = F.silu(q_i @ k_j + layer.position_bias[i - j]) / layer.max_len  # pointwise, not softmax
+                attended[block] += weight * v_j
+        normed = (attended - attended.mean()) / torch.sqrt(attended.var(unbiased=False) + 1e-6)
+        out[i] = x[i] + layer.f2.weight @ (normed * u_i) + layer.f2.bias
+    return out
+
+
+def test_hstu_layer_computes_the_papers_equations_causally():
+    torch.manual_seed(0)
+    layer = HSTULayer(dim=6, heads=2, max_len=7, dropout=0.3).eval()
+    with torch.no_grad():
+        layer.position_bias.normal_(0.0, 1.0)  # make the relative position bias matter
+        layer.f1.normal_(0.0, 0.5)
+    x = torch.randn(2, 5, 6)
+    out = layer(x)
+    for row in range(2):
+        torch.testing.assert_close(out[row], slow_hstu_layer(layer, x[row]), rtol=1e-5, atol=1e-5)
+
+    changed = x.clone()
+    changed[:, 3] = torch.randn(2, 6)  # a later event
+    out_changed = layer(changed)
+    assert torch.equal(out_changed[:, :3], out[:, :3])  # earlier positions never see it
+    assert not torch.allclose(out_changed[:, 3:], out[:, 3:])
+
+
+def test_encoder_is_causal_and_ignores_padding():
+    torch.manual_seed(0)
+    encoder = HSTUEncoder(n_items=30, dim=8, layers=2, heads=2, max_len=12, dropout=0.5).eval()
+    items = torch.tensor([[5, 9, 2, 17, 4]])
+    hidden = encoder(items)
+    later_changed = encoder(torch.tensor([[5, 9, 2, 30, 1]]))
+    torch.testing.assert_close(later_changed[:, :3], hidden[:, :3], rtol=0, atol=1e-6)
+    assert not torch.allclose(later_changed[:, 3], hidden[:, 3])
+    padded = encoder(torch.tensor([[5, 9, 2, 17, 4, 0, 0, 0, 0, 0, 0, 0]]))  # right padding to max_len
+    torch.testing.assert_close(padded[:, :5], hidden, rtol=0, atol=1e-6)
+    assert torch.allclose(hidden.norm(dim=-1), torch.ones(1, 5))  # L2-normalised states
+
+
+def test_scores_of_a_history_do_not_depend_on_its_batch(tmp_path):
+    method, _ = fitted(tmp_path, load_dataset("synthetic:users=60,items=40"), epochs="1")
+    short = np.array([3, 7, 1])
+    long = np.arange(1, 31)  # longer than max_len (10): cut to its last 10 items
+    alone = method.scores([short])
+    together = method.scores([long, short, np.array([2])])  # the short one padded to width 10 here
+    torch.testing.assert_close(together[1], alone[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(method.scores([long[-10:]])[0], together[0], rtol=0, atol=1e-5)
+    assert torch.isneginf(together[:, 0]).all()  # padding is never a candidate
+
+
+def test_training_batches_hold_training_items_only(tmp_path, monkeypatch):
+    """Validation and test targets are items that occur nowhere else: no batch may contain one."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for user in range(30):
+        length = int(rng.integers(2, 25))  # several longer than max_len + 1 = 11
+        sequences.append([*rng.integers(1, 21, size=length).tolist(), 100 + user, 200 + user])
+    split = leave_last_out(sequences_dataset("held-out-targets", sequences))
+    data = split.train_view()
+    held_out = set(data.valid_targets.tolist()) | set(split.test_targets().tolist())
+    assert len(held_out) == 60
+
+    batches = []
+    original = HSTU.loss
+
+    def recording_loss(self, inputs, targets):
+        batches.append((inputs.clone(), targets.clone()))
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(HSTU, "loss", recording_loss)
+    run = context(tmp_path)
+    HSTU(HSTU.settings_for("smoke", {"epochs": "1"}), run).fit(data, run)
+
+    seen = torch.cat([torch.cat([i.flatten(), t.flatten()]) for i, t in batches])
+    assert seen.numel() and not set(seen.tolist()) & held_out
+    windows = []
+    for inputs, targets in batches:
+        for row_in, row_target in zip(inputs.tolist(), targets.tolist()):
+            n = sum(1 for item in row_target if item)
+            assert row_in[1:n] == row_target[:n - 1]  # targets are the inputs shifted by one
+            assert not any(row_in[n:]) and not any(row_target[n:])  # padding on the right only
+            windows.append(tuple(row_in[:n] + row_target[n - 1:n]))
+    # one example per user with 2+ training items: its last max_len + 1 = 11 training items
+    expected = [tuple(seq[-11:].tolist()) for seq in data.train_sequences if len(seq) >= 2]
+    assert sorted(windows) == sorted(expected)
+
+
+def test_next_item_examples_are_left_aligned_windows():
+    inputs, targets = next_item_examples([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([8, 9])], max_len=3)
+    assert inputs.tolist() == [[2, 3, 4], [8, 0, 0]]
+    assert targets.tolist() == [[3, 4, 5], [9, 0, 0]]
+
+
+def test_recommend_returns_distinct_items_never_padding(tmp_path):
+    method, _ = fitted(tmp_path, load_dataset("synthetic:users=60,items=40"), epochs="1")
+    n_items = method.encoder.n_items
+    histories = [np.array([1]), np.arange(1, 41), np.array([5, 5, 5])]
+    everything = method.recommend(histories, n_items, np.arange(3))
+    assert everything.dtype == np.int64 and everything.shape == (3, n_items)
+    for row in everything:
+        assert sorted(row.tolist()) == list(range(1, n_items + 1))  # every item once, never 0
+    assert method.recommend(histories, 10, np.arange(3)).tolist() == everything[:, :10].tolist()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hstu:loss=focal", "hstu: loss 'focal' unknown"),
+    ("hstu:dim=10,heads=3", "dim divisible by heads"),
+    ("hstu:negatives=0", "negatives must be at least 1"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, capsys, spec, message):
+    assert main(["run", "--profile", "smoke", "--methods", spec, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_smoke_runs_through_the_cli(tmp_path):
+    assert main(["run", "--profile", "smoke", "--methods", "hstu,hstu:loss=ce", "--out", str(tmp_path)]) == 0
+    records = {r["method"]: r for r in ResultStore(tmp_path).load()}
+    assert set(records) == {"hstu", "hstu:loss=ce"}
+    for record in records.values():
+        assert record["family"] == "id-based" and record["report"]["epochs_run"] == 2
+        assert all(math.isfinite(epoch["loss"]) for epoch in record["report"]["history"])
+        assert all(math.isfinite(record["metrics"][m]["mean"]) for m in ("hit@10", "ndcg@10"))
+    board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
+    assert "| hstu (loss sampled softmax, 16 negatives)" in board and "| hstu:loss=ce (loss CE)" in board
+
+
+@pytest.mark.parametrize("loss", ["sampled", "ce"])
+def test_hstu_learns_a_sequential_pattern(tmp_path, loss):
+    """Next item = previous + 1 (mod 30): popularity cannot rank it, a sequential model must."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for _ in range(150):
+        start, length = int(rng.integers(30)), int(rng.integers(6, 12))
+        sequences.append([(start + step) % 30 + 1 for step in range(length)])
+    dataset = sequences_dataset("successor", sequences)
+    method, run = fitted(tmp_path, dataset, epochs="8", patience="8", learning_rate="0.01", loss=loss)
+    data = leave_last_out(dataset).train_view()
+    floor = Popularity({}, run)
+    floor.fit(data, run)
+    pop_ndcg = validation_score(floor.recommend, data, 512)
+    hstu_ndcg = method.report()["best_valid_ndcg@10"]
+    assert hstu_ndcg == pytest.approx(validation_score(method.recommend, data, 512))  # best weights kept
+    assert hstu_ndcg > 0.6 and hstu_ndcg > 4 * pop_ndcg, (hstu_ndcg, pop_ndcg)
+
+
+def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
+    """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
+    run = ["run", "--profile", "smoke", "--methods", "hstu:epochs=4,patience=10"]
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
+    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
+    straight = ResultStore(tmp_path / "straight").load()[0]
+
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
+    original = sequential.validation_score
+    calls = []
+
+    def killed_in_epoch_three(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
+        return original(*args)
+
+    monkeypatch.setattr(sequential, "validation_score", killed_in_epoch_three)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
+    assert not (tmp_path / "resumed" / "results.jsonl").exists()
+    monkeypatch.setattr(sequential, "validation_score", original)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
+    resumed = ResultStore(tmp_path / "resumed").load()[0]
+
+    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
+    assert len(straight["report"]["history"]) == 4
+    assert resumed["report"]["history"] == straight["report"]["history"]
+    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
+    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"]
