@@ -1,0 +1,272 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bench.sid as sid
+from baselines import tiger
+from baselines.tiger import (
+    PAD,
+    PROFILES,
+    Tiger,
+    encoder_inputs,
+    history_windows,
+    inverse_sqrt_schedule,
+    training_examples,
+    user_tokens,
+)
+from bench.cli import main
+from bench.data import load_dataset
+from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.evaluate import per_user_metrics
+from bench.registry import RunContext, methods
+from bench.results import ResultStore
+from bench.split import TrainData, leave_last_out
+from tests.test_sid import fake_embed
+
+SYNTHETIC = "synthetic:users=60,items=40"
+# fast and small enough to learn in a few epochs on one core
+TINY = {**PROFILES["smoke"], "d_model": 32, "d_ff": 64, "batch_size": 32, "learning_rate": 0.02, "dropout": 0.0}
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sentence encoder replaced by seeded random vectors: the tests need SIDs, not good ones."""
+    monkeypatch.setattr(sid, "embed_texts", lambda texts, *args, **kwargs: fake_embed(texts))
+
+
+def hand_data(sequences: dict[str, list[str]]) -> TrainData:
+    users, items, times = [], [], []
+    for user, sequence in sequences.items():
+        users += [user] * len(sequence)
+        items += sequence
+        times += list(range(len(sequence)))
+    catalog = make_catalog([{"item": item} for item in sorted(set(items))])  # no titles: collaborative SIDs
+    return leave_last_out(Dataset("hand", make_interactions(users, items, times), catalog, source="test")).train_view()
+
+
+def cycle_data(n_items: int = 40, n_users: int = 80, length: int = 8, seed: int = 0) -> TrainData:
+    """Every user walks the items in order: the next item is always the previous one + 1 (mod n_items)."""
+    rng = np.random.default_rng(seed)
+    sequences = {}
+    for user in range(n_users):
+        start = int(rng.integers(n_items))
+        sequences[f"u{user}"] = [f"i{(start + step) % n_items}" for step in range(length)]
+    return hand_data(sequences)
+
+
+def fitted(data: TrainData, settings: dict, tmp_path: Path) -> Tiger:
+    context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path / "run")
+    method = Tiger(settings, context)
+    method.fit(data, context)
+    return method
+
+
+def items_of(tokens: np.ndarray, method: Tiger) -> list[int]:
+    """The items whose complete SIDs make up a row of SID tokens (padding dropped)."""
+    tokens = tokens[tokens != PAD]
+    depth = method.trie.depth
+    assert len(tokens) % depth == 0
+    found = [method.trie.item_of(tokens[start:start + depth].tolist()) for start in range(0, len(tokens), depth)]
+    assert None not in found  # every L-token chunk is one whole item SID
+    return found
+
+
+def test_registered_as_a_generative_method():
+    assert methods()["tiger"] is Tiger and Tiger.family == "generative"
+
+
+def test_training_examples_are_prefixes_of_training_sequences_only():
+    # validation (v*) and test (t*) items appear nowhere else, so any leak would show up
+    pool = [f"c{i}" for i in range(6)]
+    data = hand_data({f"u{u}": [pool[(u + s) % 6] for s in range(2 + u % 4)] + [f"v{u}", f"t{u}"] for u in range(8)})
+    held_out = {i for i, name in enumerate(data.item_ids) if str(name)[:1] in ("v", "t")}
+    users, windows, targets = training_examples(data, max_items=3)
+    assert len(targets) == sum(len(s) - 1 for s in data.train_sequences)
+    assert not held_out & (set(windows.ravel()) | set(targets))
+    for user, window, target in zip(users, windows, targets):
+        sequence = data.train_sequences[user].tolist()
+        recent = window[window > 0].tolist()
+        end = next(e for e in range(1, len(sequence)) if sequence[e] == target and sequence[:e][-3:] == recent)
+        assert sequence[:end][-3:] == recent
+
+
+def test_model_never_trains_on_a_validation_or_test_item(tmp_path, monkeypatch):
+    """Every encoder input and label the model is trained on, mapped back to items: none is held out."""
+    pool = [f"c{i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    data = hand_data({f"u{u}": [pool[i] for i in rng.integers(10, size=5)] + [f"v{u}", f"t{u}"] for u in range(12)})
+    held_out = {i for i, name in enumerate(data.item_ids) if str(name)[:1] in ("v", "t")}
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def record(module, args, kwargs):
+        if module.training:  # beam search (eval mode) may decode any item, training may not see them
+            seen.append((kwargs["input_ids"].numpy().copy(), kwargs["labels"].numpy().copy()))
+
+    original = tiger.build_model
+
+    def build_and_watch(*args):
+        model = original(*args)
+        model.register_forward_pre_hook(record, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(tiger, "build_model", build_and_watch)
+    method = fitted(data, {**TINY, "epochs": 1}, tmp_path)
+    assert sum(len(labels) for _, labels in seen) == sum(len(s) - 1 for s in data.train_sequences)
+    for inputs, labels in seen:
+        assert np.isin(inputs[:, 0], method.user_token).all()  # the user token comes first
+        for row, label in zip(inputs, labels):
+            assert not held_out & set(items_of(row[1:], method) + items_of(label, method))
+
+
+def test_encoder_inputs_put_the_user_first_then_the_last_items_right_padded():
+    table = np.array([[PAD, PAD], [1, 2], [3, 4], [5, 6]])  # item -> its two SID tokens
+    windows = history_windows([np.array([1, 2, 3]), np.array([3]), np.array([2, 1, 3, 2])], max_items=2)
+    assert windows.tolist() == [[2, 3], [3, 0], [3, 2]]  # last two items, oldest first
+    ids = encoder_inputs(np.array([100, 101, 102]), windows, table)
+    assert ids.tolist() == [[100, 3, 4, 5, 6], [101, 5, 6, PAD, PAD], [102, 5, 6, 3, 4]]
+    # a batch of short histories is only as wide as its longest row
+    assert encoder_inputs(np.array([7]), history_windows([np.array([1])], 5), table).tolist() == [[7, 1, 2]]
+
+
+def test_prompts_and_training_batches_agree(tmp_path, fake_encoder):
+    data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
+    method = fitted(data, {**PROFILES["smoke"], "epochs": 1}, tmp_path)
+    users = np.array([3, 0, 7])
+    histories = [data.train_sequences[u] for u in users]
+    prompts = method.prompts(histories, users)
+    batch = method._batch(users, history_windows(histories, method.settings["max_items"]))
+    for prompt, ids, mask, user in zip(prompts, batch["input_ids"], batch["attention_mask"], users):
+        length = len(prompt)
+        assert ids[:length].tolist() == prompt and (ids[length:] == PAD).all()
+        assert mask.tolist() == [1] * length + [0] * (len(ids) - length)
+        assert prompt[0] == method.user_token[user]
+        recent = data.train_sequences[user][-method.settings["max_items"]:]
+        assert items_of(np.array(prompt[1:]), method) == recent.tolist()
+
+
+def test_user_tokens_are_stable_hash_buckets():
+    tokens = user_tokens(np.array(["a", "b", "a", "17"], dtype=object), buckets=5, offset=10)
+    assert tokens[0] == tokens[2] and ((tokens >= 10) & (tokens < 15)).all()
+    assert tokens.tolist() == user_tokens(np.array(["a", "b", "a", "17"], dtype=object), 5, 10).tolist()
+
+
+def test_learning_rate_warms_up_then_decays_with_the_inverse_square_root():
+    factor = inverse_sqrt_schedule(4)
+    assert [factor(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(15) == pytest.approx(0.5)  # step 16: sqrt(4 / 16)
+
+
+def test_recommend_returns_distinct_valid_items(tmp_path, fake_encoder):
+    data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
+    method = fitted(data, {**PROFILES["smoke"], "epochs": 1}, tmp_path)
+    users = np.arange(0, data.n_users, 7)
+    for k in (10, 12):  # 12: more than the default beam width of 10
+        ranked = method.recommend([data.train_sequences[u] for u in users], k, users)
+        assert ranked.shape == (len(users), k) and ranked.dtype == np.int64
+        assert ((ranked >= 1) & (ranked <= data.n_items)).all()
+        assert all(len(set(row)) == k for row in ranked)
+
+
+def test_validation_scores_a_fixed_user_subset_with_their_own_user_tokens(tmp_path, fake_encoder, monkeypatch):
+    data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
+    calls: list[tuple[list, np.ndarray]] = []
+    original = Tiger.recommend
+
+    def spy(self, histories, k, users):
+        calls.append((list(histories), np.asarray(users)))
+        return original(self, histories, k, users)
+
+    monkeypatch.setattr(Tiger, "recommend", spy)
+    method = fitted(data, {**PROFILES["smoke"], "epochs": 1, "valid_users": 9}, tmp_path)
+    expected = method.validation_users(data.n_users)
+    assert len(expected) == 9 and (np.diff(expected) > 0).all()
+    assert (expected == Tiger(method.settings, method.context).validation_users(data.n_users)).all()  # fixed seed
+    scored = np.concatenate([users for _, users in calls])
+    assert scored.tolist() == expected.tolist() and method.report()["valid_users"] == 9
+    for histories, users in calls:  # each user is scored on its own training sequence
+        assert all(np.array_equal(h, data.train_sequences[u]) for h, u in zip(histories, users))
+
+
+def test_tiger_learns_a_sequential_pattern_far_above_popularity(tmp_path):
+    data = cycle_data()
+    counts = np.bincount(np.concatenate(data.train_sequences), minlength=data.n_items + 1).astype(float)
+    counts[0] = -np.inf
+    popular = np.tile(np.argsort(-counts, kind="stable")[:10], (data.n_users, 1))
+    popularity = per_user_metrics(data.valid_targets, popular)["ndcg@10"].mean()
+    method = fitted(data, {**TINY, "epochs": 5, "patience": 5}, tmp_path)
+    report = method.report()
+    assert report["sids"]["source"] == "collaborative"  # no titles: the SID module's fallback
+    history = [epoch["ndcg@10"] for epoch in report["history"]]
+    assert report["best_valid_ndcg@10"] > max(0.3, 3 * popularity), (popularity, history)
+    assert history[-1] > history[0]
+
+
+def test_smoke_run_stores_the_sid_source_in_the_report(tmp_path, fake_encoder):
+    assert main(["run", "--profile", "smoke", "--methods", "tiger", "--out", str(tmp_path)]) == 0
+    record = ResultStore(tmp_path).load()[0]
+    report = record["report"]
+    assert report["sids"]["source"] == "text:all-MiniLM-L6-v2" and report["sids"]["config"]["quantizer"] == "rkmeans"
+    assert report["epochs_run"] == 2 and np.isfinite(report["history"][0]["loss"])
+    assert record["family"] == "generative" and record["metrics"]["ndcg@10"]["mean"] >= 0
+    assert {stage["name"] for stage in record["stages"]} >= {"sids", "seq2seq"}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tiger:sid_quantizer=nope", "SID quantizer 'nope'"),
+    ("tiger:eval_every=0", "eval_every must be at least 1"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, capsys, spec, message):
+    assert main(["run", "--profile", "smoke", "--methods", spec, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch, fake_encoder):
+    """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
+    run = ["run", "--profile", "smoke", "--methods", "tiger:epochs=4,patience=10"]
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
+    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
+    straight = ResultStore(tmp_path / "straight").load()[0]
+
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
+    original = tiger.validation_score
+    calls = []
+
+    def killed_in_epoch_three(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
+        return original(*args)
+
+    monkeypatch.setattr(tiger, "validation_score", killed_in_epoch_three)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
+    monkeypatch.setattr(tiger, "validation_score", original)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
+    resumed = ResultStore(tmp_path / "resumed").load()[0]
+
+    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
+    assert resumed["report"]["history"] == straight["report"]["history"]
+    assert resumed["report"]["validated_epochs"] == straight["report"]["validated_epochs"] == [0, 1, 2, 3]
+    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
+    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"]
+
+
+def test_validation_between_eval_epochs_repeats_the_last_score(tmp_path, fake_encoder):
+    data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
+    method = fitted(data, {**PROFILES["smoke"], "epochs": 5, "patience": 10, "eval_every": 2}, tmp_path)
+    report = method.report()
+    assert report["validated_epochs"] == [0, 1, 3, 4]  # the first, every second, and the last
+    scores = [epoch["ndcg@10"] for epoch in report["history"]]
+    assert scores[2] == scores[1] and report["best_epoch"] in report["validated_epochs"]
+
+
+def test_model_has_tigers_shape_in_the_paper_profile():
+    model = tiger.build_model(PROFILES["paper"], vocab_size=1 + 4 * 256 + 2000)
+    config = model.config
+    assert (config.num_layers, config.num_decoder_layers, config.d_model, config.num_heads, config.d_kv,
+            config.d_ff, config.dropout_rate) == (4, 4, 128, 6, 64, 1024, 0.1)
+    assert config.decoder_start_token_id == config.pad_token_id == PAD
+    assert isinstance(model, torch.nn.Module)
