@@ -22,7 +22,9 @@ rest is the same and lives here once:
   each history's last item (histories cut to their last ``max_len`` items).
 
 A subclass supplies :meth:`SequentialRecommender.build_encoder` (a :class:`SequenceEncoder`) and its
-per-profile settings, which must hold the keys in :data:`REQUIRED_SETTINGS`.
+per-profile settings, which must hold the keys in :attr:`SequentialRecommender.required_settings`
+(:data:`REQUIRED_SETTINGS`; without :data:`LOSS_SETTINGS` for a subclass that overrides :meth:`loss`). A loss
+that changes over training (e.g. a warm-up) learns the epoch from :meth:`SequentialRecommender.begin_epoch`.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from bench.training import train_with_early_stopping, validation_score
 
 LOSSES = ("ce", "sampled")
 OPTIMIZERS = ("adam", "adamw")
-REQUIRED_SETTINGS = ("loss", "negatives", "optimizer", "learning_rate", "weight_decay", "batch_size",
-                     "eval_batch_size", "epochs", "patience", "max_len")
+TRAINING_SETTINGS = ("optimizer", "learning_rate", "weight_decay", "batch_size", "eval_batch_size", "epochs",
+                     "patience", "max_len")
+LOSS_SETTINGS = ("loss", "negatives")  # read by the base's loss(); a subclass with its own loss() may drop them
+REQUIRED_SETTINGS = LOSS_SETTINGS + TRAINING_SETTINGS
 
 
 class SequenceEncoder(torch.nn.Module):
@@ -86,6 +90,7 @@ class SequentialRecommender(Method):
 
     family = "id-based"
     betas: ClassVar[tuple[float, float]] = (0.9, 0.999)  # Adam(W) betas; a subclass may follow its reference
+    required_settings: ClassVar[tuple[str, ...]] = REQUIRED_SETTINGS
 
     def build_encoder(self, n_items: int) -> SequenceEncoder:
         """The untrained network for ``n_items`` items, built from ``self.settings``."""
@@ -99,16 +104,16 @@ class SequentialRecommender(Method):
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
-        missing = [key for key in REQUIRED_SETTINGS if key not in settings]
+        missing = [key for key in cls.required_settings if key not in settings]
         if missing:  # a programming error in the subclass's profiles, caught by any test run
             raise ValueError(f"{cls.__name__} profile lacks settings {missing}")
-        if settings["loss"] not in LOSSES:
+        if "loss" in settings and settings["loss"] not in LOSSES:
             raise GRBenchError(f"{cls.name}: loss {settings['loss']!r} unknown; expected one of {', '.join(LOSSES)}")
         if settings["optimizer"] not in OPTIMIZERS:
             raise GRBenchError(f"{cls.name}: optimizer {settings['optimizer']!r} unknown; "
                                f"expected one of {', '.join(OPTIMIZERS)}")
         for key in ("negatives", "batch_size", "eval_batch_size", "max_len", "epochs"):
-            if settings[key] < 1:
+            if key in settings and settings[key] < 1:
                 raise GRBenchError(f"{cls.name}: {key} must be at least 1, got {settings[key]}")
         if settings.get("temperature", 1.0) <= 0:
             raise GRBenchError(f"{cls.name}: temperature must be positive, got {settings['temperature']}")
@@ -127,6 +132,7 @@ class SequentialRecommender(Method):
             raise GRBenchError(f"{self.name}: no training sequence of {data.dataset} has two items to learn from")
 
         def train_epoch(epoch: int) -> float:
+            self.begin_epoch(epoch)
             self.encoder.train()
             order = torch.randperm(len(inputs))
             losses = []
@@ -147,6 +153,9 @@ class SequentialRecommender(Method):
             # looked up at call time, so tests can interrupt training by replacing this module's validation_score
             validate=lambda: validation_score(self.recommend, data, settings["eval_batch_size"]),
         )
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (0-based, also after a resume); a no-op unless a loss has a schedule."""
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-item loss over the real positions of a ``(B, L)`` batch (targets 0 are padding).

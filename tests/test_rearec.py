@@ -1,0 +1,420 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines import sequential
+from baselines.popularity import Popularity
+from bench.cli import main
+from bench.data import load_dataset
+from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.registry import RunContext, methods, seed_everything
+from bench.results import ResultStore
+from bench.split import leave_last_out
+from bench.training import validation_score
+from methods.rearec import ReaRec, ReaRecEncoder, reasoning_mask
+
+
+def context(tmp_path: Path, seed: int = 0) -> RunContext:
+    return RunContext(seed=seed, profile="smoke", device="cpu", cache_dir=tmp_path / "cache")
+
+
+def fitted(tmp_path: Path, dataset: Dataset, **options: str) -> tuple[ReaRec, RunContext]:
+    """A ReaRec trained with the smoke settings (plus ``options``) on ``dataset``, as the harness would."""
+    seed_everything(0)
+    run = context(tmp_path)
+    method = ReaRec(ReaRec.settings_for("smoke", options), run)
+    method.fit(leave_last_out(dataset).train_view(), run)
+    return method, run
+
+
+def untrained(n_items: int = 30, **options: str) -> ReaRec:
+    """A ReaRec with a fresh network and smoke settings, for calling its loss directly. Its item vectors are
+    and reasoning position embeddings are drawn large, so that the steps' distributions over items differ."""
+    method = ReaRec(ReaRec.settings_for("smoke", options), RunContext(0, "smoke", "cpu", Path("unused")))
+    method.device = torch.device("cpu")
+    torch.manual_seed(0)
+    method.encoder = method.build_encoder(n_items)
+    with torch.no_grad():
+        method.encoder.item_embedding.weight[1:].normal_(0.0, 0.5)
+        method.encoder.reasoning_position_embedding.weight.normal_(0.0, 1.0)
+    return method
+
+
+def encoder(steps: int = 2, combine: str = "mean") -> ReaRecEncoder:
+    torch.manual_seed(0)
+    return ReaRecEncoder(n_items=30, dim=8, layers=2, heads=2, ffn=16, max_len=12, dropout=0.3, steps=steps,
+                         combine=combine).eval()
+
+
+def sequences_dataset(name: str, sequences: list[list[int]]) -> Dataset:
+    """One user per sequence, events in list order."""
+    users, items, times = [], [], []
+    for user, seq in enumerate(sequences):
+        users += [f"u{user}"] * len(seq)
+        items += [str(item) for item in seq]
+        times += list(range(len(seq)))
+    catalog = make_catalog([{"item": str(item), "title": None} for item in sorted(set(items), key=int)])
+    return Dataset(name, make_interactions(users, items, times), catalog, source="test")
+
+
+# --- the network ------------------------------------------------------------------------------------------
+
+def plain_sasrec(net: ReaRecEncoder, items: torch.Tensor) -> torch.Tensor:
+    """SASRec written out with plain tensor operations (eval mode): post-norm causal attention, GELU FFN."""
+    length = items.shape[1]
+    x = net.input_norm(net.item_embedding(items) + net.position_embedding(torch.arange(length)))
+    future = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+    for layer in net.layers:
+        attention = layer.attention
+        heads, width = attention.num_heads, x.shape[-1] // attention.num_heads
+        q, k, v = (x @ attention.in_proj_weight.T + attention.in_proj_bias).chunk(3, dim=-1)
+        split = [t.reshape(*t.shape[:2], heads, width).transpose(1, 2) for t in (q, k, v)]
+        scores = (split[0] @ split[1].transpose(-1, -2) / math.sqrt(width)).masked_fill(future, float("-inf"))
+        mixed = (scores.softmax(-1) @ split[2]).transpose(1, 2).reshape(x.shape)
+        x = layer.attention_norm(x + attention.out_proj(mixed))
+        inner, _, outer, _ = layer.feed_forward
+        x = layer.output_norm(x + outer(F.gelu(inner(x))))
+    return x
+
+
+def slow_reasoning(net: ReaRecEncoder, row: torch.Tensor, perturb: list[torch.Tensor] | None = None,
+                   thoughts: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's procedure, one prefix at a time: encode ``row[:t + 1]``, append the last state plus the
+    step's reasoning position embedding as a new input token, encode again, K times. ``perturb[k][t]`` is
+    added to step ``k + 1``'s input, which is built from ``thoughts`` (clean states) when given."""
+    length, dim = len(row), net.item_embedding.embedding_dim
+    out = torch.zeros(length, net.steps + 1, dim)
+    for t in range(length):
+        tokens = net.input_norm(net.item_embedding(row[:t + 1]) + net.position_embedding(torch.arange(t + 1)))
+        for step in range(net.steps + 1):
+            causal = torch.triu(torch.ones(len(tokens), len(tokens), dtype=torch.bool), diagonal=1)
+            x = tokens[None]
+            for layer in net.layers:  # the whole sequence again, self-attention only: no cache
+                x = layer(x, x, causal)
+            out[t, step] = x[0, -1]
+            if step < net.steps:
+                previous = out[t, step] if thoughts is None else thoughts[t, step]
+                thought = previous + net.reasoning_position_embedding.weight[step]
+                if perturb is not None:
+                    thought = thought + perturb[step][t]
+                tokens = torch.cat([tokens, net.input_norm(thought)[None]])
+    return out
+
+
+def test_rearec_is_an_id_based_method_with_two_schemes():
+    assert methods()["rearec"] is ReaRec and ReaRec.family == "id-based"
+    assert ReaRec.variant(ReaRec.settings_for("quick", {})) == "ERL, 2 reasoning steps"
+    assert ReaRec.variant(ReaRec.settings_for("quick", {"scheme": "prl"})) == "PRL, 2 reasoning steps"
+    paper = ReaRec.settings_for("paper", {})
+    assert (paper["reasoning_steps"], paper["max_len"], paper["temperature"], paper["epochs"], paper["patience"]) \
+        == (2, 50, 0.07, 200, 10)
+
+
+def test_mask_lets_each_thought_see_its_prefix_and_its_own_earlier_thoughts():
+    blocked = reasoning_mask(length=3, blocks=3)
+    allowed = {(q, k) for q in range(9) for k in range(9) if not blocked[q, k]}
+    # token index = block * 3 + position; block 0 = items, block k = reasoning step k
+    assert {k for q, k in allowed if q == 1} == {0, 1}  # item 1: items 0..1
+    assert {k for q, k in allowed if q == 4} == {0, 1, 4}  # step 1 of position 1: items 0..1, itself
+    assert {k for q, k in allowed if q == 8} == {0, 1, 2, 5, 8}  # step 2 of position 2
+    assert {k for q, k in allowed if q == 6} == {0, 3, 6}  # step 2 of position 0
+
+
+def test_reasoning_equals_the_papers_procedure_prefix_by_prefix():
+    net = encoder()
+    with torch.no_grad():
+        net.reasoning_position_embedding.weight.normal_(0.0, 1.0)
+    items = torch.tensor([[5, 9, 2, 17, 4], [3, 3, 8, 0, 0]])
+    states, noisy = net.reason(items)
+    assert states.shape == (2, 5, 3, 8) and noisy is None
+    torch.testing.assert_close(states[0], slow_reasoning(net, items[0]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(states[1, :3], slow_reasoning(net, items[1, :3]), rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_view_perturbs_each_reasoning_input_of_the_clean_chain():
+    net = encoder()
+    items = torch.tensor([[5, 9, 2, 17], [1, 2, 3, 4]])
+    torch.manual_seed(7)
+    clean, noisy = net.reason(items, noise=0.3)
+    torch.manual_seed(7)  # the noise is drawn first, (K, B, L, D)
+    perturb = 0.3 * torch.randn(net.steps, 2, 4, 8)
+    torch.testing.assert_close(clean, net.reason(items)[0])
+    torch.testing.assert_close(noisy[:, :, 0], clean[:, :, 0])  # step 0 has no reasoning input
+    assert not torch.allclose(noisy[:, :, 1:], clean[:, :, 1:], atol=1e-3)
+    for row in range(2):
+        expected = slow_reasoning(net, items[row], [p[row] for p in perturb], thoughts=clean[row].detach())
+        torch.testing.assert_close(noisy[row], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_both_views_share_their_dropout_and_differ_by_the_noise_alone():
+    net = encoder().train()
+    items = torch.tensor([[5, 9, 2, 17], [1, 2, 3, 4]])
+    clean, noisy = net.reason(items, noise=1e-9)
+    torch.testing.assert_close(noisy, clean, rtol=0, atol=1e-5)
+    again, _ = net.reason(items, noise=1e-9)
+    assert not torch.allclose(again, clean, atol=1e-3)  # dropout is on: a new call draws new masks
+
+
+def test_reasoning_is_causal_and_ignores_padding():
+    net = encoder()
+    states = net.reason(torch.tensor([[5, 9, 2, 17, 4]]))[0]
+    changed = net.reason(torch.tensor([[5, 9, 2, 30, 1]]))[0]
+    torch.testing.assert_close(changed[:, :3], states[:, :3], rtol=0, atol=1e-6)  # every step of earlier positions
+    assert not torch.allclose(changed[:, 3], states[:, 3])
+    padded = net.reason(torch.tensor([[5, 9, 2, 17, 4, 0, 0, 0, 0, 0, 0, 0]]))[0]
+    torch.testing.assert_close(padded[:, :5], states, rtol=0, atol=1e-6)
+
+
+def test_no_reasoning_is_plain_sasrec():
+    items = torch.tensor([[5, 9, 2, 17, 4], [1, 1, 7, 0, 0]])
+    for combine in ("mean", "last"):
+        net = encoder(steps=0, combine=combine)
+        torch.testing.assert_close(net(items), plain_sasrec(net, items), rtol=1e-5, atol=1e-5)
+    for scheme in ("erl", "prl"):  # and the loss is SASRec's full-softmax CE at temperature tau
+        method = untrained(reasoning_steps="0", scheme=scheme, temperature="0.5")
+        method.encoder.eval()
+        method.begin_epoch(5)  # after the warm-up: PRL has nothing to perturb without a reasoning step
+        targets = torch.tensor([[9, 2, 17, 4, 6], [1, 7, 3, 0, 0]])
+        real = targets != 0
+        logits = plain_sasrec(method.encoder, items)[real] @ method.encoder.item_embedding.weight[1:].T / 0.5
+        torch.testing.assert_close(method.loss(items, targets), F.cross_entropy(logits, targets[real] - 1))
+
+
+def test_reasoning_steps_change_the_state_through_their_own_position_embeddings():
+    net = encoder()
+    items = torch.tensor([[5, 9, 2, 17, 4]])
+    states = net.reason(items)[0]
+    assert not torch.allclose(states[:, :, 1], states[:, :, 0], atol=1e-3)
+    assert not torch.allclose(states[:, :, 2], states[:, :, 1], atol=1e-3)
+    with torch.no_grad():
+        net.reasoning_position_embedding.weight[1] += torch.randn(8)  # r_2: only the second step reads it
+    second_changed = net.reason(items)[0]
+    torch.testing.assert_close(second_changed[:, :, :2], states[:, :, :2], rtol=0, atol=1e-6)
+    assert not torch.allclose(second_changed[:, :, 2], states[:, :, 2], atol=1e-3)
+    with torch.no_grad():
+        net.reasoning_position_embedding.weight[0] += torch.randn(8)  # r_1
+    first_changed = net.reason(items)[0]
+    torch.testing.assert_close(first_changed[:, :, 0], states[:, :, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(first_changed[:, :, 1], states[:, :, 1], atol=1e-3)
+
+
+def test_erl_ranks_with_the_mean_of_the_steps_and_prl_with_the_last():
+    items = torch.tensor([[5, 9, 2, 17, 4]])
+    mean_net, last_net = encoder(combine="mean"), encoder(combine="last")
+    states = mean_net.reason(items)[0]
+    torch.testing.assert_close(mean_net(items), states.mean(2))
+    torch.testing.assert_close(last_net(items), states[:, :, -1])
+    assert untrained(scheme="prl").encoder.combine == "last" and untrained().encoder.combine == "mean"
+
+
+# --- the losses, recomputed slowly ------------------------------------------------------------------------
+
+BATCH = torch.tensor([[5, 9, 2, 17, 4], [3, 3, 8, 0, 0], [1, 30, 12, 6, 0]])
+TARGETS = torch.tensor([[9, 2, 17, 4, 11], [3, 8, 20, 0, 0], [30, 12, 6, 7, 0]])
+
+
+def log_softmax_of(scores: torch.Tensor) -> torch.Tensor:
+    return scores - torch.log(torch.exp(scores).sum())
+
+
+def test_erl_loss_matches_the_papers_formula():
+    method = untrained(diversity_weight="0.7", temperature="0.5")
+    method.encoder.eval()
+    loss = method.loss(BATCH, TARGETS)
+    states = method.encoder.reason(BATCH)[0]
+    items = method.encoder.item_embedding.weight[1:]
+    total, positions = 0.0, 0
+    for b, t in zip(*torch.nonzero(TARGETS).T.tolist()):
+        log_p = [log_softmax_of(items @ states[b, t, k] / 0.5) for k in range(3)]
+        supervision = -sum(log_p[k][TARGETS[b, t] - 1] for k in range(3))
+        diversity = sum((log_p[i].exp() * (log_p[i] - log_p[j])).sum() for i, j in ((0, 1), (0, 2), (1, 2)))
+        total, positions = total + supervision - 0.7 * diversity, positions + 1
+    torch.testing.assert_close(loss, total / positions, rtol=1e-5, atol=1e-5)
+    no_diversity = untrained(diversity_weight="0", temperature="0.5")
+    no_diversity.encoder.eval()
+    assert no_diversity.loss(BATCH, TARGETS) > loss + 1e-3  # the regulariser is in there, and rewards spread
+
+
+def test_prl_loss_matches_the_papers_formula_with_warm_up():
+    method = untrained(scheme="prl", temperature="2", temperature_decay="3", noise="0.5",
+                       contrastive_weight="0.6", warmup="1")
+    method.encoder.eval()
+    items = method.encoder.item_embedding.weight[1:]
+    real = TARGETS != 0
+
+    def progressive(states: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for b, t in zip(*torch.nonzero(TARGETS).T.tolist()):
+            for k, tau in enumerate((18.0, 6.0, 2.0)):  # tau * alpha^(K - k): softest first
+                total = total - log_softmax_of(items @ states[b, t, k] / tau)[TARGETS[b, t] - 1]
+        return total / real.sum()
+
+    method.begin_epoch(0)  # warm-up: no noisy pass, no contrastive term
+    torch.testing.assert_close(method.loss(BATCH, TARGETS), progressive(method.encoder.reason(BATCH)[0]))
+
+    method.begin_epoch(1)
+    torch.manual_seed(3)
+    loss = method.loss(BATCH, TARGETS)
+    torch.manual_seed(3)
+    clean, noisy = method.encoder.reason(BATCH, noise=0.5)
+    contrastive = 0.0
+    for b, t in zip(*torch.nonzero(TARGETS).T.tolist()):
+        others = torch.nonzero(real[:, t]).flatten().tolist()  # sequences with a real position t
+        for k in (1, 2):
+            similarity = torch.stack([noisy[b, t, k] @ clean[o, t, k] / 2.0 for o in others])
+            contrastive = contrastive - log_softmax_of(similarity)[others.index(b)]
+    expected = progressive(clean) + 0.6 * contrastive / real.sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert abs(contrastive.item()) > 1e-3
+
+
+def test_fit_tells_the_loss_which_epoch_it_is(tmp_path, monkeypatch):
+    epochs = []
+    original = ReaRec.begin_epoch
+
+    def recording(self, epoch):
+        epochs.append(epoch)
+        original(self, epoch)
+
+    monkeypatch.setattr(ReaRec, "begin_epoch", recording)
+    method, _ = fitted(tmp_path, load_dataset("synthetic:users=60,items=40"), scheme="prl", epochs="3",
+                       patience="3")
+    assert epochs == [0, 1, 2] and method.epoch == 2 and method.contrastive()  # smoke warm-up: 1 epoch
+    method.begin_epoch(0)
+    assert not method.contrastive()
+    erl = ReaRec(ReaRec.settings_for("smoke", {}), context(tmp_path))
+    erl.begin_epoch(5)
+    assert not erl.contrastive()
+
+
+# --- the method in the harness ----------------------------------------------------------------------------
+
+def test_training_batches_hold_training_items_only(tmp_path, monkeypatch):
+    """Validation and test targets are items that occur nowhere else: no batch may contain one."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for user in range(30):
+        length = int(rng.integers(2, 25))  # several longer than max_len + 1 = 11
+        sequences.append([*rng.integers(1, 21, size=length).tolist(), 100 + user, 200 + user])
+    split = leave_last_out(sequences_dataset("held-out-targets", sequences))
+    data = split.train_view()
+    held_out = set(data.valid_targets.tolist()) | set(split.test_targets().tolist())
+    assert len(held_out) == 60
+
+    batches = []
+    original = ReaRec.loss
+
+    def recording_loss(self, inputs, targets):
+        batches.append((inputs.clone(), targets.clone()))
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(ReaRec, "loss", recording_loss)
+    run = context(tmp_path)
+    ReaRec(ReaRec.settings_for("smoke", {"epochs": "1", "scheme": "prl", "warmup": "0"}), run).fit(data, run)
+
+    seen = torch.cat([torch.cat([i.flatten(), t.flatten()]) for i, t in batches])
+    assert seen.numel() and not set(seen.tolist()) & held_out
+    windows = []
+    for inputs, targets in batches:
+        for row_in, row_target in zip(inputs.tolist(), targets.tolist()):
+            n = sum(1 for item in row_target if item)
+            assert row_in[1:n] == row_target[:n - 1]
+            windows.append(tuple(row_in[:n] + row_target[n - 1:n]))
+    expected = [tuple(seq[-11:].tolist()) for seq in data.train_sequences if len(seq) >= 2]
+    assert sorted(windows) == sorted(expected)
+
+
+@pytest.mark.parametrize("scheme", ["erl", "prl"])
+def test_recommend_returns_distinct_items_never_padding(tmp_path, scheme):
+    method, _ = fitted(tmp_path, load_dataset("synthetic:users=60,items=40"), epochs="1", scheme=scheme)
+    n_items = method.encoder.n_items
+    histories = [np.array([1]), np.arange(1, 41), np.array([5, 5, 5])]
+    everything = method.recommend(histories, n_items, np.arange(3))
+    assert everything.dtype == np.int64 and everything.shape == (3, n_items)
+    for row in everything:
+        assert sorted(row.tolist()) == list(range(1, n_items + 1))
+    assert method.recommend(histories, 10, np.arange(3)).tolist() == everything[:, :10].tolist()
+    alone = method.scores([np.array([3, 7, 1])])  # a history's scores do not depend on its batch
+    together = method.scores([np.arange(1, 31), np.array([3, 7, 1])])
+    torch.testing.assert_close(together[1], alone[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("rearec:scheme=cot", "rearec: scheme 'cot' unknown"),
+    ("rearec:dim=10,heads=3", "dim divisible by heads"),
+    ("rearec:reasoning_steps=-1", "reasoning_steps must not be negative"),
+    ("rearec:temperature=0", "temperature must be positive"),
+    ("rearec:loss=sampled", "has no option 'loss'"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, capsys, spec, message):
+    assert main(["run", "--profile", "smoke", "--methods", spec, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_smoke_runs_through_the_cli(tmp_path):
+    assert main(["run", "--profile", "smoke", "--methods", "rearec,rearec:scheme=prl", "--out", str(tmp_path)]) == 0
+    records = {r["method"]: r for r in ResultStore(tmp_path).load()}
+    assert set(records) == {"rearec", "rearec:scheme=prl"}
+    for record in records.values():
+        assert record["family"] == "id-based" and record["report"]["epochs_run"] == 2
+        assert all(math.isfinite(epoch["loss"]) for epoch in record["report"]["history"])
+        assert all(math.isfinite(record["metrics"][m]["mean"]) for m in ("hit@10", "ndcg@10"))
+    board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
+    assert "| rearec (ERL, 2 reasoning steps)" in board and "| rearec:scheme=prl (PRL, 2 reasoning steps)" in board
+
+
+@pytest.mark.parametrize("scheme", ["erl", "prl"])
+def test_rearec_learns_a_sequential_pattern(tmp_path, scheme):
+    """Next item = previous + 1 (mod 30): popularity cannot rank it, a sequential model must."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for _ in range(150):
+        start, length = int(rng.integers(30)), int(rng.integers(6, 12))
+        sequences.append([(start + step) % 30 + 1 for step in range(length)])
+    dataset = sequences_dataset("successor", sequences)
+    method, run = fitted(tmp_path, dataset, scheme=scheme, epochs="8", patience="8", learning_rate="0.01")
+    data = leave_last_out(dataset).train_view()
+    floor = Popularity({}, run)
+    floor.fit(data, run)
+    pop_ndcg = validation_score(floor.recommend, data, 512)
+    ndcg = method.report()["best_valid_ndcg@10"]
+    assert ndcg == pytest.approx(validation_score(method.recommend, data, 512))  # best weights kept
+    assert ndcg > 0.6 and ndcg > 4 * pop_ndcg, (ndcg, pop_ndcg)
+
+
+def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
+    """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run. PRL,
+    so that the noise of the contrastive pass (after the 1-epoch warm-up) must be drawn again identically."""
+    run = ["run", "--profile", "smoke", "--methods", "rearec:scheme=prl,epochs=4,patience=10"]
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
+    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
+    straight = ResultStore(tmp_path / "straight").load()[0]
+
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
+    original = sequential.validation_score
+    calls = []
+
+    def killed_in_epoch_three(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
+        return original(*args)
+
+    monkeypatch.setattr(sequential, "validation_score", killed_in_epoch_three)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
+    assert not (tmp_path / "resumed" / "results.jsonl").exists()
+    monkeypatch.setattr(sequential, "validation_score", original)
+    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
+    resumed = ResultStore(tmp_path / "resumed").load()[0]
+
+    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
+    assert len(straight["report"]["history"]) == 4
+    assert resumed["report"]["history"] == straight["report"]["history"]
+    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
+    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"]
