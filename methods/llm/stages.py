@@ -1,0 +1,572 @@
+"""Training stages of the LLM methods: cached by what determines them, trained through Hugging Face ``Trainer``.
+
+A stage (``cpt``, ``sft``, later ``pause``, ...) is a folder under
+``cache_dir()/<dataset>/<split fingerprint>/llm-stages/<stage>-<key hash>/``. The key hashes everything that
+determines the stage's result: split, SIDs, backbone, the stage's settings, seed, number of processes and the
+previous stage's key. A finished stage holds ``stage.json`` (key, training report, cost) and, written last and
+atomically, the ``DONE`` marker; a folder without the marker is an interrupted stage and is trained again. So
+``sft`` and ``pauserec`` share one CPT checkpoint, and nothing is recomputed unless its inputs changed.
+
+A reused stage still counts in a run's cost: what it cost when it was trained is carried into the run's stage
+record (``carried_wall_s``), so a row's cost is what producing its model cost, wherever that happened.
+
+Training goes through ``Trainer``, so ``accelerate launch -m bench run ...`` trains data-parallel unchanged;
+every process runs every stage, the main process writes the folder, the others wait for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.costs import gpu_count
+from bench.errors import GRBenchError
+from bench.paths import cache_dir
+from bench.registry import RunContext
+from bench.results import slug, write_atomically
+from bench.runner import is_main_process
+from bench.sid import SemanticIds, SidConfig, build_semantic_ids
+from bench.split import TrainData
+from methods.llm.backbone import (
+    DTYPES,
+    SidVocabulary,
+    embedding_weights,
+    expand_vocabulary,
+    load_backbone,
+    vocabulary_of,
+)
+from methods.llm.config import BACKBONE_SETTINGS, CPT_SETTINGS, SID_SETTINGS
+from methods.llm.prompts import ASSISTANT_PREFIX, chat_prompt, cpt_corpus, recent, sid_history
+
+STAGE_VERSION = 1  # bump when a code change alters what a stage trains
+DONE = "DONE"
+STAGE_FILE = "stage.json"
+ROWS_FILE = "rows.safetensors"
+TRAINER_DIR = "trainer"  # Trainer's epoch checkpoints of a stage in progress
+ELAPSED_FILE = "grbench-elapsed.json"
+IGNORE = -100  # label of positions without loss (Hugging Face convention)
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+def world_size() -> int:
+    """Processes of a distributed launch (``accelerate launch`` / ``torchrun`` set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def barrier() -> None:
+    """Waits for every process (no-op outside a distributed launch)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def device_of(context: RunContext) -> torch.device:
+    """This process's device: ``cuda:<LOCAL_RANK>`` under a distributed launch."""
+    if context.device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(context.device)
+
+
+# ------------------------------------------------------------------------------------------- stage cache
+
+@dataclass(frozen=True)
+class StageCache:
+    """The folder of one stage, named by the hash of its key."""
+
+    name: str
+    key: dict[str, Any]
+    folder: Path
+
+    @property
+    def digest(self) -> str:
+        return self.folder.name.rsplit("-", 1)[1]
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / DONE).is_file()
+
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.folder / STAGE_FILE).read_text())
+
+    def prepare(self) -> Path:
+        """The folder of a stage that is (re)trained: leftovers of an interrupted run are removed, except its
+        Trainer checkpoints (same folder, same key: the same training, so it may continue from them)."""
+        if is_main_process():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for child in self.folder.iterdir():
+                if child.is_dir() and child.name != TRAINER_DIR:
+                    shutil.rmtree(child)
+                elif not child.is_dir():
+                    child.unlink()
+        barrier()
+        return self.folder
+
+    def finish(self, info: dict[str, Any]) -> None:
+        """Writes ``stage.json``, then the marker (the main process; the others wait)."""
+        if is_main_process():
+            text = json.dumps({"key": self.key, **info}, indent=1, sort_keys=True, default=str)
+            write_atomically(self.folder / STAGE_FILE, text.encode())
+            write_atomically(self.folder / DONE, self.digest.encode())
+        barrier()
+
+
+def stage_cache(data: TrainData, name: str, key: dict[str, Any]) -> StageCache:
+    full_key = {"stage": name, "version": STAGE_VERSION, "dataset": data.dataset, "split": data.fingerprint,
+                "world_size": world_size(), **key}
+    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return StageCache(name, full_key, cache_dir() / slug(data.dataset) / data.fingerprint / "llm-stages" /
+                      f"{name}-{digest}")
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: token ids and labels (IGNORE where there is no loss)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+class Examples(torch.utils.data.Dataset):
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+
+@dataclass(frozen=True)
+class PaddingCollator:
+    """Pads a batch. ``left=True`` left-pads (with explicit position ids, as decoding does) so that every row's
+    labelled tokens sit at the end, and asks the model for logits of those last positions only: the output layer
+    over the whole vocabulary is a fifth of SmolLM2's compute, wasted on positions without loss."""
+
+    pad_token_id: int
+    left: bool = False
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
+        width = max(len(e.input_ids) for e in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            span = slice(width - len(example.input_ids), width) if self.left else slice(0, len(example.input_ids))
+            input_ids[row, span] = torch.tensor(example.input_ids)
+            labels[row, span] = torch.tensor(example.labels)
+            mask[row, span] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if self.left:
+            labelled = (labels != IGNORE).long()
+            first = torch.where(labelled.any(1), labelled.argmax(1), width - 1)
+            keep = int(width - first.min()) + 1  # logits from the position before the first labelled token
+            batch.update(position_ids=(mask.cumsum(-1) - 1).clamp_min(0), labels=labels[:, -keep:],
+                         logits_to_keep=keep)
+        return batch
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id, else its EOS id (padded positions are masked either way)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as written (the chat template already holds any special tokens it needs)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def cpt_examples(tokenizer: Any, lines: Sequence[str], max_length: int) -> list[Example]:
+    """Language modelling over the whole line (both grounding directions), ending in the EOS token."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    examples = []
+    for line in lines:
+        ids = (encode(tokenizer, line) + eos)[:max_length]
+        examples.append(Example(ids, list(ids)))
+    return examples
+
+
+def prompt_ids(tokenizer: Any, vocab: SidVocabulary, user_text: str, assistant_prefix: str = ASSISTANT_PREFIX,
+               ) -> list[int]:
+    """A chat prompt up to and including the answer's ``<|sid_begin|>`` (:func:`chat_prompt`), as token ids."""
+    ids = encode(tokenizer, chat_prompt(tokenizer, user_text, assistant_prefix))
+    if not ids or ids[-1] != vocab.begin_id:
+        raise GRBenchError("the tokenizer split <|sid_begin|> at the end of the prompt; SID tokens must be added "
+                           "to it as special tokens (methods.llm.backbone.expand_vocabulary)")
+    return ids
+
+
+def answer_example(prompt: list[int], vocab: SidVocabulary, target: int, loss_tokens: str = "sid") -> Example:
+    """``prompt`` (ending in ``<|sid_begin|>``) + the target's SID; the loss covers the target SID only:
+    ``<|sid_begin|>``, codes and ``<|sid_end|>`` (``sid``), or the codes alone (``codes``). Every prompt token,
+    pauses included, is IGNORE."""
+    codes = vocab.item_tokens[target].tolist()
+    ids = prompt + codes + [vocab.end_id]
+    if loss_tokens == "sid":
+        labels = [IGNORE] * (len(prompt) - 1) + [vocab.begin_id] + codes + [vocab.end_id]
+    elif loss_tokens == "codes":
+        labels = [IGNORE] * len(prompt) + codes + [IGNORE]
+    else:
+        raise GRBenchError(f"loss tokens {loss_tokens!r}: expected sid or codes")
+    return Example(ids, labels)
+
+
+def sft_prompt_ids(tokenizer: Any, sids: SemanticIds, vocab: SidVocabulary, history: Sequence[int],
+                   max_history: int) -> list[int]:
+    """The next-item SFT prompt (SIDs of the last ``max_history`` items), for training and decoding alike."""
+    return prompt_ids(tokenizer, vocab, sid_history(sids, recent(history, max_history)))
+
+
+def sft_example(tokenizer: Any, sids: SemanticIds, vocab: SidVocabulary, history: Sequence[int], target: int,
+                max_history: int, loss_tokens: str = "sid") -> Example:
+    """One next-item SFT example (:func:`sft_prompt_ids` + :func:`answer_example`)."""
+    return answer_example(sft_prompt_ids(tokenizer, sids, vocab, history, max_history), vocab, target, loss_tokens)
+
+
+def next_item_pairs(data: TrainData) -> list[tuple[np.ndarray, int]]:
+    """One (history, target) per user: target = last training item (the study's third-to-last), history = the
+    items before it. Users with a single training item have no history and give no example."""
+    return [(seq[:-1], int(seq[-1])) for seq in data.train_sequences if len(seq) >= 2]
+
+
+# ------------------------------------------------------------------------------------------- training
+
+@contextmanager
+def only_rows_trainable(model: Any, rows: Sequence[int]) -> Iterator[int]:
+    """Inside, only ``rows`` of the input and output embeddings train; every other parameter and row stays
+    bit-identical: parameters are frozen, and the embedding gradients are zeroed outside ``rows`` before the
+    optimizer sees them (AdamW then leaves those rows exactly as they were, provided weight decay is 0, which
+    :func:`train` enforces through ``weight_decay``). Yields the number of trainable values."""
+    saved = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    handles = []
+    for weight in embedding_weights(model):
+        mask = torch.zeros((weight.shape[0], 1), dtype=weight.dtype, device=weight.device)
+        mask[torch.as_tensor(np.asarray(rows, dtype=np.int64), device=weight.device)] = 1
+        weight.requires_grad_(True)
+        handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype)))
+    try:
+        yield len(rows) * sum(w.shape[1] for w in embedding_weights(model))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(saved[name])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One stage's optimisation: global batch size, epochs or a step cap, AdamW learning rate and decay."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (CPU budgets)
+    weight_decay: float = 0.0
+    warmup: float = 0.0  # fraction of the steps
+
+
+def _accumulation(schedule: Schedule, micro_batch_size: int) -> int:
+    per_step = micro_batch_size * world_size()
+    if schedule.batch_size % per_step:
+        raise GRBenchError(f"batch size {schedule.batch_size} is not a multiple of micro_batch_size "
+                           f"({micro_batch_size}) x processes ({world_size()}); choose another micro_batch_size")
+    return schedule.batch_size // per_step
+
+
+def _trainer_progress(context: RunContext, description: str) -> Any:
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """Advances the harness's progress bar once per optimizer step."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            remaining = state.max_steps - state.global_step
+            self.bar = iter(context.progress(range(remaining), description, total=remaining))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            next(self.bar, None)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            for _ in self.bar:
+                pass
+
+    return Progress()
+
+
+def _elapsed_recorder(carried: dict[str, float]) -> Any:
+    """Writes the training time so far into every epoch checkpoint, so that a resumed stage reports it."""
+    from transformers import TrainerCallback
+
+    started = time.perf_counter()
+
+    class Elapsed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                cost = _cost(started)
+                total = {key: carried[key] + cost[key] for key in cost}
+                write_atomically(Path(args.output_dir) / f"checkpoint-{state.global_step}" / ELAPSED_FILE,
+                                 json.dumps(total).encode())
+
+    return Elapsed()
+
+
+def _last_checkpoint(output_dir: Path) -> tuple[str | None, dict[str, float]]:
+    """The newest epoch checkpoint of an interrupted run of this stage, and the training time it had cost."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None or not (Path(last) / ELAPSED_FILE).is_file():
+        return None, {"wall_s": 0.0, "gpu_hours": 0.0}
+    return last, json.loads((Path(last) / ELAPSED_FILE).read_text())
+
+
+def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, schedule: Schedule, *,
+          settings: dict[str, Any], context: RunContext, folder: Path, description: str,
+          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Trains ``model`` in place with ``Trainer`` on this process's device; returns the training report.
+
+    With ``settings["checkpoint_epochs"]`` the whole training state is saved after every epoch under
+    ``folder/trainer``, and a stage killed mid-way continues from its last epoch when run again (its earlier
+    training time carried into the run's cost)."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    if not examples:
+        raise GRBenchError(f"{description}: no training examples")
+    device = device_of(context)
+    bf16 = bool(settings["bf16"]) and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    output_dir = folder / TRAINER_DIR
+    checkpoints = bool(settings["checkpoint_epochs"])
+    resume_from, carried = _last_checkpoint(output_dir) if checkpoints else (None, {"wall_s": 0.0, "gpu_hours": 0.0})
+    args = TrainingArguments(
+        output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
+        data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
+        max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
+        per_device_train_batch_size=settings["micro_batch_size"],
+        gradient_accumulation_steps=_accumulation(schedule, settings["micro_batch_size"]),
+        weight_decay=schedule.weight_decay, warmup_steps=schedule.warmup, lr_scheduler_type="linear",
+        bf16=bf16, activation_checkpointing=bool(settings["gradient_checkpointing"]),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="epoch" if checkpoints else "no", save_total_limit=1, report_to="none",
+        logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
+        remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=collator,
+                      callbacks=[_trainer_progress(context, description), _elapsed_recorder(carried), *callbacks])
+    trainer.remove_callback(PrinterCallback)
+    context.carry_over(carried["wall_s"], carried["gpu_hours"])
+    use_cache = model.config.use_cache
+    model.config.use_cache = False  # no KV cache while training (and no warning about it with checkpointing)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        model.config.use_cache = use_cache
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if is_main_process():
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return {"examples": len(examples), "tokens": int(sum(len(e.input_ids) for e in examples)),
+            "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
+            "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "bf16": bf16,
+            "gradient_accumulation": args.gradient_accumulation_steps,
+            "resumed_from": Path(resume_from).name if resume_from else None, "carried": carried}
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def save_rows(folder: Path, model: Any, rows: np.ndarray) -> None:
+    """Saves ``rows`` of the embedding matrices (input, and output when untied): all that CPT changes."""
+    from safetensors.torch import save_file
+
+    if not is_main_process():
+        return
+    index = torch.as_tensor(rows)
+    tensors = {f"weight{n}": w.detach()[index.to(w.device)].cpu().contiguous()
+               for n, w in enumerate(embedding_weights(model))}
+    save_file({**tensors, "rows": index.cpu()}, str(folder / ROWS_FILE))
+
+
+def load_rows(folder: Path, model: Any) -> None:
+    """Puts rows saved by :func:`save_rows` back into a freshly expanded model."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(folder / ROWS_FILE))
+    weights = embedding_weights(model)
+    if len(saved) - 1 != len(weights):
+        raise GRBenchError(f"{folder / ROWS_FILE} holds {len(saved) - 1} embedding matrices, the model has "
+                           f"{len(weights)}; delete the folder to retrain the stage")
+    with torch.no_grad():
+        for n, weight in enumerate(weights):
+            index = saved["rows"].to(weight.device)
+            weight[index] = saved[f"weight{n}"].to(weight.device, weight.dtype)
+
+
+def save_model(folder: Path, model: Any, tokenizer: Any) -> None:
+    if is_main_process():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------- the recipe
+
+def _cost(started: float) -> dict[str, float]:
+    elapsed = time.perf_counter() - started
+    return {"wall_s": elapsed, "gpu_hours": elapsed * gpu_count() / 3600}
+
+
+class LLMRecipe:
+    """What every LLM method does first: SIDs, backbone with SID vocabulary, CPT; and its stage bookkeeping.
+
+    A method calls :meth:`semantic_ids`, then :meth:`stage` for each of its own stages (chained from
+    :attr:`cpt`), and either :meth:`load_finished` (the last stage is cached) or :meth:`after_cpt` followed by
+    its own training and :meth:`finish`.
+    """
+
+    def __init__(self, method: str, settings: dict[str, Any], context: RunContext, data: TrainData) -> None:
+        if not data.has_text:
+            raise GRBenchError(f"{method} needs item titles (its prompts describe items by text); dataset "
+                               f"{data.dataset} has none")
+        self.method, self.settings, self.context, self.data = method, settings, context, data
+        self.sids: SemanticIds | None = None
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def semantic_ids(self) -> SemanticIds:
+        """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``."""
+        config = SidConfig(quantizer=self.settings["sid_quantizer"], codebook_size=self.settings["sid_codebook_size"],
+                           epochs=self.settings["sid_epochs"], source="text")
+        with self.context.stage("sids") as cost:
+            self.sids = build_semantic_ids(self.data, config, seed=self.context.seed, track=self.context.track)
+            cost.extra.update(cached=self.sids.from_cache, fingerprint=self.sids.fingerprint)
+        return self.sids
+
+    def stage(self, name: str, setting_names: Sequence[str], previous: StageCache | None) -> StageCache:
+        """The cache of a stage determined by ``setting_names`` and everything before it (``previous``)."""
+        assert self.sids is not None, "semantic_ids() first"
+        key = {"sids": self.sids.fingerprint, "seed": self.context.seed,
+               "settings": {setting: self.settings[setting] for setting in setting_names},
+               "previous": previous.digest if previous is not None else None}
+        return stage_cache(self.data, name, key)
+
+    @property
+    def cpt(self) -> StageCache:
+        return self.stage("cpt", (*BACKBONE_SETTINGS, *SID_SETTINGS, *CPT_SETTINGS), None)
+
+    def finish(self, cache: StageCache, started: float, report: dict[str, Any], upstream: StageCache | None,
+               vocab: SidVocabulary) -> None:
+        """Records a freshly trained stage: its cost (with time an interrupted attempt spent), the costs of the
+        stages it was built on, its report, and what :meth:`load_finished` needs to rebuild the vocabulary."""
+        upstream_costs = {}
+        if upstream is not None:
+            info = upstream.info()
+            upstream_costs = {**info.get("upstream", {}), upstream.name: info["cost"]}
+        carried = report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
+        cost = {key: value + carried[key] for key, value in _cost(started).items()}
+        self.reports[cache.name] = {**report, "cached": False, "folder": str(cache.folder)}
+        cache.finish({"cost": cost, "upstream": upstream_costs, "report": report,
+                      "original_rows": vocab.original_rows})
+
+    @contextmanager
+    def _reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
+                folder: Path | None = None) -> Iterator[None]:
+        """A stage of this run that reuses a cached result: timed as usual, plus what training it once cost."""
+        with self.context.stage(name) as record:
+            self.context.carry_over(cost["wall_s"], cost["gpu_hours"])
+            record.extra.update(cached=True)
+            if report is not None:
+                self.reports[name] = {**report, "cached": True, "folder": str(folder)}
+            yield
+
+    def load_finished(self, cache: StageCache) -> tuple[Any, Any, SidVocabulary]:
+        """A cached final stage: its model, and every stage's cost carried into this run's record."""
+        info = cache.info()
+        for name, cost in info["upstream"].items():
+            with self._reused(name, cost):
+                pass
+        with self._reused(cache.name, info["cost"], info["report"], cache.folder):
+            model, tokenizer = self.load_model(cache.folder)
+        return model, tokenizer, vocabulary_of(tokenizer, self.sids, info["original_rows"])
+
+    def load_model(self, folder: Path) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[self.settings["dtype"]])
+        return model.to(device_of(self.context)), tokenizer
+
+    def after_cpt(self) -> tuple[Any, Any, SidVocabulary]:
+        """Backbone + SID vocabulary + CPT (trained, or its rows loaded from the cache), timed as stage ``cpt``."""
+        cache = self.cpt
+        if cache.done:
+            info = cache.info()
+            with self._reused("cpt", info["cost"], info["report"], cache.folder):
+                model, tokenizer, vocab = self.expanded_backbone()
+                load_rows(cache.folder, model)
+        else:
+            with self.context.stage("cpt") as cost:
+                started = time.perf_counter()
+                model, tokenizer, vocab = self.expanded_backbone()
+                folder = cache.prepare()
+                report = self.train_cpt(model, tokenizer, vocab, folder)
+                save_rows(folder, model, vocab.grounding_ids)
+                self.finish(cache, started, report, None, vocab)
+                cost.extra.update(cached=False)
+        return model.to(device_of(self.context)), tokenizer, vocab
+
+    def expanded_backbone(self) -> tuple[Any, Any, SidVocabulary]:
+        """The profile's backbone with the SID vocabulary added (new rows at the mean embedding)."""
+        assert self.sids is not None, "semantic_ids() first"
+        model, tokenizer = load_backbone(self.settings["backbone"], dtype=self.settings["dtype"],
+                                         seed=self.context.seed)
+        return model, tokenizer, expand_vocabulary(model, tokenizer, self.sids, seed=self.context.seed)
+
+    def cpt_lines(self) -> list[str]:
+        s = self.settings
+        return cpt_corpus(self.data, self.sids, corpus=s["cpt_corpus"], items_per_line=s["cpt_items_per_line"],
+                          item_lines=s["cpt_item_lines"])
+
+    def train_cpt(self, model: Any, tokenizer: Any, vocab: SidVocabulary, folder: Path) -> dict[str, Any]:
+        """Item grounding: language modelling over the CPT corpus, only the SID and marker rows train."""
+        s = self.settings
+        examples = cpt_examples(tokenizer, self.cpt_lines(), s["cpt_max_length"])
+        schedule = Schedule(lr=s["cpt_lr"], epochs=s["cpt_epochs"], batch_size=s["cpt_batch_size"],
+                            max_steps=s["cpt_max_steps"], weight_decay=0.0)
+        with only_rows_trainable(model, vocab.grounding_ids) as trainable:
+            report = train(model, examples, PaddingCollator(pad_token_id(tokenizer)), schedule, settings=s,
+                           context=self.context, folder=folder, description="CPT steps")
+        return {**report, "trainable_values": trainable, "corpus": s["cpt_corpus"]}
+
+    def sft_examples(self, tokenizer: Any, vocab: SidVocabulary, loss_tokens: str) -> list[Example]:
+        return [sft_example(tokenizer, self.sids, vocab, history, target, self.settings["max_history"], loss_tokens)
+                for history, target in next_item_pairs(self.data)]
+
+
+def with_lora(model: Any, settings: dict[str, Any]) -> Any:
+    """Wraps ``model`` in LoRA adapters on every linear layer (``lora=true``; needs peft)."""
+    try:
+        import peft
+    except ImportError:
+        raise GRBenchError("lora=true needs peft: pip install -c requirements/cpu-constraints.txt peft==0.21.2") \
+            from None
+    config = peft.LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"],
+                             lora_dropout=settings["lora_dropout"], target_modules="all-linear", task_type="CAUSAL_LM")
+    wrapped = peft.get_peft_model(model, config)
+    if settings["gradient_checkpointing"]:
+        wrapped.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return wrapped

@@ -1,0 +1,128 @@
+"""``sft``: next-item supervised fine-tuning of an LLM over SID tokens (the PauseRec study's SFT baseline).
+
+Recipe (DESIGN.md, "The study's recipes" 1-2): SIDs from item text; the backbone learns the SID tokens' embeddings
+in CPT (item grounding, only SID rows train; shared with the other LLM methods through the stage cache); then
+every weight is fine-tuned on one example per user, history -> next item, with the loss on the target SID only.
+Recommendation: the same prompt, then trie-constrained beam search over the SIDs of all items
+(:mod:`bench.decode`).
+
+Choices DESIGN.md leaves open, and why:
+- target = last training item, history = the training items before it, as the study (its third-to-last item);
+- the loss covers the answer's ``<|sid_begin|>``, four codes and ``<|sid_end|>`` (``sft_loss_tokens=codes``:
+  the codes alone);
+- ``small``/``paper`` use the study's implicit-SFT schedule for this SFT too (5 epochs, lr 5e-5, AdamW, weight
+  decay 0.01), so that ``sft`` and ``pauserec`` differ in the method only; global batch 16 (OneRec-Think's);
+- histories are cut to the last ``max_history`` items (50; 5 in the CPU profiles).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.decode import SIDTrie, constrained_beam_search
+from bench.errors import GRBenchError
+from bench.registry import Method, RunContext, register_method
+from bench.split import TrainData
+from methods.llm.backbone import SidVocabulary
+from methods.llm.config import check_shared_settings, llm_profiles, shared_variant
+from methods.llm.stages import (
+    LLMRecipe,
+    PaddingCollator,
+    Schedule,
+    pad_token_id,
+    save_model,
+    sft_prompt_ids,
+    train,
+    with_lora,
+)
+
+SFT_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {"sft_epochs": 1, "sft_lr": 1e-3, "sft_batch_size": 4, "sft_max_steps": 3},
+    # CPU budget: ~1.5 s a step of 4 SmolLM2 examples of ~120 tokens on 2 quiet cores, so 480 of ml-100k's 943
+    # users in about 3 minutes
+    "quick": {"sft_epochs": 1, "sft_lr": 1e-4, "sft_batch_size": 4, "sft_max_steps": 120},
+    "small": {"sft_epochs": 5, "sft_lr": 5e-5, "sft_batch_size": 16, "sft_max_steps": 0},
+    "paper": {"sft_epochs": 5, "sft_lr": 5e-5, "sft_batch_size": 16, "sft_max_steps": 0},
+}
+SFT_DEFAULTS = {"sft_weight_decay": 0.01, "sft_warmup": 0.0, "sft_loss_tokens": "sid",
+                "lora": False, "lora_r": 128, "lora_alpha": 128, "lora_dropout": 0.05}
+# What determines the SFT checkpoint besides the CPT stage it starts from.
+SFT_SETTINGS = ("max_history", "sft_loss_tokens", "sft_epochs", "sft_lr", "sft_batch_size", "sft_max_steps",
+                "sft_weight_decay", "sft_warmup", "lora", "lora_r", "lora_alpha", "lora_dropout")
+
+
+@register_method
+class NextItemSFT(Method):
+    name = "sft"
+    family = "llm"
+    needs_text = True
+    description = "next-item SFT of an LLM on SID tokens after SID-embedding CPT (PauseRec study's SFT baseline)"
+    profiles = llm_profiles({profile: {**SFT_DEFAULTS, **own} for profile, own in SFT_PROFILES.items()})
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        check_shared_settings(cls.name, settings)
+        if settings["sft_loss_tokens"] not in ("sid", "codes"):
+            raise GRBenchError(f"sft: sft_loss_tokens {settings['sft_loss_tokens']!r}: expected sid (markers and "
+                               "codes of the target SID) or codes")
+        if not 0 <= settings["sft_warmup"] < 1:
+            raise GRBenchError(f"sft: sft_warmup is a fraction of the steps, in [0, 1); got {settings['sft_warmup']}")
+
+    @classmethod
+    def variant(cls, settings: dict[str, Any]) -> str:
+        words = shared_variant(settings, ("cpt", "sft"))
+        if settings["lora"]:
+            words.append(f"LoRA r={settings['lora_r']}")
+        return ", ".join(words)
+
+    def __init__(self, settings: dict[str, Any], context: RunContext) -> None:
+        super().__init__(settings, context)
+        self.report_data: dict[str, Any] = {}
+
+    def fit(self, data: TrainData, context: RunContext) -> None:
+        recipe = LLMRecipe(self.name, self.settings, context, data)
+        self.sids = recipe.semantic_ids()
+        cache = recipe.stage("sft", SFT_SETTINGS, recipe.cpt)
+        if cache.done:
+            model, tokenizer, vocab = recipe.load_finished(cache)
+        else:
+            model, tokenizer, vocab = recipe.after_cpt()
+            with context.stage("sft") as cost:
+                started = time.perf_counter()
+                folder = cache.prepare()
+                model, report = self._train(recipe, model, tokenizer, vocab, folder)
+                save_model(folder, model, tokenizer)
+                recipe.finish(cache, started, report, recipe.cpt, vocab)
+                cost.extra.update(cached=False)
+        self.model, self.tokenizer, self.vocab = model, tokenizer, vocab
+        self.trie = SIDTrie.from_item_tokens(vocab.item_tokens[1:], np.arange(1, data.n_items + 1))
+        self.report_data = {"stages": recipe.reports, "sids": self.sids.summary(), "vocabulary": len(tokenizer)}
+
+    def _train(self, recipe: LLMRecipe, model: Any, tokenizer: Any, vocab: SidVocabulary,
+               folder: Path) -> tuple[Any, dict[str, Any]]:
+        s = self.settings
+        examples = recipe.sft_examples(tokenizer, vocab, s["sft_loss_tokens"])
+        schedule = Schedule(lr=s["sft_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
+                            max_steps=s["sft_max_steps"], weight_decay=s["sft_weight_decay"], warmup=s["sft_warmup"])
+        trained = with_lora(model, s) if s["lora"] else model
+        report = train(trained, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule, settings=s,
+                       context=self.context, folder=folder, description="SFT steps")
+        if s["lora"]:
+            model = trained.merge_and_unload()
+        return model, report
+
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        prompts = [sft_prompt_ids(self.tokenizer, self.sids, self.vocab, history, self.settings["max_history"])
+                   for history in histories]
+        items, _ = constrained_beam_search(self.model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
+                                           batch_size=self.settings["infer_batch_size"],
+                                           pad_token_id=pad_token_id(self.tokenizer))
+        return items
+
+    def report(self) -> dict[str, Any]:
+        return self.report_data
