@@ -18,6 +18,7 @@ from bench.results import ResultStore
 from bench.split import leave_last_out
 from bench.training import validation_score
 from methods.rearec import ReaRec, ReaRecEncoder, reasoning_mask
+from tests.resume import check_resume_after_kill
 
 
 def context(tmp_path: Path, seed: int = 0) -> RunContext:
@@ -391,30 +392,5 @@ def test_rearec_learns_a_sequential_pattern(tmp_path, scheme):
 def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
     """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run. PRL,
     so that the noise of the contrastive pass (after the 1-epoch warm-up) must be drawn again identically."""
-    run = ["run", "--profile", "smoke", "--methods", "rearec:scheme=prl,epochs=4,patience=10"]
-    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
-    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
-    straight = ResultStore(tmp_path / "straight").load()[0]
+    check_resume_after_kill(tmp_path, monkeypatch, "rearec:scheme=prl", sequential)
 
-    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
-    original = sequential.validation_score
-    calls = []
-
-    def killed_in_epoch_three(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
-        return original(*args)
-
-    monkeypatch.setattr(sequential, "validation_score", killed_in_epoch_three)
-    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
-    assert not (tmp_path / "resumed" / "results.jsonl").exists()
-    monkeypatch.setattr(sequential, "validation_score", original)
-    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
-    resumed = ResultStore(tmp_path / "resumed").load()[0]
-
-    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
-    assert len(straight["report"]["history"]) == 4
-    assert resumed["report"]["history"] == straight["report"]["history"]
-    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
-    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"]

@@ -12,6 +12,7 @@ from bench.data import load_dataset
 from bench.registry import methods
 from bench.results import ResultStore
 from bench.split import leave_last_out
+from tests.resume import check_resume_after_kill
 
 
 def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
@@ -92,31 +93,5 @@ def test_parity_with_recbole_pipeline_on_an_ml100k_slice():
 
 def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
     """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
-    spec = "sasrec:epochs=4,patience=10"
-    run = ["run", "--profile", "smoke", "--methods", spec]
-    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
-    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
-    straight = ResultStore(tmp_path / "straight").load()[0]
+    check_resume_after_kill(tmp_path, monkeypatch, "sasrec", recbole_models)
 
-    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
-    original = recbole_models.validation_score
-    calls = []
-
-    def killed_in_epoch_three(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
-        return original(*args)
-
-    monkeypatch.setattr(recbole_models, "validation_score", killed_in_epoch_three)
-    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
-    assert not (tmp_path / "resumed" / "results.jsonl").exists()
-    monkeypatch.setattr(recbole_models, "validation_score", original)
-    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
-    resumed = ResultStore(tmp_path / "resumed").load()[0]
-
-    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
-    assert resumed["report"]["history"] == straight["report"]["history"]
-    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
-    # the two epochs of the interrupted process count in the cost of the run
-    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"] < resumed["train"]["wall_s"]

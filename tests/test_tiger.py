@@ -25,6 +25,7 @@ from bench.evaluate import per_user_metrics
 from bench.registry import RunContext, methods
 from bench.results import ResultStore
 from bench.split import TrainData, leave_last_out
+from tests.resume import check_resume_after_kill
 from tests.test_sid import fake_embed
 
 SYNTHETIC = "synthetic:users=60,items=40"
@@ -226,32 +227,9 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys, spec, message):
 
 def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch, fake_encoder):
     """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
-    run = ["run", "--profile", "smoke", "--methods", "tiger:epochs=4,patience=10"]
-    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-straight"))
-    assert main([*run, "--out", str(tmp_path / "straight")]) == 0
-    straight = ResultStore(tmp_path / "straight").load()[0]
+    straight, resumed = check_resume_after_kill(tmp_path, monkeypatch, "tiger", tiger)
 
-    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
-    original = tiger.validation_score
-    calls = []
-
-    def killed_in_epoch_three(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
-        return original(*args)
-
-    monkeypatch.setattr(tiger, "validation_score", killed_in_epoch_three)
-    assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
-    monkeypatch.setattr(tiger, "validation_score", original)
-    assert main([*run, "--out", str(tmp_path / "resumed")]) == 0
-    resumed = ResultStore(tmp_path / "resumed").load()[0]
-
-    assert resumed["report"]["resumed_after_epochs"] == 2 and straight["report"]["resumed_after_epochs"] is None
-    assert resumed["report"]["history"] == straight["report"]["history"]
     assert resumed["report"]["validated_epochs"] == straight["report"]["validated_epochs"] == [0, 1, 2, 3]
-    assert resumed["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
-    assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"]
 
 
 def test_validation_between_eval_epochs_repeats_the_last_score(tmp_path, fake_encoder):
