@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,7 @@ from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, register_method
 from bench.sid import SemanticIds, SidConfig, build_semantic_ids
-from bench.split import TrainData
+from bench.split import TrainData, fixed_subset
 from bench.training import train_with_early_stopping, validation_score
 
 PAD = 0  # padding and decoder start token
@@ -226,14 +225,8 @@ class Tiger(Method):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(settings["warmup_steps"]))
         order_rng = np.random.default_rng(context.seed)  # shuffling order; saved with every checkpoint
         valid_users = self.validation_users(data.n_users)
-        valid_data = replace(data, user_ids=data.user_ids[valid_users],
-                             train_sequences=[data.train_sequences[u] for u in valid_users],
-                             valid_targets=data.valid_targets[valid_users])
-        self.validated_epochs: list[int] = []
-        state = {"epoch": -1, "score": 0.0}
 
         def train_epoch(epoch: int) -> float:
-            state["epoch"] = epoch
             self.model.train()
             order = order_rng.permutation(len(targets))
             batches = [order[start:start + settings["batch_size"]]
@@ -251,38 +244,26 @@ class Tiger(Method):
             return total / len(targets)
 
         def validate() -> float:
-            epoch = state["epoch"]
-            if epoch == 0 or (epoch + 1) % settings["eval_every"] == 0 or epoch + 1 == settings["epochs"]:
-                state["score"] = validation_score(
-                    lambda histories, k, rows: self.recommend(histories, k, valid_users[rows]),
-                    valid_data, settings["eval_batch_size"])
-                self.validated_epochs.append(epoch)
-            return state["score"]
+            return validation_score(self.recommend, data, settings["eval_batch_size"], users=valid_users)
 
         def get_extra() -> dict[str, Any]:
-            return {"order": order_rng.bit_generator.state, "scheduler": scheduler.state_dict(),
-                    "validated_epochs": list(self.validated_epochs), "score": state["score"]}
+            return {"order": order_rng.bit_generator.state, "scheduler": scheduler.state_dict()}
 
         def set_extra(extra: dict[str, Any]) -> None:
             order_rng.bit_generator.state = extra["order"]
             scheduler.load_state_dict(extra["scheduler"])
-            self.validated_epochs[:] = extra["validated_epochs"]
-            state["score"] = extra["score"]
 
         key = {"settings": settings, "split": data.fingerprint, "seed": context.seed, "sids": self.sids.fingerprint}
         report = train_with_early_stopping(
             context, name=self.name, key=key, model=self.model, optimizer=optimizer, epochs=settings["epochs"],
             patience=settings["patience"], train_epoch=train_epoch, validate=validate,
-            extra_state=(get_extra, set_extra))
-        return {**report, "validated_epochs": list(self.validated_epochs), "valid_users": len(valid_users),
+            extra_state=(get_extra, set_extra), validate_every=settings["eval_every"])
+        return {**report, "valid_users": len(valid_users),
                 "training_examples": len(targets), "parameters": sum(p.numel() for p in self.model.parameters())}
 
     def validation_users(self, n_users: int) -> np.ndarray:
         """The users validation scores: all, or ``valid_users`` of them drawn once with a fixed seed."""
-        count = self.settings["valid_users"]
-        if count == 0 or count >= n_users:
-            return np.arange(n_users)
-        return np.sort(np.random.default_rng(VALID_SUBSET_SEED).choice(n_users, size=count, replace=False))
+        return fixed_subset(n_users, self.settings["valid_users"] or None, VALID_SUBSET_SEED)
 
     def _batch(self, users: np.ndarray, windows: np.ndarray) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(encoder_inputs(self.user_token[users], windows, self.table)).to(self.device)

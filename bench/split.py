@@ -104,14 +104,19 @@ class Split:
 
     def evaluation_users(self, max_users: int | None) -> np.ndarray:
         """The test users to score: all, or a fixed-seed subset shared by every method and run seed."""
-        if max_users is None or max_users >= self.n_users:
-            return np.arange(self.n_users)
-        rng = np.random.default_rng(EVAL_SUBSET_SEED)
-        return np.sort(rng.choice(self.n_users, size=max_users, replace=False))
+        return fixed_subset(self.n_users, max_users, EVAL_SUBSET_SEED)
 
     def original_items(self, dense: np.ndarray) -> np.ndarray:
         """Maps dense item ids back to the source's ids."""
         return self.item_ids[np.asarray(dense)]
+
+
+def fixed_subset(n: int, size: int | None, seed: int) -> np.ndarray:
+    """``size`` of ``range(n)``, sorted, drawn with a fixed seed (all of them when ``size`` is None or >= n):
+    the same users in every run, whatever the run's own seed."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
 def fingerprint_sequences(dataset: str, user_ids: np.ndarray, item_ids: np.ndarray,

@@ -27,15 +27,17 @@ VALID_TOP_K = 10
 
 
 def validation_score(recommend: Callable[[Sequence[np.ndarray], int, np.ndarray], np.ndarray], data: TrainData,
-                     batch_size: int) -> float:
-    """Mean validation NDCG@10 of ``recommend`` over all users (history ``items[:-2]``, target ``items[-2]``)."""
-    users = np.arange(data.n_users)
-    histories = data.valid_histories()
+                     batch_size: int, users: np.ndarray | None = None) -> float:
+    """Mean validation NDCG@10 of ``recommend`` (history ``items[:-2]``, target ``items[-2]``) over ``users``
+    (all when None; a subset where ranking is costly, e.g. beam search)."""
+    users = np.arange(data.n_users) if users is None else np.asarray(users)
+    every_history = data.valid_histories()
+    histories = [every_history[u] for u in users]
     topk = np.concatenate([
         recommend(histories[start:start + batch_size], VALID_TOP_K, users[start:start + batch_size])
-        for start in range(0, data.n_users, batch_size)
+        for start in range(0, len(users), batch_size)
     ])
-    return float(per_user_metrics(data.valid_targets, topk)[VALID_METRIC].mean())
+    return float(per_user_metrics(data.valid_targets[users], topk)[VALID_METRIC].mean())
 
 
 def train_with_early_stopping(
@@ -50,18 +52,23 @@ def train_with_early_stopping(
     train_epoch: Callable[[int], float],
     validate: Callable[[], float],
     extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+    validate_every: int = 1,
 ) -> dict[str, Any]:
     """Trains ``model`` (a torch module) for up to ``epochs`` epochs and leaves its best weights loaded.
 
     ``train_epoch(epoch)`` returns the epoch's training loss; ``validate()`` the validation score (higher is
     better). ``key`` describes the run (settings, split, seed): a checkpoint saved under another key is not
     resumed. ``extra_state`` is a (get, set) pair for state beyond the model, optimizer and global random
-    generators that a resume must restore (e.g. a data loader's own generator). Returns the training report
-    stored with the result: best epoch and score, epochs run, the per-epoch history, where it resumed.
+    generators that a resume must restore (e.g. a data loader's own generator). Where validation is costly,
+    ``validate_every`` > 1 validates after the first epoch, every ``validate_every`` epochs and after the last
+    one; the epochs between repeat the last measured score, so the best weights only change when measured.
+    Returns the training report stored with the result: best epoch and score, epochs run, the per-epoch
+    history, the validated epochs, where it resumed.
     """
     checkpoint = EpochCheckpoint(context.cache_dir / "training-state.pt", {"method": name, **key})
     state = checkpoint.load() or {"best_score": float("-inf"), "best_epoch": -1, "best_state": None,
-                                  "history": [], "stopped": False, "wall_s": 0.0, "gpu_hours": 0.0}
+                                  "history": [], "validated_epochs": [], "stopped": False, "wall_s": 0.0,
+                                  "gpu_hours": 0.0}
     history: list[dict[str, Any]] = state["history"]
     resumed_after = len(history)
     if resumed_after:
@@ -75,7 +82,11 @@ def train_with_early_stopping(
     remaining = range(resumed_after, epochs) if not state["stopped"] else range(0)
     for epoch in context.progress(remaining, f"{name} epochs", total=len(remaining)):
         loss = train_epoch(epoch)
-        score = validate()
+        if epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:
+            score = validate()
+            state["validated_epochs"].append(epoch)
+        else:
+            score = history[-1][VALID_METRIC]
         history.append({"epoch": epoch, "loss": float(loss), VALID_METRIC: score})
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
@@ -90,4 +101,5 @@ def train_with_early_stopping(
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     return {"best_epoch": state["best_epoch"], f"best_valid_{VALID_METRIC}": state["best_score"] if history else None,
-            "epochs_run": len(history), "history": history, "resumed_after_epochs": resumed_after or None}
+            "epochs_run": len(history), "history": history, "validated_epochs": state["validated_epochs"],
+            "resumed_after_epochs": resumed_after or None}

@@ -29,11 +29,11 @@ def check_resume_after_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spe
     original = module.validation_score
     calls = []
 
-    def killed_in_epoch_three(*args):
+    def killed_in_epoch_three(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(module, "validation_score", killed_in_epoch_three)
     assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
