@@ -1,4 +1,4 @@
-"""``python -m bench``: run, leaderboard, datasets, methods, sids."""
+"""``python -m bench``: run, leaderboard, datasets, methods, sids, analyze."""
 
 from __future__ import annotations
 
@@ -82,7 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     sids.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     sids.add_argument("--examples", type=int, default=5, help="example items to show (default 5)")
     sids.add_argument("--rebuild", action="store_true", help="ignore and overwrite the cached SIDs")
+    analyze = commands.add_parser("analyze", help="analyses of trained LLM methods (metadata recovery, embedding "
+                                  "PCA, pause attention): plots and a summary beside the leaderboards")
+    analyze.add_argument("--methods", type=_specs, default=["pauserec"],
+                         help="comma-separated method specs with analyses (default pauserec)")
+    analyze.add_argument("--datasets", type=_specs, default=None,
+                         help="comma-separated dataset specs (default: the profile's)")
+    analyze.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of the trained model (default 0)")
+    analyze.add_argument("--out", type=Path, default=DEFAULT_LEADERBOARDS / "analysis",
+                         help="folder for plots and summaries (default leaderboards/analysis)")
     return parser
+
+
+def command_analyze(args: argparse.Namespace) -> int:
+    from bench.profiles import get_profile
+    from bench.runner import run_analyses
+
+    datasets = args.datasets or list(get_profile(args.profile).default_datasets)
+    run_analyses(args.methods, datasets, args.profile, args.seed, args.out)
+    return 0
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -166,7 +185,7 @@ def command_sids(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
-            "methods": command_methods, "sids": command_sids}
+            "methods": command_methods, "sids": command_sids, "analyze": command_analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

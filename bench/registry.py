@@ -108,6 +108,11 @@ class Method(ABC):
         """What the method wants stored with its result (best epoch, validation curve, ...)."""
         return {}
 
+    def analyze(self, data: TrainData, folder: Path) -> dict[str, Any]:
+        """Analyses of the fitted model (``python -m bench analyze``): writes plots into ``folder`` and returns
+        a JSON-able summary. Only methods that override this have analyses."""
+        raise NotImplementedError
+
 
 def _coerce(text: str, default: Any) -> Any:
     """Converts a command-line option to the type of the profile's default."""

@@ -7,6 +7,7 @@ command skips what is finished.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -22,13 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from bench.costs import LATENCY_BATCH_SIZE, gpu_count, hardware, timed_batches
 from bench.data import load_dataset, parse_spec
+from bench.errors import GRBenchError
 from bench.evaluate import check_rankings, per_user_metrics, summarize
 from bench.leaderboard import render_dataset_tables, write_leaderboards
 from bench.paths import cache_dir
 from bench.profiles import Profile, get_profile
 from bench.provenance import git_commit, versions
-from bench.registry import Method, RunContext, parse_method_spec, seed_everything
-from bench.results import ResultKey, ResultStore, check_writable, slug
+from bench.registry import Method, RunContext, methods, parse_method_spec, seed_everything
+from bench.results import ResultKey, ResultStore, check_writable, slug, write_atomically
 from bench.split import EVAL_SUBSET_SEED, Split, leave_last_out
 
 TOP_K = 10
@@ -118,10 +120,9 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
     return made
 
 
-def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray,
-             progress: Progress) -> tuple[dict, list[dict]]:
-    """Trains and scores one method on one split with one seed; returns its record and ranking rows."""
-    label = f"{run.spec} / {split.dataset} / seed {seed}"
+def make_method(split: Split, run: MethodRun, profile: Profile, seed: int,
+                progress: Progress) -> tuple[Method, RunContext]:
+    """A seeded, untrained instance of ``run`` with its run context (cache folder, progress bars)."""
     seed_everything(seed)
 
     def track(iterable, description: str = "", total: int | None = None):
@@ -134,7 +135,53 @@ def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: n
         cache_dir=cache_dir() / slug(split.dataset) / split.fingerprint / slug(run.spec) / profile.name / f"seed{seed}",
         track=track,
     )
-    method = run.method(run.settings, context)
+    return run.method(run.settings, context), context
+
+
+def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], profile_name: str, seed: int,
+                 folder: Path, console: Console | None = None) -> list[Path]:
+    """``python -m bench analyze``: for each method and dataset, the method's trained model (from its stage
+    cache, trained first where missing), then its own analyses (:meth:`Method.analyze`): plots and a summary
+    under ``folder/<dataset>/<method spec>/``. Returns the summary files."""
+    console = console or Console(stderr=True)
+    profile = get_profile(profile_name)
+    method_runs = resolve_methods(method_specs, profile)
+    for run in method_runs:
+        if run.method.analyze is Method.analyze:
+            having = sorted(name for name, cls in methods().items() if cls.analyze is not Method.analyze)
+            raise GRBenchError(f"method {run.spec!r} has no analyses; methods with analyses: {', '.join(having)}")
+    for spec in dataset_specs:
+        parse_spec(spec)
+    written = []
+    with make_progress(console) as progress:
+        for dataset_spec in dataset_specs:
+            split = leave_last_out(load_dataset(dataset_spec))
+            data = split.train_view()
+            for run in method_runs:
+                method, context = make_method(split, run, profile, seed, progress)
+                with context.stage("train"):
+                    method.fit(data, context)
+                target = folder / slug(split.dataset) / slug(run.spec)
+                task = progress.add_task(f"analyze {run.spec} / {split.dataset}", total=1)
+                summary = method.analyze(data, target)
+                progress.update(task, completed=1)
+                record = {"method": run.spec, "dataset": split.dataset, "profile": profile.name, "seed": seed,
+                          "split_fingerprint": split.fingerprint, "variant": run.method.variant(run.settings),
+                          "settings": run.settings, "analyses": summary, "hardware": hardware(),
+                          "versions": versions(), "git_commit": git_commit(), "command": shlex.join(sys.argv),
+                          "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                path = target / "analysis.json"
+                write_atomically(path, json.dumps(record, indent=1, default=str).encode())
+                console.print(f"{run.spec} / {split.dataset}: {path} and its plots")
+                written.append(path)
+    return written
+
+
+def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray,
+             progress: Progress) -> tuple[dict, list[dict]]:
+    """Trains and scores one method on one split with one seed; returns its record and ranking rows."""
+    label = f"{run.spec} / {split.dataset} / seed {seed}"
+    method, context = make_method(split, run, profile, seed, progress)
     fit_task = progress.add_task(f"train {label}", total=1)
     started = time.perf_counter()
     with context.stage("train") as train_cost:

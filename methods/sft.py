@@ -31,9 +31,11 @@ from bench.split import TrainData
 from methods.llm.backbone import SidVocabulary
 from methods.llm.config import check_shared_settings, llm_profiles, shared_variant
 from methods.llm.stages import (
+    Example,
     LLMRecipe,
     PaddingCollator,
     Schedule,
+    StageCache,
     pad_token_id,
     save_model,
     sft_prompt_ids,
@@ -85,40 +87,22 @@ class NextItemSFT(Method):
         self.report_data: dict[str, Any] = {}
 
     def fit(self, data: TrainData, context: RunContext) -> None:
-        recipe = LLMRecipe(self.name, self.settings, context, data)
+        self.recipe = recipe = LLMRecipe(self.name, self.settings, context, data)
         self.sids = recipe.semantic_ids()
-        cache = recipe.stage("sft", SFT_SETTINGS, recipe.cpt)
-        if cache.done:
-            model, tokenizer, vocab = recipe.load_finished(cache)
-        else:
-            model, tokenizer, vocab = recipe.after_cpt()
-            with context.stage("sft") as cost:
-                started = time.perf_counter()
-                folder = cache.prepare()
-                model, report = self._train(recipe, model, tokenizer, vocab, folder)
-                save_model(folder, model, tokenizer)
-                recipe.finish(cache, started, report, recipe.cpt, vocab)
-                cost.extra.update(cached=False)
-        self.model, self.tokenizer, self.vocab = model, tokenizer, vocab
-        self.trie = SIDTrie.from_item_tokens(vocab.item_tokens[1:], np.arange(1, data.n_items + 1))
-        self.report_data = {"stages": recipe.reports, "sids": self.sids.summary(), "vocabulary": len(tokenizer)}
+        self.model, self.tokenizer, self.vocab = self.train_stages(recipe)
+        self.trie = SIDTrie.from_item_tokens(self.vocab.item_tokens[1:], np.arange(1, data.n_items + 1))
+        self.report_data = {"stages": recipe.reports, "sids": self.sids.summary(), "vocabulary": len(self.tokenizer)}
 
-    def _train(self, recipe: LLMRecipe, model: Any, tokenizer: Any, vocab: SidVocabulary,
-               folder: Path) -> tuple[Any, dict[str, Any]]:
-        s = self.settings
-        examples = recipe.sft_examples(tokenizer, vocab, s["sft_loss_tokens"])
-        schedule = Schedule(lr=s["sft_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
-                            max_steps=s["sft_max_steps"], weight_decay=s["sft_weight_decay"], warmup=s["sft_warmup"])
-        trained = with_lora(model, s) if s["lora"] else model
-        report = train(trained, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule, settings=s,
-                       context=self.context, folder=folder, description="SFT steps")
-        if s["lora"]:
-            model = trained.merge_and_unload()
-        return model, report
+    def train_stages(self, recipe: LLMRecipe) -> tuple[Any, Any, SidVocabulary]:
+        """The model that recommends: here the SFT checkpoint (a subclass adds stages after it)."""
+        return next_item_sft(recipe)
+
+    def prompt(self, history: np.ndarray) -> list[int]:
+        """The token ids a recommendation for ``history`` continues (ending in ``<|sid_begin|>``)."""
+        return sft_prompt_ids(self.tokenizer, self.sids, self.vocab, history, self.settings["max_history"])
 
     def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
-        prompts = [sft_prompt_ids(self.tokenizer, self.sids, self.vocab, history, self.settings["max_history"])
-                   for history in histories]
+        prompts = [self.prompt(history) for history in histories]
         items, _ = constrained_beam_search(self.model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
                                            batch_size=self.settings["infer_batch_size"],
                                            pad_token_id=pad_token_id(self.tokenizer))
@@ -126,3 +110,42 @@ class NextItemSFT(Method):
 
     def report(self) -> dict[str, Any]:
         return self.report_data
+
+
+def sft_stage(recipe: LLMRecipe) -> StageCache:
+    return recipe.stage("sft", SFT_SETTINGS, recipe.cpt)
+
+
+def next_item_sft(recipe: LLMRecipe, after_cpt: tuple[Any, Any, SidVocabulary] | None = None,
+                  ) -> tuple[Any, Any, SidVocabulary]:
+    """The SFT checkpoint, from the stage cache or trained now (from ``after_cpt``, a CPT model the caller
+    already holds, else CPT from :meth:`LLMRecipe.after_cpt`). ``sft`` and ``pauserec`` share it."""
+    cache = sft_stage(recipe)
+    if cache.done:
+        return recipe.load_finished(cache)
+    model, tokenizer, vocab = after_cpt if after_cpt is not None else recipe.after_cpt()
+    s = recipe.settings
+    with recipe.training("sft") as cost:
+        started = time.perf_counter()
+        folder = cache.prepare()
+        examples = recipe.sft_examples(tokenizer, vocab, s["sft_loss_tokens"])
+        schedule = Schedule(lr=s["sft_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
+                            max_steps=s["sft_max_steps"], weight_decay=s["sft_weight_decay"], warmup=s["sft_warmup"])
+        model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule,
+                                  recipe, folder, "SFT steps")
+        save_model(folder, model, tokenizer)
+        recipe.finish(cache, started, report, [recipe.cpt], vocab)
+        cost.extra.update(cached=False)
+    return model, tokenizer, vocab
+
+
+def fine_tune(model: Any, examples: Sequence[Example], collator: PaddingCollator, schedule: Schedule,
+              recipe: LLMRecipe, folder: Path, description: str) -> tuple[Any, dict[str, Any]]:
+    """Trains every weight (or LoRA adapters, merged afterwards, with ``lora=true``); returns the model."""
+    s = recipe.settings
+    trained = with_lora(model, s) if s["lora"] else model
+    report = train(trained, examples, collator, schedule, settings=s, context=recipe.context, folder=folder,
+                   description=description)
+    if s["lora"]:
+        model = trained.merge_and_unload()
+    return model, report

@@ -162,15 +162,16 @@ def embedding_weights(model: Any) -> list[torch.nn.Parameter]:
     return weights
 
 
-def init_rows_at_mean(model: Any, rows: Sequence[int], source_rows: int, seed: int,
+def init_rows_at_mean(model: Any, rows: Sequence[int], source_rows: Sequence[int], seed: int,
                       noise: float = NEW_ROW_NOISE) -> None:
-    """Sets ``rows`` of every embedding matrix to the mean of rows ``[0, source_rows)`` plus Gaussian noise of
-    variance ``noise`` x the per-dimension variance of those rows, drawn from a generator seeded by ``seed``."""
+    """Sets ``rows`` of every embedding matrix to the mean of ``source_rows`` plus Gaussian noise of variance
+    ``noise`` x the per-dimension variance of those rows, drawn from a generator seeded by ``seed``."""
     index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    source_index = torch.as_tensor(np.asarray(source_rows, dtype=np.int64))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for weight in embedding_weights(model):
-            source = weight[:source_rows].detach().float().cpu()
+            source = weight[source_index.to(weight.device)].detach().float().cpu()
             mean, std = source.mean(0), (source.var(0) * noise).sqrt()
             values = mean + std * torch.randn((len(index), weight.shape[1]), generator=generator)
             weight[index.to(weight.device)] = values.to(weight.device, weight.dtype)
@@ -194,7 +195,7 @@ def expand_vocabulary(model: Any, tokenizer: Any, sids: SemanticIds, *, seed: in
     rows = max(len(tokenizer), model.get_input_embeddings().weight.shape[0])
     if rows != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(rows, mean_resizing=False)
-    init_rows_at_mean(model, ids, original_rows, seed)
+    init_rows_at_mean(model, ids, np.arange(original_rows), seed)
     by_name = dict(zip(names, ids))
     return SidVocabulary(
         code_ids=np.asarray(ids[: sids.n_tokens], dtype=np.int64),

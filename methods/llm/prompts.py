@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.sid import SID_BEGIN, SemanticIds
 from bench.split import TrainData
+from methods.llm.backbone import PAUSE
 
 SYSTEM_PROMPT = (
     "You are a professional recommendation expert who needs to recommend the next possible purchase for users "
@@ -42,6 +43,16 @@ def history_text(items: Iterable[str]) -> str:
 def sid_history(sids: SemanticIds, history: Sequence[int]) -> str:
     """The SFT user turn: the history's SIDs."""
     return history_text(sids.sid_string(int(item)) for item in history)
+
+
+def described_history(sids: SemanticIds, catalog: pd.DataFrame, history: Sequence[int]) -> str:
+    """PauseRec's user turn: each history item with its SID, title and categories (:func:`item_description`)."""
+    return history_text(item_description(sids, catalog, int(item)) for item in history)
+
+
+def pause_prefix(pauses: int) -> str:
+    """PauseRec's assistant turn before the SID: ``<think> <pause><pause>... </think> `` with ``pauses`` pauses."""
+    return "<think> " + PAUSE * pauses + " </think> "
 
 
 def _title_and_categories(catalog: pd.DataFrame, item: int) -> tuple[str | None, str | None]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.costs import gpu_count
+from bench.costs import StageCost, gpu_count
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.registry import RunContext
@@ -446,6 +446,7 @@ class LLMRecipe:
         self.method, self.settings, self.context, self.data = method, settings, context, data
         self.sids: SemanticIds | None = None
         self.reports: dict[str, dict[str, Any]] = {}
+        self.recorded: set[str] = set()  # stages already in this run's cost record
 
     def semantic_ids(self) -> SemanticIds:
         """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``."""
@@ -456,26 +457,34 @@ class LLMRecipe:
             cost.extra.update(cached=self.sids.from_cache, fingerprint=self.sids.fingerprint)
         return self.sids
 
-    def stage(self, name: str, setting_names: Sequence[str], previous: StageCache | None) -> StageCache:
-        """The cache of a stage determined by ``setting_names`` and everything before it (``previous``)."""
+    def stage(self, name: str, setting_names: Sequence[str], *previous: StageCache) -> StageCache:
+        """The cache of a stage determined by ``setting_names`` and everything before it (the ``previous``
+        stages it starts from: SFT from CPT; PauseRec's implicit SFT from SFT and pause pretraining)."""
         assert self.sids is not None, "semantic_ids() first"
         key = {"sids": self.sids.fingerprint, "seed": self.context.seed,
                "settings": {setting: self.settings[setting] for setting in setting_names},
-               "previous": previous.digest if previous is not None else None}
+               "previous": [stage.digest for stage in previous]}
         return stage_cache(self.data, name, key)
 
     @property
     def cpt(self) -> StageCache:
-        return self.stage("cpt", (*BACKBONE_SETTINGS, *SID_SETTINGS, *CPT_SETTINGS), None)
+        return self.stage("cpt", (*BACKBONE_SETTINGS, *SID_SETTINGS, *CPT_SETTINGS))
 
-    def finish(self, cache: StageCache, started: float, report: dict[str, Any], upstream: StageCache | None,
+    @contextmanager
+    def training(self, name: str) -> Iterator[StageCost]:
+        """Times a stage this run trains (``with recipe.training("sft") as cost: ...``)."""
+        self.recorded.add(name)
+        with self.context.stage(name) as cost:
+            yield cost
+
+    def finish(self, cache: StageCache, started: float, report: dict[str, Any], upstream: Sequence[StageCache],
                vocab: SidVocabulary) -> None:
         """Records a freshly trained stage: its cost (with time an interrupted attempt spent), the costs of the
         stages it was built on, its report, and what :meth:`load_finished` needs to rebuild the vocabulary."""
-        upstream_costs = {}
-        if upstream is not None:
-            info = upstream.info()
-            upstream_costs = {**info.get("upstream", {}), upstream.name: info["cost"]}
+        upstream_costs: dict[str, dict[str, float]] = {}
+        for stage in upstream:
+            info = stage.info()
+            upstream_costs.update({**info.get("upstream", {}), stage.name: info["cost"]})
         carried = report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
         cost = {key: value + carried[key] for key, value in _cost(started).items()}
         self.reports[cache.name] = {**report, "cached": False, "folder": str(cache.folder)}
@@ -483,9 +492,14 @@ class LLMRecipe:
                       "original_rows": vocab.original_rows})
 
     @contextmanager
-    def _reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
-                folder: Path | None = None) -> Iterator[None]:
-        """A stage of this run that reuses a cached result: timed as usual, plus what training it once cost."""
+    def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
+               folder: Path | None = None) -> Iterator[None]:
+        """A stage of this run that reuses a cached result: timed as usual, plus what training it once cost.
+        A stage already in this run's record (CPT reached through two later stages) is not counted twice."""
+        if name in self.recorded:
+            yield
+            return
+        self.recorded.add(name)
         with self.context.stage(name) as record:
             self.context.carry_over(cost["wall_s"], cost["gpu_hours"])
             record.extra.update(cached=True)
@@ -497,9 +511,9 @@ class LLMRecipe:
         """A cached final stage: its model, and every stage's cost carried into this run's record."""
         info = cache.info()
         for name, cost in info["upstream"].items():
-            with self._reused(name, cost):
+            with self.reused(name, cost):
                 pass
-        with self._reused(cache.name, info["cost"], info["report"], cache.folder):
+        with self.reused(cache.name, info["cost"], info["report"], cache.folder):
             model, tokenizer = self.load_model(cache.folder)
         return model, tokenizer, vocabulary_of(tokenizer, self.sids, info["original_rows"])
 
@@ -515,17 +529,17 @@ class LLMRecipe:
         cache = self.cpt
         if cache.done:
             info = cache.info()
-            with self._reused("cpt", info["cost"], info["report"], cache.folder):
+            with self.reused("cpt", info["cost"], info["report"], cache.folder):
                 model, tokenizer, vocab = self.expanded_backbone()
                 load_rows(cache.folder, model)
         else:
-            with self.context.stage("cpt") as cost:
+            with self.training("cpt") as cost:
                 started = time.perf_counter()
                 model, tokenizer, vocab = self.expanded_backbone()
                 folder = cache.prepare()
                 report = self.train_cpt(model, tokenizer, vocab, folder)
                 save_rows(folder, model, vocab.grounding_ids)
-                self.finish(cache, started, report, None, vocab)
+                self.finish(cache, started, report, (), vocab)
                 cost.extra.update(cached=False)
         return model.to(device_of(self.context)), tokenizer, vocab
 
