@@ -29,6 +29,8 @@ from bench.split import TrainData
 METHOD_PACKAGES = ("baselines", "methods")
 FAMILIES = ("baseline", "id-based", "generative", "llm")
 T = TypeVar("T")
+# Method.training_inputs: input set name -> rows of (dense user index or None, dense item ids of the row)
+TrainingInputs = dict[str, list[tuple[int | None, list[int]]]]
 
 
 @dataclass
@@ -41,6 +43,9 @@ class RunContext:
     cache_dir: Path  # stage checkpoints of this (dataset split, method spec, profile, seed)
     costs: CostMeter = field(default_factory=CostMeter)
     track: Callable[..., Iterable] = field(default=lambda iterable, description="", total=None: iterable)
+    # one line of news from a long stage (an epoch's loss and score): shown above the progress bars, and the
+    # only progress a log file gets when output is not a terminal
+    log: Callable[[str], None] = field(default=lambda text: None)
 
     def stage(self, name: str) -> AbstractContextManager[StageCost]:
         """Times a named training stage (``with context.stage("cpt"): ...``)."""
@@ -67,6 +72,9 @@ class Method(ABC):
     has_training_schedule: ClassVar[bool] = True
     # Per-profile settings; a profile missing here falls back to "quick", then to {}.
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    # What decides a method's training data: a subclass that overrides one of these below the class that wrote
+    # training_inputs may train on inputs that hook never shows, so the leakage audit calls it not audited.
+    training_entry_points: ClassVar[tuple[str, ...]] = ("fit",)
 
     def __init__(self, settings: dict[str, Any], context: RunContext) -> None:
         self.settings = settings
@@ -112,6 +120,21 @@ class Method(ABC):
         """Analyses of the fitted model (``python -m bench analyze``): writes plots into ``folder`` and returns
         a JSON-able summary. Only methods that override this have analyses."""
         raise NotImplementedError
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        """What ``fit`` would train on, for the leakage audit (``python -m bench audit``), without training.
+
+        Named input sets ("sft examples", "cpt corpus", ...), each a list of rows ``(user, items)``: the dense
+        user index the row was built from (None for rows of no user, such as catalog lines) and every dense item
+        id in that row's input and target, repeats kept, padding left out. Built by the very functions ``fit``
+        calls, so the audit checks the real inputs, not a re-implementation. A method that overrides none of
+        this is reported as not audited."""
+        raise NotImplementedError
+
+    def validation_exposure(self) -> dict[str, str]:
+        """Input sets of :meth:`training_inputs` that show validation targets on purpose, each with the documented
+        reason (e.g. the study's CPT corpus); the audit flags them instead of failing. Never for test targets."""
+        return {}
 
 
 def _coerce(text: str, default: Any) -> Any:

@@ -111,6 +111,9 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
                     record["rankings"] = str(store.write_rankings(key, rows).relative_to(plan.out))
                     store.add(record)
                     made.append(record)
+                    console.print(f"done {key.id}: NDCG@10 {record['metrics']['ndcg@10']['mean']:.4f}, trained in "
+                                  f"{record['train']['wall_s']:.0f} s, {record['inference']['ms_per_user']:.1f} "
+                                  "ms/user", highlight=False, soft_wrap=True)
     if not is_main_process():
         return made
     records = store.load()
@@ -134,6 +137,8 @@ def make_method(split: Split, run: MethodRun, profile: Profile, seed: int,
         device="cuda" if gpu_count() else "cpu",
         cache_dir=cache_dir() / slug(split.dataset) / split.fingerprint / slug(run.spec) / profile.name / f"seed{seed}",
         track=track,
+        log=lambda text: progress.console.print(f"  {time.strftime('%H:%M:%S')} {text}", highlight=False,
+                                                soft_wrap=True),
     )
     return run.method(run.settings, context), context
 

@@ -90,6 +90,8 @@ def train_with_early_stopping(
         history.append({"epoch": epoch, "loss": float(loss), VALID_METRIC: score})
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
+        context.log(f"{name} epoch {epoch + 1}/{epochs}: loss {float(loss):.4g}, valid {VALID_METRIC} {score:.4f} "
+                    f"(best {state['best_score']:.4f} at epoch {state['best_epoch'] + 1})")
         state["stopped"] = epoch - state["best_epoch"] >= patience
         elapsed = time.perf_counter() - started
         checkpoint.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -47,7 +47,7 @@ from methods.llm.backbone import (
     vocabulary_of,
 )
 from methods.llm.config import BACKBONE_SETTINGS, CPT_SETTINGS, SID_SETTINGS
-from methods.llm.prompts import ASSISTANT_PREFIX, chat_prompt, cpt_corpus, recent, sid_history
+from methods.llm.prompts import ASSISTANT_PREFIX, chat_prompt, cpt_corpus_rows, recent, sid_history
 
 STAGE_VERSION = 1  # bump when a code change alters what a stage trains
 DONE = "DONE"
@@ -242,7 +242,12 @@ def sft_example(tokenizer: Any, sids: SemanticIds, vocab: SidVocabulary, history
 def next_item_pairs(data: TrainData) -> list[tuple[np.ndarray, int]]:
     """One (history, target) per user: target = last training item (the study's third-to-last), history = the
     items before it. Users with a single training item have no history and give no example."""
-    return [(seq[:-1], int(seq[-1])) for seq in data.train_sequences if len(seq) >= 2]
+    return [(history, target) for _, history, target in user_next_item_pairs(data)]
+
+
+def user_next_item_pairs(data: TrainData) -> list[tuple[int, np.ndarray, int]]:
+    """:func:`next_item_pairs` with each pair's user index, in the same order (for the leakage audit)."""
+    return [(user, seq[:-1], int(seq[-1])) for user, seq in enumerate(data.train_sequences) if len(seq) >= 2]
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -303,6 +308,11 @@ def _trainer_progress(context: RunContext, description: str) -> Any:
 
         def on_step_end(self, args, state, control, **kwargs):
             next(self.bar, None)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            every = max(1, state.max_steps // 10)  # about ten lines a stage
+            if logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
+                context.log(f"{description} {state.global_step}/{state.max_steps}: loss {logs['loss']:.4g}")
 
         def on_train_end(self, args, state, control, **kwargs):
             for _ in self.bar:
@@ -551,14 +561,22 @@ class LLMRecipe:
         return model, tokenizer, expand_vocabulary(model, tokenizer, self.sids, seed=self.context.seed)
 
     def cpt_lines(self) -> list[str]:
+        return [line for _, line in self.cpt_rows()]
+
+    def cpt_rows(self) -> list[tuple[int | None, str]]:
+        """The CPT corpus's lines with the user each was written from (None for item lines)."""
         s = self.settings
-        return cpt_corpus(self.data, self.sids, corpus=s["cpt_corpus"], items_per_line=s["cpt_items_per_line"],
-                          item_lines=s["cpt_item_lines"])
+        return cpt_corpus_rows(self.data, self.sids, corpus=s["cpt_corpus"], items_per_line=s["cpt_items_per_line"],
+                               item_lines=s["cpt_item_lines"])
+
+    def cpt_training_examples(self, tokenizer: Any) -> list[Example]:
+        """The CPT corpus as CPT trains on it: one example per line of :meth:`cpt_rows`, in order."""
+        return cpt_examples(tokenizer, self.cpt_lines(), self.settings["cpt_max_length"])
 
     def train_cpt(self, model: Any, tokenizer: Any, vocab: SidVocabulary, folder: Path) -> dict[str, Any]:
         """Item grounding: language modelling over the CPT corpus, only the SID and marker rows train."""
         s = self.settings
-        examples = cpt_examples(tokenizer, self.cpt_lines(), s["cpt_max_length"])
+        examples = self.cpt_training_examples(tokenizer)
         schedule = Schedule(lr=s["cpt_lr"], epochs=s["cpt_epochs"], batch_size=s["cpt_batch_size"],
                             max_steps=s["cpt_max_steps"], weight_decay=0.0)
         with only_rows_trainable(model, vocab.grounding_ids) as trainable:
