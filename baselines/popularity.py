@@ -10,8 +10,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.registry import Method, RunContext, register_method
+from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.split import TrainData
+
+
+def counted_sequences(data: TrainData) -> list[np.ndarray]:
+    """The item sequences whose events popularity counts, one per user (shared with the leakage audit)."""
+    return [np.asarray(seq, dtype=np.int64) for seq in data.train_sequences]
 
 
 @register_method
@@ -22,11 +27,13 @@ class Popularity(Method):
     has_training_schedule = False
 
     def fit(self, data: TrainData, context: RunContext) -> None:
-        counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in data.train_sequences]
-                                            + [np.zeros(0, dtype=np.int64)]),
+        counts = np.bincount(np.concatenate(counted_sequences(data) + [np.zeros(0, dtype=np.int64)]),
                              minlength=data.n_items + 1).astype(float)
         counts[0] = -np.inf  # padding is never recommended
         self.ranking = np.argsort(-counts, kind="stable")[: data.n_items]
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        return {"popularity counts": [(user, seq.tolist()) for user, seq in enumerate(counted_sequences(data))]}
 
     def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
         return np.tile(self.ranking[:k], (len(histories), 1))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.registry import Method, RunContext, register_method
+from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.split import TrainData
 
 
@@ -19,6 +19,9 @@ class RandomItems(Method):
 
     def fit(self, data: TrainData, context: RunContext) -> None:
         self.n_items = data.n_items
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        return {}  # it learns the catalog size only, from no user's events
 
     def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
         if k > self.n_items:

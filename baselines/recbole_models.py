@@ -12,6 +12,7 @@ Adding another RecBole sequential model is one line in ``RECBOLE_MODELS``.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ import numpy as np
 
 from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
 from bench.errors import GRBenchError
-from bench.registry import Method, RunContext, register_method
+from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.split import TrainData
 from bench.training import train_with_early_stopping, validation_score
 
@@ -70,6 +71,16 @@ def write_benchmark_files(data: TrainData, folder: Path, max_len: int) -> None:
         (folder / f"{RECBOLE_DATASET}.{name}.inter").write_text(header + "".join(rows))
     items = "".join(f"{item}\n" for item in range(1, data.n_items + 1))
     (folder / f"{RECBOLE_DATASET}.item").write_text("item_id:token\n" + items)
+
+
+def read_benchmark_rows(path: Path) -> list[tuple[int, list[int]]]:
+    """The rows of an interaction file :func:`write_benchmark_files` wrote, read back as RecBole reads them:
+    ``(user, history items + target item)``."""
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        user, history, target = line.split("\t")
+        rows.append((int(user), [int(item) for item in history.split()] + [int(target)]))
+    return rows
 
 
 def bce_loss(model: Any, interaction: Any) -> Any:
@@ -162,6 +173,14 @@ class RecBoleSequential(Method):
             validate=lambda: validation_score(self.recommend, data, self.settings["eval_batch_size"]),
             extra_state=(train_loader.generator.get_state, train_loader.generator.set_state),  # shuffling order
         )
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        """The training file RecBole trains on (its validation and test files hold validation rows only and are
+        never trained on), written by ``fit``'s own writer into a scratch folder and parsed back."""
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / RECBOLE_DATASET
+            write_benchmark_files(data, folder, self.settings["max_len"])
+            return {"recbole train rows": read_benchmark_rows(folder / f"{RECBOLE_DATASET}.train.inter")}
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:
         """Our dense ids -> RecBole's internal ids (RecBole remaps tokens in order of appearance)."""

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import GRBenchError
-from bench.registry import Method, RunContext
+from bench.registry import Method, RunContext, TrainingInputs
 from bench.split import PADDING_ITEM, TrainData
 from bench.training import train_with_early_stopping, validation_score
 
@@ -78,11 +78,13 @@ def left_aligned(sequences: Sequence[np.ndarray], width: int) -> np.ndarray:
     return rows
 
 
-def next_item_examples(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(inputs, targets)``, each ``(n, max_len)``: per sequence of 2+ items, its last ``max_len + 1`` items
-    shifted by one (input ``seq[:-1]``, target ``seq[1:]``, 0 where padded). Shorter sequences teach nothing."""
-    windows = [np.asarray(seq[-(max_len + 1):], dtype=np.int64) for seq in sequences if len(seq) >= 2]
-    return left_aligned([w[:-1] for w in windows], max_len), left_aligned([w[1:] for w in windows], max_len)
+def next_item_examples(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, inputs, targets)``: per sequence of 2+ items, its index in ``sequences`` and its last
+    ``max_len + 1`` items shifted by one, ``(n, max_len)`` each (input ``seq[:-1]``, target ``seq[1:]``, 0 where
+    padded). Shorter sequences teach nothing."""
+    rows = np.array([row for row, seq in enumerate(sequences) if len(seq) >= 2], dtype=np.int64)
+    windows = [np.asarray(sequences[row][-(max_len + 1):], dtype=np.int64) for row in rows]
+    return rows, left_aligned([w[:-1] for w in windows], max_len), left_aligned([w[1:] for w in windows], max_len)
 
 
 class SequentialRecommender(Method):
@@ -127,7 +129,8 @@ class SequentialRecommender(Method):
         optimizer_class = torch.optim.AdamW if settings["optimizer"] == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(self.encoder.parameters(), lr=settings["learning_rate"], betas=self.betas,
                                     weight_decay=settings["weight_decay"])
-        inputs, targets = (torch.from_numpy(a) for a in next_item_examples(data.train_sequences, settings["max_len"]))
+        _, inputs, targets = (torch.from_numpy(a)
+                              for a in next_item_examples(data.train_sequences, settings["max_len"]))
         if len(inputs) == 0:
             raise GRBenchError(f"{self.name}: no training sequence of {data.dataset} has two items to learn from")
 
@@ -153,6 +156,14 @@ class SequentialRecommender(Method):
             # looked up at call time, so tests can interrupt training by replacing this module's validation_score
             validate=lambda: validation_score(self.recommend, data, settings["eval_batch_size"]),
         )
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        """The rows of the training batches, inputs and next-item targets apart (a row's targets are its inputs
+        shifted by one, so together they would count each item twice)."""
+        users, inputs, targets = next_item_examples(data.train_sequences, self.settings["max_len"])
+        return {f"{self.name} {part}": [(int(user), row[row != PADDING_ITEM].tolist())
+                                        for user, row in zip(users, rows)]
+                for part, rows in (("inputs", inputs), ("targets", targets))}
 
     def begin_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based, also after a resume); a no-op unless a loss has a schedule."""

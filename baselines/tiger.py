@@ -53,9 +53,9 @@ import torch
 
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
-from bench.registry import Method, RunContext, register_method
-from bench.sid import SemanticIds, SidConfig, build_semantic_ids
-from bench.split import TrainData, fixed_subset
+from bench.registry import Method, RunContext, TrainingInputs, register_method
+from bench.sid import SemanticIds, SidConfig, semantic_ids_stage
+from bench.split import PADDING_ITEM, TrainData, fixed_subset
 from bench.training import train_with_early_stopping, validation_score
 
 PAD = 0  # padding and decoder start token
@@ -202,8 +202,7 @@ class Tiger(Method):
 
     def fit(self, data: TrainData, context: RunContext) -> None:
         settings = self.settings
-        with context.stage("sids"):
-            self.sids = build_semantic_ids(data, self.sid_config(settings), seed=context.seed, track=context.track)
+        self.sids = semantic_ids_stage(data, self.sid_config(settings), context)
         self.table = item_token_table(self.sids)
         user_offset = SID_OFFSET + self.sids.n_tokens
         self.user_token = user_tokens(data.user_ids, settings["user_buckets"], user_offset)
@@ -260,6 +259,13 @@ class Tiger(Method):
             extra_state=(get_extra, set_extra), validate_every=settings["eval_every"])
         return {**report, "valid_users": len(valid_users),
                 "training_examples": len(targets), "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        """Each training example's history window and target item (its encoder and decoder tokens are their SIDs,
+        plus the user's hash token)."""
+        users, windows, targets = training_examples(data, self.settings["max_items"])
+        return {"tiger examples": [(int(user), [*window[window != PADDING_ITEM].tolist(), int(target)])
+                                   for user, window, target in zip(users, windows, targets)]}
 
     def validation_users(self, n_users: int) -> np.ndarray:
         """The users validation scores: all, or ``valid_users`` of them drawn once with a fixed seed."""

@@ -1,4 +1,4 @@
-"""``python -m bench``: run, leaderboard, datasets, methods, sids, analyze."""
+"""``python -m bench``: run, leaderboard, datasets, methods, sids, analyze, audit."""
 
 from __future__ import annotations
 
@@ -92,7 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0, help="seed of the trained model (default 0)")
     analyze.add_argument("--out", type=Path, default=DEFAULT_LEADERBOARDS / "analysis",
                          help="folder for plots and summaries (default leaderboards/analysis)")
+    audit = commands.add_parser("audit", help="leakage audit: no method's training inputs hold a user's validation "
+                                "or test target; exit status 1 on a leak or an unaudited method")
+    audit.add_argument("--dataset", default=None, help="dataset spec (default: the profile's first)")
+    audit.add_argument("--methods", type=_specs, default=["all"],
+                       help="comma-separated method specs, or 'all' (default)")
+    audit.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the method instances (default 0)")
     return parser
+
+
+def command_audit(args: argparse.Namespace) -> int:
+    from bench.audit import render, run_audit
+    from bench.profiles import get_profile
+    from bench.registry import default_methods
+
+    profile = get_profile(args.profile)
+    methods = default_methods() if args.methods == ["all"] else args.methods
+    report = run_audit(methods, args.dataset or profile.default_datasets[0], profile.name, args.seed)
+    print(render(report))
+    return 1 if report.failed else 0
 
 
 def command_analyze(args: argparse.Namespace) -> int:
@@ -185,7 +204,7 @@ def command_sids(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
-            "methods": command_methods, "sids": command_sids, "analyze": command_analyze}
+            "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "audit": command_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,10 +45,14 @@ import torch
 from torch import nn
 
 from bench.compat import package_dir
+from bench.costs import gpu_count
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.results import write_atomically
 from bench.split import TrainData
+
+if TYPE_CHECKING:
+    from bench.registry import RunContext
 
 CACHE_VERSION = 1  # bump when a change to this module changes the SIDs it builds
 SID_BEGIN = "<|sid_begin|>"
@@ -509,12 +513,25 @@ def build_semantic_ids(data: TrainData, config: SidConfig | None = None, *, seed
         "embedding_dim": int(vectors.shape[1]),
         "quantizer": {"name": config.quantizer, **info},
         "seconds": {"embed": round(embedded - started, 3), "quantize": round(time.perf_counter() - embedded, 3)},
+        "gpus": gpu_count(),
     }
     padded = np.concatenate([np.full((1, codes.shape[1]), -1, dtype=np.int64), codes])
     config_record = {**config.to_dict(), "seed": seed, "codebook_size_used": codebook_size}
     sids = SemanticIds(padded, sizes, label, fingerprint, config_record, stats, cache_path=folder)
     if use_cache:
         save(sids, folder)
+    return sids
+
+
+def semantic_ids_stage(data: TrainData, config: SidConfig, context: RunContext) -> SemanticIds:
+    """The SIDs as stage ``sids`` of a run. Loaded from the cache, they still cost what building them cost
+    (carried into the stage), so a row's cost does not depend on which method happened to build them first."""
+    with context.stage("sids") as cost:
+        sids = build_semantic_ids(data, config, seed=context.seed, track=context.track)
+        cost.extra.update(cached=sids.from_cache, fingerprint=sids.fingerprint)
+        if sids.from_cache:
+            seconds = float(sum(sids.stats.get("seconds", {}).values()))
+            context.carry_over(seconds, seconds * sids.stats.get("gpus", 0) / 3600)
     return sids
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from bench.errors import GRBenchError
-from bench.registry import RunContext, register_method
+from bench.registry import RunContext, TrainingInputs, register_method
 from bench.split import TrainData
 from methods.llm.backbone import PAUSE, SidVocabulary, embedding_weights, init_rows_at_mean
 from methods.llm.config import llm_profiles, shared_variant
@@ -62,6 +62,7 @@ from methods.llm.stages import (
     save_model,
     save_rows,
     train,
+    user_next_item_pairs,
 )
 from methods.sft import SFT_DEFAULTS, SFT_PROFILES, NextItemSFT, fine_tune, next_item_sft, sft_stage
 
@@ -111,6 +112,13 @@ def pause_examples(tokenizer: Any, lines: Sequence[str], vocab: SidVocabulary, r
                                   for token, label in zip(e.input_ids, e.labels)]) for e in examples]
 
 
+def pause_corpus(recipe: LLMRecipe, tokenizer: Any, vocab: SidVocabulary) -> list[Example]:
+    """What pause pretraining trains on: the recipe's CPT lines, in order, with pauses (:func:`pause_examples`)."""
+    s = recipe.settings
+    return pause_examples(tokenizer, recipe.cpt_lines(), vocab, s["pause_insert_rate"], s["pause_seed"],
+                          s["cpt_max_length"])
+
+
 def init_pause(model: Any, vocab: SidVocabulary, tokenizer: Any, how: str, seed: int) -> None:
     """Sets the pause row(s) at the mean of the rows ``how`` names, plus the study's 1e-9-variance noise."""
     every_token = np.setdiff1d(np.arange(len(tokenizer)), [vocab.pause_id])
@@ -140,8 +148,7 @@ def pretrain_pause(recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: 
         folder = cache.prepare()
         before = pause_rows(model, vocab)
         init_pause(model, vocab, tokenizer, "pretrained", recipe.context.seed)
-        examples = pause_examples(tokenizer, recipe.cpt_lines(), vocab, s["pause_insert_rate"], s["pause_seed"],
-                                  s["cpt_max_length"])
+        examples = pause_corpus(recipe, tokenizer, vocab)
         schedule = Schedule(lr=s["pause_lr"], epochs=s["pause_epochs"], batch_size=s["pause_batch_size"],
                             max_steps=s["pause_max_steps"], weight_decay=0.0)
         with only_rows_trainable(model, [vocab.pause_id]) as trainable:
@@ -213,8 +220,7 @@ class PauseRec(NextItemSFT):
             started = time.perf_counter()
             folder = cache.prepare()
             self.tokenizer, self.vocab = tokenizer, vocab
-            examples = [answer_example(self.prompt(history), vocab, target, s["sft_loss_tokens"])
-                        for history, target in next_item_pairs(recipe.data)]
+            examples = self.implicit_sft_examples(recipe.data)
             schedule = Schedule(lr=s["isft_lr"], epochs=s["isft_epochs"], batch_size=s["isft_batch_size"],
                                 max_steps=s["isft_max_steps"], weight_decay=s["isft_weight_decay"])
             model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
@@ -223,6 +229,31 @@ class PauseRec(NextItemSFT):
             recipe.finish(cache, started, report, upstream, vocab)
             cost.extra.update(cached=False)
         return model, tokenizer, vocab
+
+    def implicit_sft_examples(self, data: TrainData) -> list[Example]:
+        """One per user with a training history: :meth:`prompt` + the target's SID (needs tokenizer and vocab)."""
+        return [answer_example(self.prompt(history), self.vocab, target, self.settings["sft_loss_tokens"])
+                for history, target in next_item_pairs(data)]
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        self.catalog = data.catalog
+        return super().training_inputs(data)
+
+    def stage_inputs(self, recipe: LLMRecipe) -> TrainingInputs:
+        """SFT's inputs, then the pause corpus (with pretrained pauses) and the implicit-SFT examples."""
+        inputs = super().stage_inputs(recipe)
+        if self.settings["pause_init"] == "pretrained":
+            users = [user for user, _ in recipe.cpt_rows()]
+            inputs["pause corpus"] = self.decoded(users, pause_corpus(recipe, self.tokenizer, self.vocab))
+        pair_users = [user for user, _, _ in user_next_item_pairs(recipe.data)]
+        inputs["implicit sft examples"] = self.decoded(pair_users, self.implicit_sft_examples(recipe.data))
+        return inputs
+
+    def validation_exposure(self) -> dict[str, str]:
+        exposure = super().validation_exposure()
+        if exposure and self.settings["pause_init"] == "pretrained":
+            exposure["pause corpus"] = "pause pretraining reads the CPT corpus (cpt_corpus=paper) with pauses"
+        return exposure
 
     def prompt(self, history: np.ndarray) -> list[int]:
         """History items with SID, title and categories; the assistant turn's k pauses; ``<|sid_begin|>``."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
-from bench.registry import Method, RunContext, register_method
+from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.split import TrainData
 from methods.llm.backbone import SidVocabulary
 from methods.llm.config import check_shared_settings, llm_profiles, shared_variant
@@ -40,6 +40,7 @@ from methods.llm.stages import (
     save_model,
     sft_prompt_ids,
     train,
+    user_next_item_pairs,
     with_lora,
 )
 
@@ -64,6 +65,7 @@ class NextItemSFT(Method):
     family = "llm"
     needs_text = True
     description = "next-item SFT of an LLM on SID tokens after SID-embedding CPT (PauseRec study's SFT baseline)"
+    training_entry_points = ("fit", "train_stages")  # a subclass's own stages need their own training_inputs
     profiles = llm_profiles({profile: {**SFT_DEFAULTS, **own} for profile, own in SFT_PROFILES.items()})
 
     @classmethod
@@ -96,6 +98,33 @@ class NextItemSFT(Method):
     def train_stages(self, recipe: LLMRecipe) -> tuple[Any, Any, SidVocabulary]:
         """The model that recommends: here the SFT checkpoint (a subclass adds stages after it)."""
         return next_item_sft(recipe)
+
+    def training_inputs(self, data: TrainData) -> TrainingInputs:
+        """The CPT corpus and the SFT examples as token ids, read back into items (:meth:`SidVocabulary.items_in`);
+        SIDs and the SID vocabulary are built as ``fit`` builds them, and nothing trains."""
+        self.recipe = recipe = LLMRecipe(self.name, self.settings, self.context, data)
+        self.sids = recipe.semantic_ids()
+        _, self.tokenizer, self.vocab = recipe.expanded_backbone()
+        return self.stage_inputs(recipe)
+
+    def stage_inputs(self, recipe: LLMRecipe) -> TrainingInputs:
+        """Each training stage's examples, decoded (a subclass adds its own stages' after these)."""
+        cpt_users = [user for user, _ in recipe.cpt_rows()]
+        sft_users = [user for user, _, _ in user_next_item_pairs(recipe.data)]
+        return {"cpt corpus": self.decoded(cpt_users, recipe.cpt_training_examples(self.tokenizer)),
+                "sft examples": self.decoded(sft_users, recipe.sft_examples(self.tokenizer, self.vocab,
+                                                                            self.settings["sft_loss_tokens"]))}
+
+    def decoded(self, users: Sequence[int | None], examples: Sequence[Example]) -> list[tuple[int | None, list[int]]]:
+        """``(user, items its token ids name)`` per example; ``users[i]`` is the user example ``i`` came from."""
+        if len(users) != len(examples):
+            raise GRBenchError(f"{self.name}: {len(examples)} training examples for {len(users)} known users")
+        return [(user, self.vocab.items_in(example.input_ids)) for user, example in zip(users, examples)]
+
+    def validation_exposure(self) -> dict[str, str]:
+        if self.settings["cpt_corpus"] != "paper":
+            return {}
+        return {"cpt corpus": "cpt_corpus=paper: the study's CPT corpus lists each user's validation item"}
 
     def prompt(self, history: np.ndarray) -> list[int]:
         """The token ids a recommendation for ``history`` continues (ending in ``<|sid_begin|>``)."""

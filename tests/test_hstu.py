@@ -157,7 +157,9 @@ def test_training_batches_hold_training_items_only(tmp_path, monkeypatch):
 
 
 def test_next_item_examples_are_left_aligned_windows():
-    inputs, targets = next_item_examples([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([8, 9])], max_len=3)
+    rows, inputs, targets = next_item_examples([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([8, 9])],
+                                               max_len=3)
+    assert rows.tolist() == [0, 2]  # the sequence each example row comes from
     assert inputs.tolist() == [[2, 3, 4], [8, 0, 0]]
     assert targets.tolist() == [[3, 4, 5], [9, 0, 0]]
 

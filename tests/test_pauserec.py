@@ -150,8 +150,8 @@ def test_pauserec_shares_cpt_and_sft_with_sft_and_leaves_the_sft_checkpoint_unch
     monkeypatch.setenv("GRBENCH_CACHE", str(shared))
     third, _ = fitted(shared)  # everything cached; costs carried, CPT once
     stages_seen = [(stage.name, stage.extra.get("cached")) for stage in third.context.costs.stages]
-    assert stages_seen == [("sids", True), ("cpt", True), ("pause", True), ("sft", True), ("implicit_sft", True)]
-    assert all(stage.carried_wall_s > 0 for stage in third.context.costs.stages[1:])
+    assert stages_seen == [("sids", True), ("cpt", True), ("sft", True), ("pause", True), ("implicit_sft", True)]
+    assert all(stage.carried_wall_s > 0 for stage in third.context.costs.stages)  # SIDs included
 
 
 def test_ablations_are_rows_of_their_own_and_bad_settings_fail_early(tmp_path, monkeypatch, capsys):
@@ -182,4 +182,4 @@ def test_analyze_writes_plots_and_a_summary_and_refuses_methods_without_analyses
                                                "after implicit SFT"]
     assert analyses["pause_attention"]["pauses"] == 5
     assert main(["analyze", "--profile", "smoke", "--methods", "sasrec", "--out", str(out)]) == 2
-    assert "method 'sasrec' has no analyses; methods with analyses: pauserec" in capsys.readouterr().err
+    assert "method 'sasrec' has no analyses; methods with analyses: " in capsys.readouterr().err

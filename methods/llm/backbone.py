@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,35 @@ class SidVocabulary:
     def new_ids(self) -> np.ndarray:
         """Every added token."""
         return np.concatenate([self.grounding_ids, [self.pause_id]]).astype(np.int64)
+
+    @cached_property
+    def _item_of_codes(self) -> dict[tuple[int, ...], int]:
+        return {tuple(codes): item for item, codes in enumerate(self.item_tokens.tolist()) if item > 0}
+
+    def items_in(self, token_ids: Sequence[int]) -> list[int]:
+        """The items named in ``token_ids`` by ``<|sid_begin|> codes <|sid_end|>`` runs, in order: what a model
+        read about items in a training example (the leakage audit decodes examples with it, not their text).
+
+        A run cut off by the end of the ids (a truncated line) names no item. A code token outside every run, or
+        a run that is no item's SID, raises ValueError: the audit must not pass ids it cannot read."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        width = self.item_tokens.shape[1]
+        is_code = np.isin(ids, self.code_ids)
+        items, codes_in_runs = [], 0
+        for start in np.flatnonzero(ids == self.begin_id):
+            codes, end = ids[start + 1:start + 1 + width], start + 1 + width
+            if end >= len(ids) and is_code[start + 1:].all():  # truncated inside the run
+                codes_in_runs += len(codes)
+                continue
+            item = self._item_of_codes.get(tuple(codes.tolist())) if end < len(ids) and ids[end] == self.end_id \
+                else None
+            if item is None:
+                raise ValueError(f"token {start}: <|sid_begin|> is not followed by an item's SID and <|sid_end|>")
+            items.append(item)
+            codes_in_runs += width
+        if is_code.sum() != codes_in_runs:
+            raise ValueError(f"{int(is_code.sum()) - codes_in_runs} SID code tokens outside <|sid_begin|> runs")
+        return items
 
 
 def sid_special_tokens(sids: SemanticIds) -> list[str]:

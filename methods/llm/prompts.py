@@ -30,6 +30,7 @@ SYSTEM_PROMPT = (
     "based on the user's historical purchase information."
 )
 HISTORY_PREFIX = "The user has purchased the following items: "
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ASSISTANT_PREFIX = "<think></think> "
 CATEGORY_SEPARATOR = " > "
 CPT_CORPORA = ("train", "paper")
@@ -48,6 +49,12 @@ def sid_history(sids: SemanticIds, history: Sequence[int]) -> str:
 def described_history(sids: SemanticIds, catalog: pd.DataFrame, history: Sequence[int]) -> str:
     """PauseRec's user turn: each history item with its SID, title and categories (:func:`item_description`)."""
     return history_text(item_description(sids, catalog, int(item)) for item in history)
+
+
+def think_prefix(rationale: str) -> str:
+    """The assistant turn before the SID with an explicit rationale (OneRec-Think): ``<think>{rationale}</think> ``.
+    An empty rationale gives SFT's :data:`ASSISTANT_PREFIX`."""
+    return f"{THINK_OPEN}{rationale}{THINK_CLOSE} "
 
 
 def pause_prefix(pauses: int) -> str:
@@ -101,27 +108,39 @@ def cpt_corpus(data: TrainData, sids: SemanticIds, *, corpus: str = "train", ite
     line, 0 for a whole sequence), then, with ``item_lines``, both directions for every item of the catalog:
     SID then text, and text then SID (:func:`item_text_to_sid`). Item lines carry catalog text only, no
     interaction, so they cover all items (every item's SID must be learnt to be recommended)."""
-    lines = []
-    for sequence in cpt_sequences(data, corpus):
+    return [line for _, line in cpt_corpus_rows(data, sids, corpus=corpus, items_per_line=items_per_line,
+                                                item_lines=item_lines)]
+
+
+def cpt_corpus_rows(data: TrainData, sids: SemanticIds, *, corpus: str = "train", items_per_line: int = 0,
+                    item_lines: bool = True) -> list[tuple[int | None, str]]:
+    """:func:`cpt_corpus` with the user each line was written from (None for item lines), for the leakage audit."""
+    rows: list[tuple[int | None, str]] = []
+    for user, sequence in enumerate(cpt_sequences(data, corpus)):
         step = items_per_line if items_per_line > 0 else max(len(sequence), 1)
         for start in range(0, len(sequence), step):
             chunk = sequence[start:start + step]
-            lines.append(history_text(item_description(sids, data.catalog, int(item)) for item in chunk))
+            rows.append((user, history_text(item_description(sids, data.catalog, int(item)) for item in chunk)))
     if item_lines:
         for item in range(1, data.n_items + 1):
-            lines.append(item_description(sids, data.catalog, item))
+            rows.append((None, item_description(sids, data.catalog, item)))
             reverse = item_text_to_sid(sids, data.catalog, item)
             if reverse is not None:
-                lines.append(reverse)
-    return lines
+                rows.append((None, reverse))
+    return rows
+
+
+def chat_head(tokenizer: Any, user_text: str, assistant_prefix: str = "") -> str:
+    """System and user turn through the tokenizer's chat template, then ``assistant_prefix`` written literally:
+    what a model continues when it writes its own assistant turn (OneRec-Think's rationale after ``<think>``)."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
 
 
 def chat_prompt(tokenizer: Any, user_text: str, assistant_prefix: str = ASSISTANT_PREFIX) -> str:
     """System and user turn through the tokenizer's chat template, then the assistant turn up to its SID:
     ``... assistant\\n<think></think> <|sid_begin|>`` (what constrained decoding continues)."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_text}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return rendered + assistant_prefix + SID_BEGIN
+    return chat_head(tokenizer, user_text, assistant_prefix) + SID_BEGIN
 
 
 def recent(history: Sequence[int], max_items: int) -> Sequence[int]:

@@ -36,7 +36,7 @@ from bench.paths import cache_dir
 from bench.registry import RunContext
 from bench.results import slug, write_atomically
 from bench.runner import is_main_process
-from bench.sid import SemanticIds, SidConfig, build_semantic_ids
+from bench.sid import SemanticIds, SidConfig, semantic_ids_stage
 from bench.split import TrainData
 from methods.llm.backbone import (
     DTYPES,
@@ -49,7 +49,7 @@ from methods.llm.backbone import (
 from methods.llm.config import BACKBONE_SETTINGS, CPT_SETTINGS, SID_SETTINGS
 from methods.llm.prompts import ASSISTANT_PREFIX, chat_prompt, cpt_corpus_rows, recent, sid_history
 
-STAGE_VERSION = 1  # bump when a code change alters what a stage trains
+STAGE_VERSION = 2  # bump when a code change alters what a stage trains
 DONE = "DONE"
 STAGE_FILE = "stage.json"
 ROWS_FILE = "rows.safetensors"
@@ -462,9 +462,7 @@ class LLMRecipe:
         """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``."""
         config = SidConfig(quantizer=self.settings["sid_quantizer"], codebook_size=self.settings["sid_codebook_size"],
                            epochs=self.settings["sid_epochs"], source="text")
-        with self.context.stage("sids") as cost:
-            self.sids = build_semantic_ids(self.data, config, seed=self.context.seed, track=self.context.track)
-            cost.extra.update(cached=self.sids.from_cache, fingerprint=self.sids.fingerprint)
+        self.sids = semantic_ids_stage(self.data, config, self.context)
         return self.sids
 
     def stage(self, name: str, setting_names: Sequence[str], *previous: StageCache) -> StageCache:
@@ -491,14 +489,15 @@ class LLMRecipe:
                vocab: SidVocabulary) -> None:
         """Records a freshly trained stage: its cost (with time an interrupted attempt spent), the costs of the
         stages it was built on, its report, and what :meth:`load_finished` needs to rebuild the vocabulary."""
+        # [name, cost] pairs in training order (stage.json is written with sorted keys, so not a dict)
         upstream_costs: dict[str, dict[str, float]] = {}
         for stage in upstream:
             info = stage.info()
-            upstream_costs.update({**info.get("upstream", {}), stage.name: info["cost"]})
+            upstream_costs.update({**dict(info["upstream"]), stage.name: info["cost"]})
         carried = report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
         cost = {key: value + carried[key] for key, value in _cost(started).items()}
         self.reports[cache.name] = {**report, "cached": False, "folder": str(cache.folder)}
-        cache.finish({"cost": cost, "upstream": upstream_costs, "report": report,
+        cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": report,
                       "original_rows": vocab.original_rows})
 
     @contextmanager
@@ -520,7 +519,7 @@ class LLMRecipe:
     def load_finished(self, cache: StageCache) -> tuple[Any, Any, SidVocabulary]:
         """A cached final stage: its model, and every stage's cost carried into this run's record."""
         info = cache.info()
-        for name, cost in info["upstream"].items():
+        for name, cost in info["upstream"]:
             with self.reused(name, cost):
                 pass
         with self.reused(cache.name, info["cost"], info["report"], cache.folder):
