@@ -144,8 +144,7 @@ def test_sid_runs_in_token_ids_name_their_items():
         vocab.items_in([vocab.begin_id, vocab.end_id, *ids])
 
 
-@pytest.mark.real
-@pytest.mark.slow
+@pytest.mark.real  # in CI (about a minute): the audit the issue promises on real data, every method
 def test_ml100k_every_method_trains_on_no_held_out_target():
     """Every registered method's smoke inputs on real data (SIDs from the stand-in encoder: leakage does not
     depend on the embedding)."""
