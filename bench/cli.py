@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     sids.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     sids.add_argument("--examples", type=int, default=5, help="example items to show (default 5)")
     sids.add_argument("--rebuild", action="store_true", help="ignore and overwrite the cached SIDs")
+    merge = commands.add_parser("merge", help="merge the results of other runs (another machine's, a GPU run's) "
+                                "into --out, with their rankings; then regenerate the leaderboards")
+    merge.add_argument("sources", type=Path, nargs="+", help="results folders to merge (each with results.jsonl)")
+    merge.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    merge.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+
     analyze = commands.add_parser("analyze", help="analyses of trained LLM methods (metadata recovery, embedding "
                                   "PCA, pause attention): plots and a summary beside the leaderboards")
     analyze.add_argument("--methods", type=_specs, default=["pauserec"],
@@ -153,6 +159,31 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_merge(args: argparse.Namespace) -> int:
+    import shutil
+
+    from bench.leaderboard import write_leaderboards
+    from bench.results import ResultStore, check_writable
+
+    check_writable(args.out)
+    store = ResultStore(args.out)
+    merged = 0
+    for source in args.sources:
+        records = ResultStore(source).load()
+        if not records:
+            raise GRBenchError(f"no results at {source / 'results.jsonl'}")
+        for record in records:
+            if record.get("rankings"):
+                target = args.out / record["rankings"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / record["rankings"], target)
+            store.add(record)  # a record with the same key is replaced, never duplicated
+            merged += 1
+    paths = write_leaderboards(store.load(), _leaderboard_dir(args))
+    print(f"merged {merged} records into {store.path}; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
 def command_datasets(args: argparse.Namespace) -> int:
     from bench.data import sources
 
@@ -204,7 +235,8 @@ def command_sids(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
-            "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "audit": command_audit}
+            "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
+            "audit": command_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

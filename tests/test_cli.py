@@ -120,3 +120,17 @@ def test_specs_with_several_options_stay_whole():
                                       "--datasets", "synthetic:users=9,items=7,ml-100k,seq:/d/a=b.txt"])
     assert args.methods == ["pop", "sasrec:epochs=5,patience=3", "gru4rec"]
     assert args.datasets == ["synthetic:users=9,items=7", "ml-100k", "seq:/d/a=b.txt"]
+
+
+def test_merge_adds_another_runs_records_and_rankings_and_replaces_same_keys(tmp_path, capsys):
+    for name in ("a", "b"):
+        assert main(["run", "--profile", "smoke", "--methods", "pop" if name == "a" else "pop,random",
+                     "--out", str(tmp_path / name)]) == 0
+    assert main(["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 0
+    records = ResultStore(tmp_path / "a").load()
+    assert sorted(r["method"] for r in records) == ["pop", "random"]  # pop replaced, not duplicated
+    for record in records:
+        assert (tmp_path / "a" / record["rankings"]).is_file()
+    assert (tmp_path / "a" / "leaderboards" / "synthetic.md").is_file()
+    assert main(["merge", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 2
+    assert "no results at" in capsys.readouterr().err

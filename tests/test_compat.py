@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.compat import import_recbole, package_dir, restore_numpy_aliases, smollm2_gguf
+from bench.compat import SMOLLM2_GGUF, import_recbole, package_dir, restore_numpy_aliases, smollm2_gguf
 from bench.errors import GRBenchError
 
 
@@ -26,3 +26,13 @@ def test_smollm2_gguf_is_found_without_importing_its_dependencies():
     assert path.stat().st_size > 50_000_000
     with path.open("rb") as handle:
         assert handle.read(4) == b"GGUF"
+
+
+def test_a_carried_smollm2_gguf_is_found_by_its_variable_and_a_wrong_one_is_named(tmp_path, monkeypatch):
+    carried = tmp_path / SMOLLM2_GGUF
+    carried.write_bytes(b"GGUF")
+    monkeypatch.setenv("GRBENCH_SMOLLM2_GGUF", str(carried))
+    assert smollm2_gguf() == carried
+    monkeypatch.setenv("GRBENCH_SMOLLM2_GGUF", str(tmp_path / "other.gguf"))
+    with pytest.raises(GRBenchError, match="GRBENCH_SMOLLM2_GGUF=.*other.gguf: expected an existing file"):
+        smollm2_gguf()
