@@ -44,13 +44,15 @@ Schedules per profile, and where the numbers come from:
   lr 1e-6 (TRL's default), 8 generations (TRL's default), KL coefficient 0.001 (DeepSeek-R1, as TRL documents it),
   temperature 1; one epoch over the users with 64 completions (8 prompts) a step; completions of at most 160
   tokens (a 128-token rationale, ``</think> `` and the SID). Rationales at inference: at most 128 tokens (the study).
-- ``quick`` (2 CPU cores, SmolLM2): about 5 minutes of training for this method's own stages on ml-100k: CoT SFT
-  60 steps of 4 (~2.5 s each on 2 quiet cores), GRPO 10 steps of 8 completions (2 prompts x 4) of at most 32
-  tokens (~12 s each: sampling, then two micro-batches), no KL term (no reference model to run: with so few steps
-  the policy stays next to its start anyway); rationales of at most 48 tokens. 32 completion tokens fit the
-  category template (~12 SmolLM2 tokens), ``</think> `` and the SID (~21 in all); with
+- ``quick`` (2 CPU cores, SmolLM2): about 3 minutes of training for this method's own stages on ml-100k: CoT SFT
+  40 steps of 4 (3 s each on 2 quiet cores, measured), GRPO 4 steps of 8 completions (2 prompts x 4) of at most 32
+  tokens (11 s each: sampling, then two micro-batches). So few GRPO steps prove the stage runs; after the CPU
+  budget of SFT and CoT SFT the sampled completions rarely form a valid SID, so their reward is mostly 0 (the
+  stage report's ``mean_reward`` says so) and GRPO barely moves the model. No KL term (no reference model to
+  run: with so few steps the policy stays next to its start anyway); rationales of at most 32 tokens. 32
+  completion tokens fit the category template (~12 SmolLM2 tokens), ``</think> `` and the SID (~21 in all); with
   ``rationale=template-extended`` (~55 tokens) raise ``grpo_max_completion_length``, or every completion is cut
-  before its SID and earns 0. Inference is about 3x SFT's (a prompt pass and up to 48 greedy steps per batch
+  before its SID and earns 0. Inference is about 3x SFT's (a prompt pass and up to 32 greedy steps per batch
   before the beam search re-reads the prompt with the rationale).
 - ``smoke``: 3 CoT SFT steps and a two-step GRPO run with the KL term on (its code path runs in the tests).
 """
@@ -113,9 +115,9 @@ ONEREC_THINK_PROFILES: dict[str, dict[str, Any]] = {
               "cot_epochs": 1, "cot_lr": 1e-3, "cot_batch_size": 4, "cot_max_steps": 3, "cot_warmup": 0.0,
               "grpo_epochs": 1, "grpo_lr": 1e-3, "grpo_batch_size": 4, "grpo_max_steps": 2, "grpo_num_generations": 2,
               "grpo_max_completion_length": 24, "grpo_beta": 0.04},
-    "quick": {"analysis_users": 100, "max_rationale_tokens": 48,
-              "cot_epochs": 1, "cot_lr": 1e-4, "cot_batch_size": 4, "cot_max_steps": 60, "cot_warmup": 0.0,
-              "grpo_epochs": 1, "grpo_lr": 1e-5, "grpo_batch_size": 8, "grpo_max_steps": 10, "grpo_num_generations": 4,
+    "quick": {"analysis_users": 100, "max_rationale_tokens": 32,
+              "cot_epochs": 1, "cot_lr": 1e-4, "cot_batch_size": 4, "cot_max_steps": 40, "cot_warmup": 0.0,
+              "grpo_epochs": 1, "grpo_lr": 1e-5, "grpo_batch_size": 8, "grpo_max_steps": 4, "grpo_num_generations": 4,
               "grpo_max_completion_length": 32, "grpo_beta": 0.0},
     "small": {"analysis_users": 500, "max_rationale_tokens": 128,
               "cot_epochs": 2, "cot_lr": 1e-5, "cot_batch_size": 16, "cot_max_steps": 0, "cot_warmup": 0.1,

@@ -162,6 +162,8 @@ def test_ablations_are_rows_of_their_own_and_bad_settings_fail_early(tmp_path, m
     assert [r["method"] for r in records] == ["pauserec:pauses=1", "pauserec:pause_init=text-mean"]
     assert "k=1" in records[0]["variant"] and "pause init text-mean" in records[1]["variant"]
     assert "pause" not in [stage["name"] for stage in records[1]["stages"]]  # no pause pretraining
+    # the second row reuses CPT and SFT: their carried training time is not taken off its inference time
+    assert records[1]["train"]["carried_wall_s"] > 0 and records[1]["inference"]["wall_s"] > 0
     for bad, message in (("pause_init=zeros", "pause_init 'zeros'"), ("pauses=0", "at least 1"),
                          ("pause_insert_rate=0", "pause_insert_rate")):
         with pytest.raises(GRBenchError, match=message):

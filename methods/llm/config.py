@@ -31,15 +31,15 @@ SHARED: dict[str, dict[str, Any]] = {
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 3,
         "beam_width": 10, "infer_batch_size": 16,
     },
-    # the 2-core CPU budget: a SmolLM2 step of 4 short lines takes ~1.5 s on 2 quiet cores (2-5x that on a busy
+    # the 2-core CPU budget: a SmolLM2 step of 4 CPT lines takes ~2.5 s on 2 quiet cores (2-5x that on a busy
     # machine), so tens of steps a stage, short histories, and a higher CPT learning rate so that so few steps move
-    # the new rows at all (ml-100k, 200 test users: about 5 minutes for the whole method)
+    # the new rows at all; the main job (every method, ml-100k, 200 test users) must stay under 30 minutes
     "quick": {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 160,
-        "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 40,
+        "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 30,
         "beam_width": 10, "infer_batch_size": 16,
     },
     # the study's recipe with SmolLM2 on one GPU: 3 CPT epochs at 1e-4
