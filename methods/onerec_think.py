@@ -45,7 +45,7 @@ Schedules per profile, and where the numbers come from:
   temperature 1; one epoch over the users with 64 completions (8 prompts) a step; completions of at most 160
   tokens (a 128-token rationale, ``</think> `` and the SID). Rationales at inference: at most 128 tokens (the study).
 - ``quick`` (2 CPU cores, SmolLM2): about 3 minutes of training for this method's own stages on ml-100k: CoT SFT
-  40 steps of 4 (3 s each on 2 quiet cores, measured), GRPO 4 steps of 8 completions (2 prompts x 4) of at most 32
+  32 steps of 4 (3 s each on 2 quiet cores, measured), GRPO 4 steps of 8 completions (2 prompts x 4) of at most 32
   tokens (11 s each: sampling, then two micro-batches). So few GRPO steps prove the stage runs; after the CPU
   budget of SFT and CoT SFT the sampled completions rarely form a valid SID, so their reward is mostly 0 (the
   stage report's ``mean_reward`` says so) and GRPO barely moves the model. No KL term (no reference model to
@@ -116,7 +116,7 @@ ONEREC_THINK_PROFILES: dict[str, dict[str, Any]] = {
               "grpo_epochs": 1, "grpo_lr": 1e-3, "grpo_batch_size": 4, "grpo_max_steps": 2, "grpo_num_generations": 2,
               "grpo_max_completion_length": 24, "grpo_beta": 0.04},
     "quick": {"analysis_users": 100, "max_rationale_tokens": 32,
-              "cot_epochs": 1, "cot_lr": 1e-4, "cot_batch_size": 4, "cot_max_steps": 40, "cot_warmup": 0.0,
+              "cot_epochs": 1, "cot_lr": 1e-4, "cot_batch_size": 4, "cot_max_steps": 32, "cot_warmup": 0.0,
               "grpo_epochs": 1, "grpo_lr": 1e-5, "grpo_batch_size": 8, "grpo_max_steps": 4, "grpo_num_generations": 4,
               "grpo_max_completion_length": 32, "grpo_beta": 0.0},
     "small": {"analysis_users": 500, "max_rationale_tokens": 128,

@@ -74,7 +74,7 @@ PAUSEREC_PROFILES: dict[str, dict[str, Any]] = {
     # CPU budget, measured on 2 quiet cores: pause steps are CPT-length lines (2.6 s a step of 4); implicit-SFT
     # prompts carry titles and are about twice SFT's length (4.8 s a step of 4)
     "quick": {"analysis_items": 100, "pause_epochs": 1, "pause_lr": 1e-3, "pause_batch_size": 4, "pause_max_steps": 16,
-              "isft_epochs": 1, "isft_lr": 1e-4, "isft_batch_size": 4, "isft_max_steps": 40},
+              "isft_epochs": 1, "isft_lr": 1e-4, "isft_batch_size": 4, "isft_max_steps": 32},
     "small": {"analysis_items": 500, "pause_epochs": 2, "pause_lr": 1e-3, "pause_batch_size": 32, "pause_max_steps": 0,
               "isft_epochs": 5, "isft_lr": 5e-5, "isft_batch_size": 16, "isft_max_steps": 0},
     "paper": {"analysis_items": 500, "pause_epochs": 2, "pause_lr": 1e-3, "pause_batch_size": 64, "pause_max_steps": 0,
