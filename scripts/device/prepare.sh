@@ -10,7 +10,9 @@
 # Then follow scripts/device/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qxF "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/info/exclude
+exclude="$(git rev-parse --git-common-dir)/info/exclude"
+mkdir -p "$(dirname "$exclude")"
+grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
 rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/data
 
 # What the image lacks (recbole, trl and its datasets, gguf, the RQ-VAE library) or has older than we need
