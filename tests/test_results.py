@@ -71,3 +71,13 @@ def test_unwritable_output_fails_early(tmp_path):
     blocker.write_text("x")
     with pytest.raises(GRBenchError, match=f"cannot write results to {blocker / 'out'}"):
         check_writable(blocker / "out")
+
+
+def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_private_one(tmp_path):
+    import os
+
+    from bench.results import _UMASK, write_atomically
+
+    write_atomically(tmp_path / "f.json", b"{}")
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    assert os.listdir(tmp_path) == ["f.json"]
