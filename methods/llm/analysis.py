@@ -243,8 +243,11 @@ def embedding_pca(models: dict[str, Any], vocab: SidVocabulary, path: Path, *, t
         pca = PCA(n_components=2, random_state=seed)
         points = pca.fit_transform(np.concatenate([text, codes, pause[None]]))
         axis.scatter(*points[: len(text)].T, s=4, alpha=0.4, color="tab:gray", label=f"text tokens ({len(text)})")
-        axis.scatter(*points[len(text):-1].T, s=8, alpha=0.7, color="tab:blue", label=f"SID tokens ({len(codes)})")
-        axis.scatter(*points[-1], s=220, marker="*", color="tab:red", edgecolors="black", label="<pause>", zorder=3)
+        axis.scatter(*points[len(text):-1].T, s=8, alpha=0.7, color="tab:blue", label=f"SID tokens ({len(codes)})",
+                     zorder=2)
+        # an outline only: SID rows barely moved by a short CPT sit where the pause starts, and must stay visible
+        axis.scatter(*points[-1], s=220, marker="*", facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                     label="<pause>", zorder=3)
         ratio = [float(r) for r in pca.explained_variance_ratio_]
         axis.set_title(name)
         axis.set_xlabel(f"PC1 ({ratio[0]:.1%})")
