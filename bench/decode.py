@@ -201,8 +201,8 @@ def _check_prompts(prompts: Sequence[Sequence[int]]) -> None:
             raise GRBenchError(f"prompt {user} is empty; the model needs at least one token to condition on")
 
 
-def _pad(prompts: Sequence[Sequence[int]], pad_token_id: int, side: str, device: torch.device,
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int, side: str, device: torch.device,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pads token-id lists to one ``(n, max_len)`` tensor; returns it and its attention mask."""
     width = max(len(prompt) for prompt in prompts)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
@@ -227,7 +227,7 @@ class _CausalLMSteps:
     def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_token_id: int,
                  device: torch.device):
         self.model = model
-        self.input_ids, self.attention_mask = _pad(prompts, pad_token_id, "left", device)
+        self.input_ids, self.attention_mask = pad_prompts(prompts, pad_token_id, "left", device)
         # Left padding shifts each prompt: positions count real tokens only, as generate() computes them.
         self.positions = (self.attention_mask.cumsum(-1) - 1).clamp_min(0)
         self.cache: Any = None
@@ -256,7 +256,7 @@ class _EncoderDecoderSteps:
     def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_token_id: int,
                  device: torch.device):
         self.model = model
-        input_ids, self.attention_mask = _pad(prompts, pad_token_id, "right", device)
+        input_ids, self.attention_mask = pad_prompts(prompts, pad_token_id, "right", device)
         self.encoder_states = model.get_encoder()(input_ids=input_ids, attention_mask=self.attention_mask)[0]
         start = model.config.decoder_start_token_id
         if start is None:

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.decode import SIDTrie, _pad, constrained_beam_search
+from bench.decode import SIDTrie, constrained_beam_search, pad_prompts
 from bench.errors import GRBenchError
 from bench.evaluate import METRICS, per_user_metrics, summarize
 from bench.registry import RunContext, TrainingInputs, register_method
@@ -96,15 +95,14 @@ from methods.llm.stages import (
     PaddingCollator,
     Schedule,
     StageCache,
-    _accumulation,
-    _trainer_progress,
     answer_example,
-    device_of,
     encode,
     next_item_pairs,
     pad_token_id,
     prompt_ids,
     save_model,
+    trainer_arguments,
+    trainer_progress,
     user_next_item_pairs,
     with_lora,
 )
@@ -215,7 +213,7 @@ def greedy_rationales(model: Any, tokenizer: Any, heads: Sequence[list[int]], *,
     try:
         with torch.inference_mode():
             for start in range(0, len(heads), batch_size):
-                input_ids, mask = _pad(heads[start:start + batch_size], pad, "left", device)
+                input_ids, mask = pad_prompts(heads[start:start + batch_size], pad, "left", device)
                 output = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
                                         tokenizer=tokenizer)
                 for row in output[:, input_ids.shape[1]:]:
@@ -339,20 +337,17 @@ class OneRecThink(NextItemSFT):
     def train_cot(self, recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: Any, vocab: SidVocabulary,
                   ) -> None:
         s = recipe.settings
-        with recipe.training("cot_sft") as cost:
-            started = time.perf_counter()
-            folder = cache.prepare()
+        with recipe.training(cache, [sft_stage(recipe)]) as run:
             examples, rationales = self.cot_examples(recipe, tokenizer, vocab)
             schedule = Schedule(lr=s["cot_lr"], epochs=s["cot_epochs"], batch_size=s["cot_batch_size"],
                                 max_steps=s["cot_max_steps"], weight_decay=s["cot_weight_decay"],
                                 warmup=s["cot_warmup"])
             model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule,
-                                      recipe, folder, "CoT SFT steps")
-            save_model(folder, model, tokenizer)
-            report.update(rationale=s["rationale"], empty_rationales=sum(not r for r in rationales),
-                          rationale_examples=rationales[:3])
-            recipe.finish(cache, started, report, [sft_stage(recipe)], vocab)
-            cost.extra.update(cached=False)
+                                      recipe, run.folder, "CoT SFT steps")
+            save_model(run.folder, model, tokenizer)
+            run.report = {**report, "rationale": s["rationale"], "empty_rationales": sum(not r for r in rationales),
+                          "rationale_examples": rationales[:3]}
+            run.vocab = vocab
 
     def train_grpo(self, recipe: LLMRecipe, cache: StageCache, cot: StageCache, model: Any, tokenizer: Any,
                    vocab: SidVocabulary) -> None:
@@ -363,32 +358,20 @@ class OneRecThink(NextItemSFT):
 
         s, context = recipe.settings, recipe.context
         dataset = Dataset.from_dict(self.grpo_rows(recipe, tokenizer))
-        device = device_of(context)
-        with recipe.training("grpo") as cost:
-            started = time.perf_counter()
-            folder = cache.prepare()
+        with recipe.training(cache, [cot]) as run:
+            folder = run.folder
             schedule = Schedule(lr=s["grpo_lr"], epochs=s["grpo_epochs"], batch_size=s["grpo_batch_size"],
                                 max_steps=s["grpo_max_steps"])
-            args = GRPOConfig(
-                output_dir=str(folder / TRAINER_DIR), use_cpu=device.type == "cpu", seed=context.seed,
-                data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
-                max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
-                per_device_train_batch_size=s["micro_batch_size"],
-                gradient_accumulation_steps=_accumulation(schedule, s["micro_batch_size"]),
-                num_generations=s["grpo_num_generations"], max_completion_length=s["grpo_max_completion_length"],
-                temperature=s["grpo_temperature"], beta=s["grpo_beta"], weight_decay=0.0,
-                bf16=bool(s["bf16"]) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
-                activation_checkpointing=bool(s["gradient_checkpointing"]),
-                activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="no", report_to="none",
-                logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
-                dataloader_pin_memory=device.type == "cuda",
-            )
+            args = GRPOConfig(**trainer_arguments(schedule, s, context, folder / TRAINER_DIR),
+                              num_generations=s["grpo_num_generations"],
+                              max_completion_length=s["grpo_max_completion_length"],
+                              temperature=s["grpo_temperature"], beta=s["grpo_beta"])
             trained = with_lora(model, s) if s["lora"] else model
             with _stopping_at(model, [vocab.end_id]):
                 trainer = GRPOTrainer(model=trained, reward_funcs=reward_function(vocab, item_trie(vocab),
                                                                                   s["grpo_level_credit"]),
                                       args=args, train_dataset=dataset, processing_class=tokenizer,
-                                      callbacks=[_trainer_progress(context, "GRPO steps")])
+                                      callbacks=[trainer_progress(context, "GRPO steps")])
                 trainer.remove_callback(PrinterCallback)
                 result = trainer.train()
             if s["lora"]:
@@ -397,16 +380,15 @@ class OneRecThink(NextItemSFT):
                 shutil.rmtree(folder / TRAINER_DIR, ignore_errors=True)
             save_model(folder, model, tokenizer)
             logs = [entry for entry in trainer.state.log_history if "reward" in entry]
-            report = {"prompts": len(dataset), "steps": int(trainer.state.global_step),
-                      "train_loss": float(result.training_loss), "bf16": args.bf16,
-                      "gradient_accumulation": args.gradient_accumulation_steps,
-                      "first_reward": logs[0]["reward"] if logs else None,
-                      "last_reward": logs[-1]["reward"] if logs else None,
-                      "mean_reward": float(np.mean([entry["reward"] for entry in logs])) if logs else None,
-                      "mean_completion_length": float(np.mean([entry.get("completions/mean_length", 0.0)
-                                                               for entry in logs])) if logs else None}
-            recipe.finish(cache, started, report, [cot], vocab)
-            cost.extra.update(cached=False)
+            run.report = {"prompts": len(dataset), "steps": int(trainer.state.global_step),
+                          "train_loss": float(result.training_loss), "bf16": args.bf16,
+                          "gradient_accumulation": args.gradient_accumulation_steps,
+                          "first_reward": logs[0]["reward"] if logs else None,
+                          "last_reward": logs[-1]["reward"] if logs else None,
+                          "mean_reward": float(np.mean([entry["reward"] for entry in logs])) if logs else None,
+                          "mean_completion_length": float(np.mean([entry.get("completions/mean_length", 0.0)
+                                                                   for entry in logs])) if logs else None}
+            run.vocab = vocab
 
     # --- prompts and decoding
 

@@ -31,7 +31,6 @@ Choices DESIGN.md leaves open, and why:
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -143,9 +142,7 @@ def pretrain_pause(recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: 
     Saves the row and puts the model's own pause row back, so the same model can go on to SFT exactly as if
     this stage had not run (with tied embeddings the pause row enters every softmax)."""
     s = recipe.settings
-    with recipe.training("pause") as cost:
-        started = time.perf_counter()
-        folder = cache.prepare()
+    with recipe.training(cache, [recipe.cpt]) as run:
         before = pause_rows(model, vocab)
         init_pause(model, vocab, tokenizer, "pretrained", recipe.context.seed)
         examples = pause_corpus(recipe, tokenizer, vocab)
@@ -153,13 +150,12 @@ def pretrain_pause(recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: 
                             max_steps=s["pause_max_steps"], weight_decay=0.0)
         with only_rows_trainable(model, [vocab.pause_id]) as trainable:
             report = train(model, examples, PaddingCollator(pad_token_id(tokenizer)), schedule, settings=s,
-                           context=recipe.context, folder=folder, description="pause steps")
-        save_rows(folder, model, np.asarray([vocab.pause_id]))
+                           context=recipe.context, folder=run.folder, description="pause steps")
+        save_rows(run.folder, model, np.asarray([vocab.pause_id]))
         set_pause_rows(model, vocab, before)
-        recipe.finish(cache, started, {**report, "trainable_values": trainable,
-                                       "pauses_inserted": sum(e.input_ids.count(vocab.pause_id) for e in examples)},
-                      [recipe.cpt], vocab)
-        cost.extra.update(cached=False)
+        run.report = {**report, "trainable_values": trainable,
+                      "pauses_inserted": sum(e.input_ids.count(vocab.pause_id) for e in examples)}
+        run.vocab = vocab
 
 
 @register_method
@@ -216,18 +212,15 @@ class PauseRec(NextItemSFT):
                 load_rows(pause.folder, model)
         else:
             init_pause(model, vocab, tokenizer, s["pause_init"], recipe.context.seed)
-        with recipe.training("implicit_sft") as cost:
-            started = time.perf_counter()
-            folder = cache.prepare()
+        with recipe.training(cache, upstream) as run:
             self.tokenizer, self.vocab = tokenizer, vocab
             examples = self.implicit_sft_examples(recipe.data)
             schedule = Schedule(lr=s["isft_lr"], epochs=s["isft_epochs"], batch_size=s["isft_batch_size"],
                                 max_steps=s["isft_max_steps"], weight_decay=s["isft_weight_decay"])
-            model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
-                                      schedule, recipe, folder, "implicit SFT steps")
-            save_model(folder, model, tokenizer)
-            recipe.finish(cache, started, report, upstream, vocab)
-            cost.extra.update(cached=False)
+            model, run.report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
+                                          schedule, recipe, run.folder, "implicit SFT steps")
+            save_model(run.folder, model, tokenizer)
+            run.vocab = vocab
         return model, tokenizer, vocab
 
     def implicit_sft_examples(self, data: TrainData) -> list[Example]:

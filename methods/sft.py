@@ -17,7 +17,6 @@ Choices DESIGN.md leaves open, and why:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -154,17 +153,14 @@ def next_item_sft(recipe: LLMRecipe, after_cpt: tuple[Any, Any, SidVocabulary] |
         return recipe.load_finished(cache)
     model, tokenizer, vocab = after_cpt if after_cpt is not None else recipe.after_cpt()
     s = recipe.settings
-    with recipe.training("sft") as cost:
-        started = time.perf_counter()
-        folder = cache.prepare()
+    with recipe.training(cache, [recipe.cpt]) as run:
         examples = recipe.sft_examples(tokenizer, vocab, s["sft_loss_tokens"])
         schedule = Schedule(lr=s["sft_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
                             max_steps=s["sft_max_steps"], weight_decay=s["sft_weight_decay"], warmup=s["sft_warmup"])
-        model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule,
-                                  recipe, folder, "SFT steps")
-        save_model(folder, model, tokenizer)
-        recipe.finish(cache, started, report, [recipe.cpt], vocab)
-        cost.extra.update(cached=False)
+        model, run.report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
+                                      schedule, recipe, run.folder, "SFT steps")
+        save_model(run.folder, model, tokenizer)
+        run.vocab = vocab
     return model, tokenizer, vocab
 
 

@@ -30,7 +30,7 @@ from bench.errors import GRBenchError
 from bench.results import write_atomically
 from bench.sid import SemanticIds
 from methods.llm.backbone import SidVocabulary
-from methods.llm.prompts import CATEGORY_SEPARATOR, _title_and_categories, item_description
+from methods.llm.prompts import CATEGORY_SEPARATOR, item_description, title_and_categories
 
 CATEGORY_LEVELS = (1, 2, 3)
 MAX_EXAMPLES = 5
@@ -133,7 +133,7 @@ def metadata_recovery(model: Any, tokenizer: Any, sids: SemanticIds, catalog: pd
     """
     items = [int(item) for item in items]
     catalog_items = np.arange(1, sids.n_items + 1)
-    text = [_title_and_categories(catalog, int(item)) for item in catalog_items]
+    text = [title_and_categories(catalog, int(item)) for item in catalog_items]
     titled = catalog_items[[title is not None for title, _ in text]]
     categorised = catalog_items[[categories is not None for _, categories in text]]
     categories_only = catalog.assign(title=None)  # item_description without the title: the category shots
@@ -141,7 +141,7 @@ def metadata_recovery(model: Any, tokenizer: Any, sids: SemanticIds, catalog: pd
 
     title_queries, category_queries = [], []  # (item, expected, prompt)
     for item in items:
-        title, categories = _title_and_categories(catalog, item)
+        title, categories = title_and_categories(catalog, item)
         sid = sids.sid_string(item)
         if title is not None:
             lines = [item_description(sids, catalog, shot) for shot in _shots(rng, titled, item, shots)]

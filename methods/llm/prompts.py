@@ -62,7 +62,7 @@ def pause_prefix(pauses: int) -> str:
     return "<think> " + PAUSE * pauses + " </think> "
 
 
-def _title_and_categories(catalog: pd.DataFrame, item: int) -> tuple[str | None, str | None]:
+def title_and_categories(catalog: pd.DataFrame, item: int) -> tuple[str | None, str | None]:
     title = catalog["title"].iloc[item]
     categories = catalog["categories"].iloc[item]
     title = str(title) if isinstance(title, str) and title else None
@@ -72,7 +72,7 @@ def _title_and_categories(catalog: pd.DataFrame, item: int) -> tuple[str | None,
 
 def item_description(sids: SemanticIds, catalog: pd.DataFrame, item: int) -> str:
     """``<SID>, its title is "<title>", its categories are "<A > B > C>"`` (a missing part is left out)."""
-    title, categories = _title_and_categories(catalog, item)
+    title, categories = title_and_categories(catalog, item)
     text = sids.sid_string(item)
     if title is not None:
         text += f', its title is "{title}"'
@@ -84,7 +84,7 @@ def item_description(sids: SemanticIds, catalog: pd.DataFrame, item: int) -> str
 def item_text_to_sid(sids: SemanticIds, catalog: pd.DataFrame, item: int) -> str | None:
     """The reverse grounding line, text first: ``The item whose title is "<title>" and whose categories are
     "<A > B>" is <SID>`` (None for an item without text)."""
-    title, categories = _title_and_categories(catalog, item)
+    title, categories = title_and_categories(catalog, item)
     parts = ([f'whose title is "{title}"'] if title is not None else []) + \
         ([f'whose categories are "{categories}"'] if categories is not None else [])
     if not parts:

@@ -55,7 +55,7 @@ import pandas as pd
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.results import write_atomically
-from methods.llm.prompts import CATEGORY_SEPARATOR, THINK_CLOSE, THINK_OPEN, _title_and_categories
+from methods.llm.prompts import CATEGORY_SEPARATOR, THINK_CLOSE, THINK_OPEN, title_and_categories
 
 TEMPLATE_CATEGORY = "The user is likely to buy items in the {target_category} category."
 TEMPLATE_EXTENDED = (
@@ -121,10 +121,10 @@ class RationaleSlots:
 
 def rationale_slots(catalog: pd.DataFrame, history: Sequence[int], target: int) -> RationaleSlots:
     """The slots for a purchase of ``target`` after ``history``."""
-    title, _ = _title_and_categories(catalog, target)
+    title, _ = title_and_categories(catalog, target)
     target_path = categories_of(catalog, target)
     frequent = most_frequent([categories_of(catalog, int(item))[-1:] for item in history], FREQUENT_CATEGORIES)
-    words = most_frequent([title_words(_title_and_categories(catalog, int(item))[0]) for item in history],
+    words = most_frequent([title_words(title_and_categories(catalog, int(item))[0]) for item in history],
                           CHARACTERISTICS)
     return RationaleSlots(
         target_category=target_path[-1] if target_path else None,
@@ -192,7 +192,7 @@ def teacher_prompt(catalog: pd.DataFrame, history: Sequence[int], target: int,
     """What the teacher reads: the history (title and categories, oldest first) and the next purchase."""
 
     def described(item: int) -> str:
-        title, categories = _title_and_categories(catalog, int(item))
+        title, categories = title_and_categories(catalog, int(item))
         return (title or "an item without a title") + (f" (categories: {categories})" if categories else "")
 
     lines = [f"{position}. {described(item)}" for position, item in enumerate(history, 1)]

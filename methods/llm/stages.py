@@ -23,14 +23,14 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.costs import StageCost, gpu_count
+from bench.costs import gpu_count
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.registry import RunContext
@@ -119,6 +119,16 @@ class StageCache:
             write_atomically(self.folder / STAGE_FILE, text.encode())
             write_atomically(self.folder / DONE, self.digest.encode())
         barrier()
+
+
+@dataclass
+class StageRun:
+    """A stage being trained (:meth:`LLMRecipe.training`): its prepared folder, and what the training block
+    fills in: the training report and the vocabulary of the model it saved."""
+
+    folder: Path
+    report: dict[str, Any] = field(default_factory=dict)
+    vocab: SidVocabulary | None = None
 
 
 def stage_cache(data: TrainData, name: str, key: dict[str, Any]) -> StageCache:
@@ -296,7 +306,29 @@ def _accumulation(schedule: Schedule, micro_batch_size: int) -> int:
     return schedule.batch_size // per_step
 
 
-def _trainer_progress(context: RunContext, description: str) -> Any:
+def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: RunContext, output_dir: Path, *,
+                      checkpoints: bool = False) -> dict[str, Any]:
+    """The Hugging Face training arguments of every LLM stage, for ``TrainingArguments`` and TRL's configs alike:
+    this process's device, the run's seed, the schedule, global batches accumulated over micro-batches and
+    processes, bf16 where the GPU has it, an epoch checkpoint with ``checkpoints``, and no logging of its own."""
+    device = device_of(context)
+    return dict(
+        output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
+        data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
+        max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
+        per_device_train_batch_size=settings["micro_batch_size"],
+        gradient_accumulation_steps=_accumulation(schedule, settings["micro_batch_size"]),
+        weight_decay=schedule.weight_decay, warmup_steps=schedule.warmup, lr_scheduler_type="linear",
+        bf16=bool(settings["bf16"]) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=bool(settings["gradient_checkpointing"]),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="epoch" if checkpoints else "no", save_total_limit=1, report_to="none",
+        logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
+        remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda",
+    )
+
+
+def trainer_progress(context: RunContext, description: str) -> Any:
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -360,26 +392,12 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
 
     if not examples:
         raise GRBenchError(f"{description}: no training examples")
-    device = device_of(context)
-    bf16 = bool(settings["bf16"]) and device.type == "cuda" and torch.cuda.is_bf16_supported()
     output_dir = folder / TRAINER_DIR
     checkpoints = bool(settings["checkpoint_epochs"])
     resume_from, carried = _last_checkpoint(output_dir) if checkpoints else (None, {"wall_s": 0.0, "gpu_hours": 0.0})
-    args = TrainingArguments(
-        output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
-        data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
-        max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
-        per_device_train_batch_size=settings["micro_batch_size"],
-        gradient_accumulation_steps=_accumulation(schedule, settings["micro_batch_size"]),
-        weight_decay=schedule.weight_decay, warmup_steps=schedule.warmup, lr_scheduler_type="linear",
-        bf16=bf16, activation_checkpointing=bool(settings["gradient_checkpointing"]),
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        save_strategy="epoch" if checkpoints else "no", save_total_limit=1, report_to="none",
-        logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
-        remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda",
-    )
+    args = TrainingArguments(**trainer_arguments(schedule, settings, context, output_dir, checkpoints=checkpoints))
     trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=collator,
-                      callbacks=[_trainer_progress(context, description), _elapsed_recorder(carried), *callbacks])
+                      callbacks=[trainer_progress(context, description), _elapsed_recorder(carried), *callbacks])
     trainer.remove_callback(PrinterCallback)
     context.carry_over(carried["wall_s"], carried["gpu_hours"])
     use_cache = model.config.use_cache
@@ -394,7 +412,7 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     return {"examples": len(examples), "tokens": int(sum(len(e.input_ids) for e in examples)),
             "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
             "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "bf16": bf16,
+            "last_loss": losses[-1] if losses else None, "bf16": args.bf16,
             "gradient_accumulation": args.gradient_accumulation_steps,
             "resumed_from": Path(resume_from).name if resume_from else None, "carried": carried}
 
@@ -479,26 +497,30 @@ class LLMRecipe:
         return self.stage("cpt", (*BACKBONE_SETTINGS, *SID_SETTINGS, *CPT_SETTINGS))
 
     @contextmanager
-    def training(self, name: str) -> Iterator[StageCost]:
-        """Times a stage this run trains (``with recipe.training("sft") as cost: ...``)."""
-        self.recorded.add(name)
-        with self.context.stage(name) as cost:
-            yield cost
-
-    def finish(self, cache: StageCache, started: float, report: dict[str, Any], upstream: Sequence[StageCache],
-               vocab: SidVocabulary) -> None:
-        """Records a freshly trained stage: its cost (with time an interrupted attempt spent), the costs of the
-        stages it was built on, its report, and what :meth:`load_finished` needs to rebuild the vocabulary."""
-        # [name, cost] pairs in training order (stage.json is written with sorted keys, so not a dict)
-        upstream_costs: dict[str, dict[str, float]] = {}
-        for stage in upstream:
-            info = stage.info()
-            upstream_costs.update({**dict(info["upstream"]), stage.name: info["cost"]})
-        carried = report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
-        cost = {key: value + carried[key] for key, value in _cost(started).items()}
-        self.reports[cache.name] = {**report, "cached": False, "folder": str(cache.folder)}
-        cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": report,
-                      "original_rows": vocab.original_rows})
+    def training(self, cache: StageCache, upstream: Sequence[StageCache]) -> Iterator[StageRun]:
+        """Trains stage ``cache`` in this run (``with recipe.training(cache, [recipe.cpt]) as run: ...``): timed,
+        its folder prepared (:meth:`StageCache.prepare`), and, when the block has set ``run.report`` and
+        ``run.vocab``, recorded: its cost (with the time an interrupted attempt spent), the costs of the
+        ``upstream`` stages it was built on, its report, and what :meth:`load_finished` needs to rebuild the
+        vocabulary."""
+        self.recorded.add(cache.name)
+        with self.context.stage(cache.name) as stage_cost:
+            started = time.perf_counter()
+            run = StageRun(cache.prepare())
+            yield run
+            if run.vocab is None:
+                raise RuntimeError(f"stage {cache.name}: set run.vocab before the training block ends")
+            # [name, cost] pairs in training order (stage.json is written with sorted keys, so not a dict)
+            upstream_costs: dict[str, dict[str, float]] = {}
+            for stage in upstream:
+                info = stage.info()
+                upstream_costs.update({**dict(info["upstream"]), stage.name: info["cost"]})
+            carried = run.report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
+            cost = {key: value + carried[key] for key, value in _cost(started).items()}
+            self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
+            cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
+                          "original_rows": run.vocab.original_rows})
+            stage_cost.extra.update(cached=False)
 
     @contextmanager
     def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
@@ -542,14 +564,11 @@ class LLMRecipe:
                 model, tokenizer, vocab = self.expanded_backbone()
                 load_rows(cache.folder, model)
         else:
-            with self.training("cpt") as cost:
-                started = time.perf_counter()
+            with self.training(cache, ()) as run:
                 model, tokenizer, vocab = self.expanded_backbone()
-                folder = cache.prepare()
-                report = self.train_cpt(model, tokenizer, vocab, folder)
-                save_rows(folder, model, vocab.grounding_ids)
-                self.finish(cache, started, report, (), vocab)
-                cost.extra.update(cached=False)
+                run.report = self.train_cpt(model, tokenizer, vocab, run.folder)
+                save_rows(run.folder, model, vocab.grounding_ids)
+                run.vocab = vocab
         return model.to(device_of(self.context)), tokenizer, vocab
 
     def expanded_backbone(self) -> tuple[Any, Any, SidVocabulary]:
