@@ -31,15 +31,15 @@ RECBOLE_DATASET = "grbench"
 # (recbole/properties/model/<Model>.yaml), except in `smoke`, where they are shrunk (TINY_MODELS).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 2, "patience": 2, "batch_size": 64, "learning_rate": 0.001, "max_len": 10,
-              "loss": "ce", "tiny": True, "eval_batch_size": 512},
+              "loss": "ce", "tiny": True, "eval_batch_size": 512, "dropout": None},
     # CPU budget: an epoch of SASRec over ml-100k's ~98k training prefixes at length 20, with validation, takes
     # about 50 s on 2 cores, so `quick` trains two epochs on shorter histories (the main job: under 30 minutes).
     "quick": {"epochs": 2, "patience": 2, "batch_size": 256, "learning_rate": 0.001, "max_len": 20,
-              "loss": "ce", "tiny": False, "eval_batch_size": 512},
+              "loss": "ce", "tiny": False, "eval_batch_size": 512, "dropout": None},
     # The settings the TIGER and RecBole papers report for Amazon: max length 50, up to 200 epochs,
     # early stopping with patience 10 on validation NDCG@10.
     "small": {"epochs": 200, "patience": 10, "batch_size": 256, "learning_rate": 0.001, "max_len": 50,
-              "loss": "ce", "tiny": False, "eval_batch_size": 2048},
+              "loss": "ce", "tiny": False, "eval_batch_size": 2048, "dropout": None},
 }
 PROFILES["paper"] = dict(PROFILES["small"])
 
@@ -48,6 +48,14 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "BERT4Rec": {"n_layers": 1, "n_heads": 1, "hidden_size": 16, "inner_size": 32},
     "GRU4Rec": {"embedding_size": 16, "hidden_size": 16},
     "HGN": {"embedding_size": 16},
+}
+
+# `dropout` option (None: the model's RecBole default, 0.5 for SASRec and BERT4Rec) -> the RecBole keys it sets.
+# GenRec's SASRec reference trains with dropout 0.2; HGN has no dropout.
+DROPOUT_KEYS = {
+    "SASRec": ("hidden_dropout_prob", "attn_dropout_prob"),
+    "BERT4Rec": ("hidden_dropout_prob", "attn_dropout_prob"),
+    "GRU4Rec": ("dropout_prob",),
 }
 
 # loss option -> (RecBole loss_type, negatives sampled per example). CE is every model's standard config.
@@ -107,7 +115,8 @@ class RecBoleSequential(Method):
 
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:
-        return f"loss {settings['loss'].upper()}"
+        dropout = "" if settings["dropout"] is None else f", dropout {settings['dropout']}"
+        return f"loss {settings['loss'].upper()}{dropout}"
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
@@ -117,6 +126,17 @@ class RecBoleSequential(Method):
         if loss == "bce" and cls.recbole_model not in ("SASRec", "GRU4Rec"):
             raise GRBenchError(f"{cls.name}: loss=bce needs a model with item_embedding and "
                                "forward(item_seq, item_seq_len) (sasrec, gru4rec)")
+        dropout = settings["dropout"]
+        if dropout is not None:
+            if cls.recbole_model not in DROPOUT_KEYS:
+                raise GRBenchError(f"{cls.name}: has no dropout to set; dropout works for "
+                                   f"{', '.join(sorted(m.lower() for m in DROPOUT_KEYS))}")
+            try:
+                valid = 0 <= float(dropout) < 1
+            except ValueError:
+                valid = False
+            if not valid:
+                raise GRBenchError(f"{cls.name}: dropout must be a number in [0, 1), got {dropout!r}")
 
     def recbole_config(self, data_folder: Path, context: RunContext) -> dict[str, Any]:
         settings = self.settings
@@ -140,6 +160,8 @@ class RecBoleSequential(Method):
         }
         if settings["tiny"]:
             config.update(TINY_MODELS.get(self.recbole_model, {}))
+        if settings["dropout"] is not None:
+            config.update(dict.fromkeys(DROPOUT_KEYS[self.recbole_model], float(settings["dropout"])))
         loss_type, negatives = LOSSES[settings["loss"]]
         config["loss_type"] = loss_type
         config["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": negatives} if negatives else None

@@ -9,7 +9,7 @@ from baselines import recbole_models
 from baselines.recbole_models import RECBOLE_MODELS, write_benchmark_files
 from bench.cli import main
 from bench.data import load_dataset
-from bench.registry import methods
+from bench.registry import RunContext, methods
 from bench.results import ResultStore
 from bench.split import leave_last_out
 from tests.resume import check_resume_after_kill
@@ -53,11 +53,27 @@ def test_benchmark_files_hold_training_events_only(tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ("hgn:loss=bce", "hgn: loss=bce needs a model with item_embedding"),
     ("sasrec:loss=focal", "sasrec: loss 'focal' unknown"),
+    ("hgn:dropout=0.2", "hgn: has no dropout to set"),
+    ("sasrec:dropout=high", "sasrec: dropout must be a number in [0, 1), got 'high'"),
+    ("sasrec:dropout=1.5", "sasrec: dropout must be a number in [0, 1)"),
 ])
 def test_unknown_or_unsupported_loss_fails_before_any_work(tmp_path, capsys, spec, message):
     assert main(["run", "--profile", "smoke", "--methods", f"pop,{spec}", "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "results.jsonl").exists()  # nothing ran: the spec was checked first
+
+
+@pytest.mark.parametrize("name, keys", [("sasrec", ("hidden_dropout_prob", "attn_dropout_prob")),
+                                        ("gru4rec", ("dropout_prob",))])
+def test_dropout_option_reaches_the_recbole_model(tmp_path, name, keys):
+    method = methods()[name]
+    default = method.settings_for("small", {})
+    changed = method.settings_for("small", {"dropout": "0.2"})
+    context = RunContext(seed=0, profile="small", device="cpu", cache_dir=tmp_path)
+    for settings, expected in ((default, None), (changed, 0.2)):
+        config = method(settings, context).recbole_config(tmp_path / "data", context)
+        assert all(config.get(key) == expected for key in keys)
+    assert method.variant(changed) == "loss CE, dropout 0.2" and method.variant(default) == "loss CE"
 
 
 def test_smoke_runs_of_every_recbole_model(tmp_path):
