@@ -13,7 +13,8 @@ Adding another RecBole sequential model is one line in ``RECBOLE_MODELS``.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,7 +60,7 @@ DROPOUT_KEYS = {
 }
 
 # loss option -> (RecBole loss_type, negatives sampled per example). CE is every model's standard config.
-LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1)}
+LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1), "ce-all": ("CE", 0)}
 
 
 def write_benchmark_files(data: TrainData, folder: Path, max_len: int) -> None:
@@ -106,6 +107,44 @@ def bce_loss(model: Any, interaction: Any) -> Any:
         F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative))
 
 
+@contextmanager
+def every_position(model: Any) -> Iterator[None]:
+    """Makes a RecBole model's ``forward`` return the output at every position instead of the last one.
+
+    RecBole's sequential models end ``forward`` with ``self.gather_indexes(output, item_seq_len - 1)``;
+    shadowing that method on the instance keeps RecBole's own encoder while exposing all positions.
+    """
+    model.gather_indexes = lambda output, index: output
+    try:
+        yield
+    finally:
+        del model.gather_indexes
+
+
+def all_positions_ce_loss(model: Any, interaction: Any) -> Any:
+    """Full-softmax cross-entropy at every position of each training row, the target of a position being the
+    next item of the row (the last position's is the row's target).
+
+    This is how the original SASRec and GenRec's reference train (a loss per position), where RecBole's ``CE``
+    scores the last position only; the model and its encoder stay RecBole's.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    sequences, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+    targets = torch.zeros_like(sequences)
+    targets[:, :-1] = sequences[:, 1:]
+    targets[torch.arange(len(sequences), device=sequences.device), lengths - 1] = interaction[model.POS_ITEM_ID]
+    valid = torch.arange(sequences.shape[1], device=sequences.device)[None, :] < lengths[:, None]
+    with every_position(model):
+        output = model.forward(sequences, lengths)
+    return F.cross_entropy(output[valid] @ model.item_embedding.weight.T, targets[valid])
+
+
+CUSTOM_LOSSES = {"bce": bce_loss, "ce-all": all_positions_ce_loss}
+LOSS_LABELS = {"ce-all": "CE at every position"}
+
+
 class RecBoleSequential(Method):
     """Base class: subclasses only name the RecBole model (see RECBOLE_MODELS)."""
 
@@ -116,15 +155,15 @@ class RecBoleSequential(Method):
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:
         dropout = "" if settings["dropout"] is None else f", dropout {settings['dropout']}"
-        return f"loss {settings['loss'].upper()}{dropout}"
+        return f"loss {LOSS_LABELS.get(settings['loss'], settings['loss'].upper())}{dropout}"
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         loss = settings["loss"]
         if loss not in LOSSES:
             raise GRBenchError(f"{cls.name}: loss {loss!r} unknown; expected one of {', '.join(LOSSES)}")
-        if loss == "bce" and cls.recbole_model not in ("SASRec", "GRU4Rec"):
-            raise GRBenchError(f"{cls.name}: loss=bce needs a model with item_embedding and "
+        if loss in CUSTOM_LOSSES and cls.recbole_model not in ("SASRec", "GRU4Rec"):
+            raise GRBenchError(f"{cls.name}: loss={loss} needs a model with item_embedding and "
                                "forward(item_seq, item_seq_len) (sasrec, gru4rec)")
         dropout = settings["dropout"]
         if dropout is not None:
@@ -184,7 +223,8 @@ class RecBoleSequential(Method):
         with silence_recbole_tensorboard():
             trainer = get_trainer(config["MODEL_TYPE"], self.recbole_model)(config, self.model)
         self._map_ids(dataset, data)
-        loss_func = (lambda interaction: bce_loss(self.model, interaction)) if self.settings["loss"] == "bce" else None
+        custom_loss = CUSTOM_LOSSES.get(self.settings["loss"])
+        loss_func = None if custom_loss is None else (lambda interaction: custom_loss(self.model, interaction))
 
         self.training_report = train_with_early_stopping(
             context, name=self.name, key={"settings": self.settings, "split": data.fingerprint, "seed": context.seed},

@@ -77,7 +77,7 @@ def test_dropout_option_reaches_the_recbole_model(tmp_path, name, keys):
 
 
 def test_smoke_runs_of_every_recbole_model(tmp_path):
-    specs = [*RECBOLE_MODELS, "sasrec:loss=bce"]
+    specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all"]
     assert main(["run", "--profile", "smoke", "--methods", ",".join(specs), "--out", str(tmp_path)]) == 0
     records = {r["method"]: r for r in ResultStore(tmp_path).load()}
     assert set(records) == set(specs)
@@ -111,3 +111,36 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
     """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
     check_resume_after_kill(tmp_path, monkeypatch, "sasrec", recbole_models)
 
+
+
+def test_every_position_loss_is_the_mean_next_item_loss_of_each_prefix(tmp_path):
+    """``loss=ce-all`` scores every position with its next item, and position j sees items up to j only."""
+    import torch
+    import torch.nn.functional as F
+    from recbole.data.interaction import Interaction
+
+    split = leave_last_out(load_dataset("synthetic"))
+    method = methods()["sasrec"]
+    settings = method.settings_for("smoke", {"epochs": "1", "loss": "ce-all"})
+    model_run = method(settings, RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path))
+    model_run.fit(split.train_view(), model_run.context)
+    model = model_run.model.eval()
+    items = torch.tensor([3, 7, 2, 9, 4])  # RecBole ids; the row: history 3 7 2 9, target 4
+    max_len = settings["max_len"]
+
+    def row(history: torch.Tensor, target: int) -> Interaction:
+        padded = torch.zeros(1, max_len, dtype=torch.long)
+        padded[0, : len(history)] = history
+        return Interaction({model.ITEM_SEQ: padded, model.ITEM_SEQ_LEN: torch.tensor([len(history)]),
+                            model.POS_ITEM_ID: torch.tensor([target])})
+
+    def last_position_loss(history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prefix = row(history, 0)
+        output = model.forward(prefix[model.ITEM_SEQ], prefix[model.ITEM_SEQ_LEN])
+        return F.cross_entropy(output @ model.item_embedding.weight.T, target.view(1))
+
+    with torch.no_grad():
+        loss = recbole_models.all_positions_ce_loss(model, row(items[:-1], int(items[-1])))
+        expected = torch.stack([last_position_loss(items[:j], items[j]) for j in range(1, len(items))]).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert "gather_indexes" not in vars(model)  # forward gives the last position again
