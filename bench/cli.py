@@ -1,4 +1,4 @@
-"""``python -m bench``: run, leaderboard, datasets, methods, sids, analyze, audit."""
+"""``python -m bench``: run, leaderboard, datasets, methods, sids, analyze, audit, rerun."""
 
 from __future__ import annotations
 
@@ -105,7 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated method specs, or 'all' (default)")
     audit.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
     audit.add_argument("--seed", type=int, default=0, help="seed of the method instances (default 0)")
+    rerun = commands.add_parser(
+        "rerun", help="rebuild one stored result from its record alone, run it again, compare the metrics",
+        description="Rebuilds the run of one stored result from its record (method spec and options, dataset, "
+        "profile, seed, evaluated users), refuses if the data's split fingerprint changed, warns if the git "
+        "commit, package versions, settings or hardware did, reruns it into a separate folder and prints stored "
+        "vs rerun metric means. Exit status 0: identical, or different but within the stored 95% CI; "
+        "1: outside it; 2: error. Stage caches (trained stages, checkpoints) are reused as in any run; for a "
+        "from-scratch rerun, point GRBENCH_CACHE at an empty folder: GRBENCH_CACHE=$(mktemp -d) python -m bench "
+        "rerun ID.")
+    rerun.add_argument("result_id", help="the id of a record in OUT/results.jsonl, e.g. "
+                       "ml-100k--bert4rec--quick--seed0--d929cbbf")
+    rerun.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    rerun.add_argument("--into", type=Path, default=None,
+                       help="folder for the rerun's result (default OUT/reruns/<id>/; never OUT itself)")
+    rerun.add_argument("--dataset", default=None,
+                       help="dataset spec, for a seq:<path> record whose file moved (its fingerprint must match)")
     return parser
+
+
+def command_rerun(args: argparse.Namespace) -> int:
+    from bench.rerun import rerun
+
+    return rerun(args.result_id, args.out, args.into, args.dataset)
 
 
 def command_audit(args: argparse.Namespace) -> int:
@@ -236,7 +258,7 @@ def command_sids(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
             "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
-            "audit": command_audit}
+            "audit": command_audit, "rerun": command_rerun}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
