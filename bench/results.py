@@ -3,7 +3,9 @@
 Writes are atomic: the whole file is rewritten to a temporary file in the same folder, flushed to
 disk and renamed over the old one, under a lock file so that concurrent runs sharing ``--out``
 neither lose nor duplicate a record. A ranking file is written (atomically) before the record that
-points to it, so a record never refers to a missing ranking.
+points to it, so a record never refers to a missing ranking. A write that fails (a full disk, a
+read-only folder) leaves the previous file as it was, removes its temporary file and raises a
+:class:`GRBenchError` naming the file and the reason, so the CLI reports it on one line.
 """
 
 from __future__ import annotations
@@ -60,30 +62,57 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _write_error(path: Path, error: OSError) -> GRBenchError:
+    return GRBenchError(f"cannot write {path}: {error.strerror or error}; the previous version of it, if any, "
+                        "is unchanged")
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    An ``OSError`` (no space left, permission denied, ...) becomes a :class:`GRBenchError` naming ``path``;
+    the temporary file is removed and ``path`` keeps its old content.
+    """
     try:
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any written file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _write_error(path, error) from None
+    try:
         with os.fdopen(handle, "wb") as stream:
+            os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any written file
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
         raise
 
 
-def check_writable(folder: Path) -> None:
-    """Fails early, with a clear message, when results could not be written to ``folder``."""
+WRITE_PROBE = b"GRBench write test\n" * 256  # 4.75 KiB: more than an empty file, which a full disk still takes
+
+
+def check_writable(folder: Path, what: str = "results") -> None:
+    """Fails early, with a clear message, when ``what`` could not be written to ``folder``.
+
+    Writes, flushes and syncs a small probe file the way results are written (a full disk or an exhausted
+    quota usually still allows an empty file, not data), then removes it.
+    """
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(WRITE_PROBE)
+                stream.flush()
+                os.fsync(stream.fileno())
+        finally:
+            os.unlink(probe)
     except OSError as error:
-        raise GRBenchError(f"cannot write results to {folder}: {error.strerror or error}") from None
+        raise GRBenchError(f"cannot write {what} to {folder}: {error.strerror or error}") from None
 
 
 class ResultStore:
@@ -114,6 +143,11 @@ class ResultStore:
 
     def finished(self) -> set[ResultKey]:
         return {ResultKey.of(record) for record in self.load()}
+
+    def locked(self) -> FileLock:
+        """The lock that :meth:`add` takes (reentrant): hold it to read the records and write what is made from
+        them (the leaderboards) without another process adding a record in between."""
+        return self._lock
 
     def add(self, record: dict) -> None:
         """Adds a record, replacing any earlier record with the same key (so a forced rerun never duplicates)."""

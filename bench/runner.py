@@ -85,6 +85,7 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
     for spec in plan.datasets:
         parse_spec(spec)
     check_writable(plan.out)
+    check_writable(plan.leaderboards, "leaderboards")
     store = ResultStore(plan.out)
     finished = store.finished()
     max_users = plan.max_test_users if plan.max_test_users is not None else profile.max_test_users
@@ -116,8 +117,9 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
                                   "ms/user", highlight=False, soft_wrap=True)
     if not is_main_process():
         return made
-    records = store.load()
-    write_leaderboards(records, plan.leaderboards)
+    with store.locked():  # of concurrent runs sharing --out, the last to write the leaderboards read every record
+        records = store.load()
+        write_leaderboards(records, plan.leaderboards)
     print(render_dataset_tables(records, datasets={r["dataset"] for r in made} or None))
     console.print(f"results: {store.path}   leaderboards: {plan.leaderboards}")
     return made
