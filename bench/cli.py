@@ -174,18 +174,17 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     store = ResultStore(args.out)
     if not store.path.exists():
         raise GRBenchError(f"no results at {store.path}; run `python -m bench run --out {args.out}` first")
-    records = store.load()
-    paths = write_leaderboards(records, _leaderboard_dir(args))
+    with store.locked():  # a run adding a record meanwhile writes the leaderboards after us
+        records = store.load()
+        paths = write_leaderboards(records, _leaderboard_dir(args))
     print(render_dataset_tables(records))
     print(f"\nwrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 
 
 def command_merge(args: argparse.Namespace) -> int:
-    import shutil
-
     from bench.leaderboard import write_leaderboards
-    from bench.results import ResultStore, check_writable
+    from bench.results import ResultStore, check_writable, write_atomically
 
     check_writable(args.out)
     store = ResultStore(args.out)
@@ -196,12 +195,15 @@ def command_merge(args: argparse.Namespace) -> int:
             raise GRBenchError(f"no results at {source / 'results.jsonl'}")
         for record in records:
             if record.get("rankings"):
-                target = args.out / record["rankings"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source / record["rankings"], target)
+                rankings = source / record["rankings"]
+                if not rankings.is_file():
+                    raise GRBenchError(f"{source / 'results.jsonl'}: record {record.get('id')} names rankings "
+                                       f"{rankings}, which does not exist; nothing of this record was merged")
+                write_atomically(args.out / record["rankings"], rankings.read_bytes())
             store.add(record)  # a record with the same key is replaced, never duplicated
             merged += 1
-    paths = write_leaderboards(store.load(), _leaderboard_dir(args))
+    with store.locked():
+        paths = write_leaderboards(store.load(), _leaderboard_dir(args))
     print(f"merged {merged} records into {store.path}; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 

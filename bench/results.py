@@ -153,6 +153,10 @@ class ResultStore:
         """Adds a record, replacing any earlier record with the same key (so a forced rerun never duplicates)."""
         key = ResultKey.of(record)
         with self._lock:
+            # every write of results.jsonl happens here, under this lock: a temporary file of it that exists now
+            # was left by a writer that was killed, and readers never look at it; remove it
+            for stale in self.folder.glob(f".{RESULTS_FILE}.*.tmp"):
+                stale.unlink(missing_ok=True)
             kept = [r for r in self.load() if ResultKey.of(r) != key]
             kept.append(record)
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
@@ -174,7 +178,10 @@ class ResultStore:
 
 
 def read_rankings(path: Path) -> list[dict]:
-    """Reads a rankings file back (for audits and recomputation)."""
+    """Reads a rankings file back (for audits and recomputation). An empty file is an error: gzip would read
+    it as zero rows, and an atomic write never makes one (a ranking of no users still has a gzip header)."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(path, "empty rankings file (not written by GRBench; delete it and rerun the cell)")
     try:
         with gzip.open(path, "rt", encoding="utf-8") as stream:
             return [json.loads(line) for line in stream]

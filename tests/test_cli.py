@@ -134,3 +134,6 @@ def test_merge_adds_another_runs_records_and_rankings_and_replaces_same_keys(tmp
     assert (tmp_path / "a" / "leaderboards" / "synthetic.md").is_file()
     assert main(["merge", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 2
     assert "no results at" in capsys.readouterr().err
+    (tmp_path / "b" / records[1]["rankings"]).unlink()
+    assert main(["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 2
+    assert "which does not exist; nothing of this record was merged" in capsys.readouterr().err

@@ -64,6 +64,22 @@ def test_rankings_round_trip_and_are_reproducible(tmp_path):
     path.write_bytes(first[:10])
     with pytest.raises(DataError, match="unreadable rankings file"):
         read_rankings(path)
+    assert read_rankings(store.write_rankings(key, [])) == []  # no users: still a gzip file
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="empty rankings file"):
+        read_rankings(path)
+
+
+def test_adding_a_record_removes_temporary_files_of_killed_writers(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(record("m0", 0))
+    stale = tmp_path / ".results.jsonl.abc123.tmp"
+    stale.write_text('{"half": ')
+    other = tmp_path / ".other.jsonl.abc123.tmp"  # not results.jsonl's: left alone
+    other.write_text("x")
+    store.add(record("m1", 0))
+    assert not stale.exists() and other.exists()
+    assert len(store.load()) == 2
 
 
 def test_unwritable_output_fails_early(tmp_path):
