@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_PROBLEM_CHARS = 400  # longer descriptions of a problem (quoting hostile input) keep their ends
+
 
 class GRBenchError(Exception):
     """An error caused by input or configuration, reported to the user without a traceback."""
@@ -26,10 +28,14 @@ class DataError(GRBenchError):
         expected: str | None = None,
     ) -> None:
         where = str(path)
+        if not where.isprintable():  # a newline or control character in a path would break the one-line message
+            where = repr(where)
         if line is not None:
             where += f", line {line}"
         if field is not None:
             where += f", field {field!r}"
+        if len(problem) > MAX_PROBLEM_CHARS:  # a quoted 10 MB line would bury the message
+            problem = f"{problem[:MAX_PROBLEM_CHARS // 2]} [...] {problem[-MAX_PROBLEM_CHARS // 2:]}"
         message = f"{where}: {problem}"
         if expected:
             message += f" (expected {expected})"

@@ -553,27 +553,53 @@ def save(sids: SemanticIds, folder: Path) -> None:
 
 def load_cached(folder: Path, fingerprint: str, n_items: int) -> SemanticIds | None:
     """The cached SIDs in ``folder``; None when there are none, or (with a message naming the file) when a
-    file is unreadable or inconsistent, so that the caller rebuilds them."""
+    file is unreadable or inconsistent, so that the caller rebuilds them.
+
+    A cache entry is never used unless it holds what :func:`build_semantic_ids` writes: integer codes of
+    shape ``(n_items + 1, levels + 1)``, the padding row -1, every item's codes inside the codebooks of
+    ``codebook_sizes`` (so no SID token outside the vocabulary), no two items with the same SID, and
+    codebook sizes that agree with the recorded configuration and the codes.
+    """
+    import zlib
+
     meta_path, codes_path = folder / META_FILE, folder / CODES_FILE
     if not meta_path.is_file():
         return None
     path = meta_path
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        sizes = tuple(int(s) for s in meta["codebook_sizes"])
         if meta["fingerprint"] != fingerprint or meta["version"] != CACHE_VERSION:
             raise ValueError(f"it belongs to fingerprint {meta['fingerprint']} v{meta['version']}")
+        sizes = meta["codebook_sizes"]
+        config, stats = meta["config"], meta["stats"]
+        if not (isinstance(sizes, list) and sizes and all(type(s) is int and s >= 1 for s in sizes)):
+            raise ValueError(f"codebook sizes {sizes!r} are not positive integers")
+        if not (isinstance(meta["source"], str) and isinstance(config, dict) and isinstance(stats, dict)):
+            raise ValueError("source, config or stats of the wrong type")
+        if sizes[:-1] != [config["codebook_size_used"]] * config["levels"]:
+            raise ValueError(f"codebook sizes {sizes} disagree with the configuration")
         path = codes_path
         with np.load(codes_path) as stored:
             codes = stored["codes"]
+        if codes.dtype.kind not in "iu":
+            raise ValueError(f"codes of type {codes.dtype}, expected integers")
         if codes.shape != (n_items + 1, len(sizes)):
             raise ValueError(f"codes of shape {codes.shape}, expected {(n_items + 1, len(sizes))}")
+        codes = codes.astype(np.int64)
+        if not (codes[0] == -1).all():
+            raise ValueError("the padding row is not -1")
         if n_items and not ((codes[1:] >= 0) & (codes[1:] < np.array(sizes))).all():
-            raise ValueError("codes outside their codebooks")
-        return SemanticIds(codes.astype(np.int64), sizes, meta["source"], fingerprint, meta["config"], meta["stats"],
-                           cache_path=folder, from_cache=True)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        print(f"semantic-ID cache file {path} is unreadable ({error}); rebuilding it", file=sys.stderr)
+            raise ValueError("codes outside their codebooks (SID tokens that do not exist)")
+        if n_items and (len(np.unique(codes[1:], axis=0)) != n_items or codes[1:, -1].max() + 1 != sizes[-1]):
+            raise ValueError("SIDs that are not unique, or a last level that disagrees with its size")
+        return SemanticIds(codes, tuple(sizes), meta["source"], fingerprint, config, stats, cache_path=folder,
+                           from_cache=True)
+    except (OSError, EOFError, ValueError, LookupError, TypeError, ArithmeticError, RuntimeError,
+            zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error) as error:
+        # A cache is only a shortcut: whatever makes it unreadable (a truncated or damaged file, foreign
+        # content, nesting too deep for json, a zip flag numpy cannot read) means rebuilding it.
+        print(f"semantic-ID cache file {path} is unreadable ({type(error).__name__}: {error}); rebuilding it",
+              file=sys.stderr)
         return None
 
 

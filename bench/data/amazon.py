@@ -7,6 +7,14 @@ use, resumably; files put there by hand are used as they are, without touching t
 A completed download is checked to decompress fully and its sha256 is written beside it
 (``<file>.sha256``, ``sha256sum`` format), so a file that later changes or rots is reported instead of
 silently giving other numbers.
+
+Hostile or damaged content: a review needs string ids without whitespace or control characters and a
+finite number as its time (negative ones are kept: they only order events), else the load fails naming
+the file and line; undecodable bytes are allowed only in the review fields that are not read. A file
+with no reviews, or none left after the 5-core filter, is an error. Undecodable bytes in a meta line
+become U+FFFD; the items whose title, brand or categories hold one are counted in the dataset's
+``info["items_with_undecodable_text"]`` (present only where there are some). Reviewed items without a
+meta line are counted in ``info["items_without_meta"]`` and have no text.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import gzip
 import hashlib
 import http.client
 import json
+import math
 import re
 import urllib.error
 import urllib.request
@@ -30,7 +39,7 @@ from rich import progress as rp
 from rich.console import Console
 
 from bench.data import register_source
-from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.data.base import ID_FORMAT, Dataset, id_problem, make_catalog, make_interactions
 from bench.errors import DataError, GRBenchError
 from bench.paths import data_dir
 
@@ -211,7 +220,8 @@ def _record_checksum(path: Path) -> None:
 def check_checksum(path: Path) -> None:
     """Compares the file with its recorded and known sha256 (where there are any)."""
     sidecar = _sidecar(path)
-    expected = {sidecar.name: (sidecar.read_text().split() or [""])[0].lower()} if sidecar.is_file() else {}
+    recorded = sidecar.read_text(encoding="ascii", errors="replace") if sidecar.is_file() else None
+    expected = {sidecar.name: (recorded.split() or [""])[0].lower()} if recorded is not None else {}
     if path.name in KNOWN_SHA256:
         expected["the published checksum"] = KNOWN_SHA256[path.name].lower()
     if not expected:
@@ -241,23 +251,41 @@ def read_reviews(path: Path) -> pd.DataFrame:
     items: list[str] = []
     times: list[float] = []
     for line_number, raw in gzip_lines(path):
+        # Undecodable bytes in text we do not use (the review itself) must not fail the load; in an id they do.
         try:
-            # Undecodable bytes can only be in text we do not use; they must not fail the load.
-            row = json.loads(raw.decode("utf-8", errors="replace"))
-        except ValueError as error:
+            text, undecodable = raw.decode("utf-8"), False
+        except UnicodeDecodeError:
+            text, undecodable = raw.decode("utf-8", errors="replace"), True
+        try:
+            row = json.loads(text)
+        except (ValueError, RecursionError) as error:
             raise DataError(path, f"invalid JSON ({error})", line=line_number,
                             expected=REVIEW_FORMAT) from None
         missing = [key for key in REVIEW_KEYS if not isinstance(row, dict) or key not in row]
         if missing:
             raise DataError(path, f"no {', '.join(missing)}", line=line_number, expected=REVIEW_FORMAT)
+        for key in ("reviewerID", "asin"):
+            value = row[key]
+            problem = id_problem(value) if isinstance(value, str) else f"id {value!r} is not a string"
+            if problem is None and undecodable and "\ufffd" in value:
+                problem = f"id {value!r} has bytes that are not UTF-8"
+            if problem:
+                raise DataError(path, problem, line=line_number, field=key, expected=ID_FORMAT)
         time = row["unixReviewTime"]
-        if isinstance(time, bool) or not isinstance(time, (int, float)):
+        if isinstance(time, bool) or not isinstance(time, (int, float)) or not _finite(time):
             raise DataError(path, f"timestamp {time!r}", line=line_number, field="unixReviewTime",
-                            expected="a number of seconds")
+                            expected="a finite number of seconds")
         users.append(str(row["reviewerID"]))
         items.append(str(row["asin"]))
         times.append(float(time))
     return pd.DataFrame({"user": users, "item": items, "timestamp": times})
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def read_meta(path: Path, wanted: set[str]) -> dict[str, dict]:
@@ -323,7 +351,12 @@ def load_amazon(name: str, category: str, argument: str | None = None) -> Datase
     """Loads one category: 5-core re-filtered, events in (user, time) order with file order breaking ties."""
     reviews_path, meta_path = ensure_files(category)
     raw = read_reviews(reviews_path)
+    if raw.empty:
+        raise DataError(reviews_path, "no reviews", expected=f"lines of {REVIEW_FORMAT}")
     frame, rounds = k_core(raw, CORE)
+    if frame.empty:
+        raise DataError(reviews_path, f"no reviews left after the {CORE}-core filter ({len(raw):,} before it)",
+                        expected=f"users and items with at least {CORE} reviews")
     # A stable sort of a frame still in file order: equal timestamps keep the order of the file.
     frame = frame.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
     items = sorted(set(frame["item"]))
@@ -337,6 +370,10 @@ def load_amazon(name: str, category: str, argument: str | None = None) -> Datase
         **_counts(frame, "after_core"),
         "items_without_meta": len(items) - len(meta),
     }
+    undecodable = sum(any("\ufffd" in text for text in (row["title"] or "", row["brand"] or "", *row["categories"]))
+                      for row in meta.values())
+    if undecodable:
+        info["items_with_undecodable_text"] = undecodable
     interactions = make_interactions(frame["user"], frame["item"], frame["timestamp"])
     return Dataset(name=name, interactions=interactions, catalog=catalog, source=f"amazon2014:{category}",
                    info=info)

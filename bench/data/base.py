@@ -6,6 +6,8 @@ rankings can always be written back in the source's own ids.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +15,30 @@ import pandas as pd
 
 INTERACTION_COLUMNS = ("user", "item", "timestamp")
 CATALOG_COLUMNS = ("item", "title", "categories", "brand")
+ID_FORMAT = "a non-empty id without whitespace or control characters"
+NOT_IN_IDS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # whitespace and control characters
+
+
+def id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a user or item id, or None when it can.
+
+    Ids are non-empty strings (integers are taken as their decimal text) without whitespace or control
+    characters: ``""`` is the split's padding item, and ids are written space- and tab-separated into
+    the split's fingerprint.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return f"id {value!r} is a {type(value).__name__}"
+    return _text_id_problem(str(value))
+
+
+@functools.lru_cache(maxsize=1 << 18)  # loaders check every event's ids; most ids repeat
+def _text_id_problem(text: str) -> str | None:
+    if not text:
+        return "empty id"
+    bad = NOT_IN_IDS.search(text)
+    if bad:
+        return f"id {text!r} contains {bad[0]!r}"
+    return None
 
 
 @dataclass

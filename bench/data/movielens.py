@@ -2,16 +2,21 @@
 
 Every rating counts as an interaction (implicit feedback, as in RecBole's sequential benchmarks).
 Titles come from ``movie_title`` (with the release year appended), genres from ``class`` as categories.
+Interactions need ids without whitespace or control characters and a finite timestamp (negative ones
+are kept: they only order events); anything else, or an interactions file that is not UTF-8, is an
+error naming the file, line and field. The item file is Latin-1, so any byte decodes.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 from pathlib import Path
 
 from bench.compat import package_dir
 from bench.data import register_source
-from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.data.base import ID_FORMAT, Dataset, id_problem, make_catalog, make_interactions
 from bench.errors import DataError
 
 
@@ -24,8 +29,13 @@ def read_atomic_file(path: Path, columns: list[str], encoding: str) -> list[dict
     """Reads a RecBole atomic file (tab-separated, ``name:type`` header) keeping only ``columns``."""
     if not path.is_file():
         raise DataError(path, "file not found", expected="the ml-100k files shipped in the recbole wheel")
-    with path.open(encoding=encoding, newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise DataError(path, f"not {encoding} text", line=data[:error.start].count(b"\n") + 1) from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
         header = [name.split(":")[0] for name in next(reader, [])]
         missing = [c for c in columns if c not in header]
         if missing:
@@ -36,6 +46,8 @@ def read_atomic_file(path: Path, columns: list[str], encoding: str) -> list[dict
             if len(fields) != len(header):
                 raise DataError(path, f"{len(fields)} fields", line=line_number, expected=f"{len(header)}")
             rows.append({c: fields[i] for c, i in zip(columns, index)})
+    except csv.Error as error:  # e.g. a field over csv's size limit
+        raise DataError(path, f"unreadable line ({error})", line=reader.line_num) from None
     return rows
 
 
@@ -44,13 +56,22 @@ def load_ml100k(argument: str | None = None) -> Dataset:
     folder = ml100k_dir()
     inter_path = folder / "ml-100k.inter"
     inter = read_atomic_file(inter_path, ["user_id", "item_id", "timestamp"], "utf-8")
+    if not inter:
+        raise DataError(inter_path, "no interactions", expected="tab-separated lines after the header")
     timestamps = []
     for line_number, row in enumerate(inter, start=2):
+        for field in ("user_id", "item_id"):
+            problem = id_problem(row[field])
+            if problem:
+                raise DataError(inter_path, problem, line=line_number, field=field, expected=ID_FORMAT)
         try:
-            timestamps.append(float(row["timestamp"]))
+            timestamp = float(row["timestamp"])
         except ValueError:
+            timestamp = math.nan
+        if not math.isfinite(timestamp):
             raise DataError(inter_path, f"bad timestamp {row['timestamp']!r}", line=line_number,
-                            field="timestamp", expected="a number") from None
+                            field="timestamp", expected="a finite number")
+        timestamps.append(timestamp)
     items = read_atomic_file(folder / "ml-100k.item", ["item_id", "movie_title", "release_year", "class"],
                              "latin-1")
     catalog = make_catalog(
