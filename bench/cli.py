@@ -31,11 +31,17 @@ def _specs(text: str) -> list[str]:
     return specs
 
 
+MAX_SEED = 2**32 - 1  # the range every seeded library (NumPy, torch, RecBole) accepts
+
+
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(part) for part in _list(text)]
+        seeds = [int(part) for part in _list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+    if not seeds or any(not 0 <= seed <= MAX_SEED for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be integers from 0 to {MAX_SEED}, got {text!r}")
+    return seeds
 
 
 def _leaderboard_dir(args: argparse.Namespace) -> Path:

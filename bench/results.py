@@ -111,8 +111,9 @@ def check_writable(folder: Path, what: str = "results") -> None:
                 os.fsync(stream.fileno())
         finally:
             os.unlink(probe)
-    except OSError as error:
-        raise GRBenchError(f"cannot write {what} to {folder}: {error.strerror or error}") from None
+    except (OSError, ValueError) as error:  # ValueError: a path Python cannot pass to the OS (a NUL byte)
+        where = str(folder) if str(folder).isprintable() else repr(str(folder))
+        raise GRBenchError(f"cannot write {what} to {where}: {getattr(error, 'strerror', None) or error}") from None
 
 
 class ResultStore:

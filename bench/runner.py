@@ -94,6 +94,9 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
         for dataset_spec in plan.datasets:
             task = progress.add_task(f"load + split {dataset_spec}", total=1)
             split = leave_last_out(load_dataset(dataset_spec))
+            if split.n_items < TOP_K:
+                raise GRBenchError(f"dataset {dataset_spec}: {split.n_items} items; top-{TOP_K} rankings of distinct "
+                                   f"items need at least {TOP_K}")
             progress.update(task, completed=1)
             users = split.evaluation_users(max_users)
             for run in method_runs:
@@ -112,9 +115,11 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
                     record["rankings"] = str(store.write_rankings(key, rows).relative_to(plan.out))
                     store.add(record)
                     made.append(record)
+                    latency = record["inference"]["ms_per_user"]
+                    latency_text = "latency not timed (too few test users)" if latency is None else \
+                        f"{latency:.1f} ms/user"
                     console.print(f"done {key.id}: NDCG@10 {record['metrics']['ndcg@10']['mean']:.4f}, trained in "
-                                  f"{record['train']['wall_s']:.0f} s, {record['inference']['ms_per_user']:.1f} "
-                                  "ms/user", highlight=False, soft_wrap=True)
+                                  f"{record['train']['wall_s']:.0f} s, {latency_text}", highlight=False, soft_wrap=True)
     if not is_main_process():
         return made
     with store.locked():  # of concurrent runs sharing --out, the last to write the leaderboards read every record
