@@ -32,15 +32,15 @@ RECBOLE_DATASET = "grbench"
 # (recbole/properties/model/<Model>.yaml), except in `smoke`, where they are shrunk (TINY_MODELS).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 2, "patience": 2, "batch_size": 64, "learning_rate": 0.001, "max_len": 10,
-              "loss": "ce", "tiny": True, "eval_batch_size": 512, "dropout": None},
+              "loss": "ce", "tiny": True, "eval_batch_size": 512, "dropout": None, "rows": "prefixes"},
     # CPU budget: an epoch of SASRec over ml-100k's ~98k training prefixes at length 20, with validation, takes
     # about 50 s on 2 cores, so `quick` trains two epochs on shorter histories (the main job: under 30 minutes).
     "quick": {"epochs": 2, "patience": 2, "batch_size": 256, "learning_rate": 0.001, "max_len": 20,
-              "loss": "ce", "tiny": False, "eval_batch_size": 512, "dropout": None},
+              "loss": "ce", "tiny": False, "eval_batch_size": 512, "dropout": None, "rows": "prefixes"},
     # The settings the TIGER and RecBole papers report for Amazon: max length 50, up to 200 epochs,
     # early stopping with patience 10 on validation NDCG@10.
     "small": {"epochs": 200, "patience": 10, "batch_size": 256, "learning_rate": 0.001, "max_len": 50,
-              "loss": "ce", "tiny": False, "eval_batch_size": 2048, "dropout": None},
+              "loss": "ce", "tiny": False, "eval_batch_size": 2048, "dropout": None, "rows": "prefixes"},
 }
 PROFILES["paper"] = dict(PROFILES["small"])
 
@@ -63,10 +63,13 @@ DROPOUT_KEYS = {
 LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1), "ce-all": ("CE", 0)}
 
 
-def write_benchmark_files(data: TrainData, folder: Path, max_len: int) -> None:
-    """Writes RecBole atomic files: train prefixes, validation rows, and every item (so all are rankable).
+def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str = "prefixes") -> None:
+    """Writes RecBole atomic files: training rows, validation rows, and every item (so all are rankable).
 
-    RecBole needs a test file too; it gets the validation rows, and RecBole never evaluates anything.
+    Training rows: every prefix of a user's training sequence and its next item (``rows="prefixes"``, RecBole's
+    augmentation), or one row per user, the sequence's last ``max_len + 1`` items (``rows="users"``, the
+    original SASRec's one sequence per user, for a loss at every position). RecBole needs a test file too; it
+    gets the validation rows, and RecBole never evaluates anything.
     """
     folder.mkdir(parents=True, exist_ok=True)
     header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
@@ -74,7 +77,11 @@ def write_benchmark_files(data: TrainData, folder: Path, max_len: int) -> None:
     def row(user: int, history: np.ndarray, target: int) -> str:
         return f"{user}\t{' '.join(map(str, history[-max_len:]))}\t{target}\n"
 
-    train_rows = [row(u, seq[:i], seq[i]) for u, seq in enumerate(data.train_sequences) for i in range(1, len(seq))]
+    if rows == "users":
+        train_rows = [row(u, seq[:-1], seq[-1]) for u, seq in enumerate(data.train_sequences) if len(seq) > 1]
+    else:
+        train_rows = [row(u, seq[:i], seq[i]) for u, seq in enumerate(data.train_sequences)
+                      for i in range(1, len(seq))]
     valid_rows = [row(u, seq, target) for u, (seq, target) in enumerate(zip(data.train_sequences, data.valid_targets))]
     for name, rows in (("train", train_rows), ("valid", valid_rows), ("test", valid_rows)):
         (folder / f"{RECBOLE_DATASET}.{name}.inter").write_text(header + "".join(rows))
@@ -155,7 +162,8 @@ class RecBoleSequential(Method):
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:
         dropout = "" if settings["dropout"] is None else f", dropout {settings['dropout']}"
-        return f"loss {LOSS_LABELS.get(settings['loss'], settings['loss'].upper())}{dropout}"
+        rows = ", one row per user" if settings["rows"] == "users" else ""
+        return f"loss {LOSS_LABELS.get(settings['loss'], settings['loss'].upper())}{dropout}{rows}"
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
@@ -165,6 +173,11 @@ class RecBoleSequential(Method):
         if loss in CUSTOM_LOSSES and cls.recbole_model not in ("SASRec", "GRU4Rec"):
             raise GRBenchError(f"{cls.name}: loss={loss} needs a model with item_embedding and "
                                "forward(item_seq, item_seq_len) (sasrec, gru4rec)")
+        if settings["rows"] not in ("prefixes", "users"):
+            raise GRBenchError(f"{cls.name}: rows {settings['rows']!r} unknown; expected prefixes or users")
+        if settings["rows"] == "users" and loss != "ce-all":
+            raise GRBenchError(f"{cls.name}: rows=users (one row per user) needs loss=ce-all, a loss at every "
+                               "position; the other losses score a row's last position only")
         dropout = settings["dropout"]
         if dropout is not None:
             if cls.recbole_model not in DROPOUT_KEYS:
@@ -213,7 +226,7 @@ class RecBoleSequential(Method):
         from recbole.utils import get_model, get_trainer, init_seed
 
         data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
-        write_benchmark_files(data, data_folder, self.settings["max_len"])
+        write_benchmark_files(data, data_folder, self.settings["max_len"], self.settings["rows"])
         config = recbole_config(self.recbole_model, RECBOLE_DATASET, self.recbole_config(data_folder, context))
         init_seed(context.seed, True)
         dataset = create_dataset(config)
@@ -241,7 +254,7 @@ class RecBoleSequential(Method):
         never trained on), written by ``fit``'s own writer into a scratch folder and parsed back."""
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch) / RECBOLE_DATASET
-            write_benchmark_files(data, folder, self.settings["max_len"])
+            write_benchmark_files(data, folder, self.settings["max_len"], self.settings["rows"])
             return {"recbole train rows": read_benchmark_rows(folder / f"{RECBOLE_DATASET}.train.inter")}
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:

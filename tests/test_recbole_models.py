@@ -48,6 +48,11 @@ def test_benchmark_files_hold_training_events_only(tmp_path):
     assert test_rows == valid  # RecBole's test file is a copy of validation: never a test target
     items = (tmp_path / "grbench.item").read_text().split()[1:]
     assert items == [str(i) for i in range(1, split.n_items + 1)]
+    write_benchmark_files(data, tmp_path / "users", max_len=5, rows="users")
+    per_user = read_rows(tmp_path / "users" / "grbench.train.inter")
+    # one row per user: the last max_len + 1 items of items[:-2], never the validation or test item
+    assert [(int(u), h + [t]) for u, h, t in per_user] == [
+        (u, [str(i) for i in seq[-6:]]) for u, seq in enumerate(data.train_sequences) if len(seq) > 1]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -56,6 +61,8 @@ def test_benchmark_files_hold_training_events_only(tmp_path):
     ("hgn:dropout=0.2", "hgn: has no dropout to set"),
     ("sasrec:dropout=high", "sasrec: dropout must be a number in [0, 1), got 'high'"),
     ("sasrec:dropout=1.5", "sasrec: dropout must be a number in [0, 1)"),
+    ("sasrec:rows=users", "sasrec: rows=users (one row per user) needs loss=ce-all"),
+    ("sasrec:rows=windows", "sasrec: rows 'windows' unknown"),
 ])
 def test_unknown_or_unsupported_loss_fails_before_any_work(tmp_path, capsys, spec, message):
     assert main(["run", "--profile", "smoke", "--methods", f"pop,{spec}", "--out", str(tmp_path)]) == 2
@@ -77,7 +84,7 @@ def test_dropout_option_reaches_the_recbole_model(tmp_path, name, keys):
 
 
 def test_smoke_runs_of_every_recbole_model(tmp_path):
-    specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all"]
+    specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all", "sasrec:loss=ce-all,rows=users"]
     assert main(["run", "--profile", "smoke", "--methods", ",".join(specs), "--out", str(tmp_path)]) == 0
     records = {r["method"]: r for r in ResultStore(tmp_path).load()}
     assert set(records) == set(specs)
