@@ -6,44 +6,62 @@ The encoder is SASRec's: item embedding + absolute position embedding, layer nor
 post-norm causal Transformer layers (``nn.MultiheadAttention``, GELU feed-forward), and it scores items by
 ``h · e_item`` with the input item table. ReaRec then feeds the last layer's state back as one more input
 token, plus a *reasoning position embedding* ``r_k`` (one learned vector per step, apart from the item
-positions, so that the model can tell thinking inputs from items), and runs the layers again; after ``K``
-steps there are ``K + 1`` states ``h_0`` (plain SASRec) ... ``h_K``. Every training position reasons for
-itself in the same pass: its step tokens attend to the items up to that position and to its own earlier
-steps, never to another position's thoughts (:func:`reasoning_mask`), so the state at position ``t``
+positions, so that the model can tell thinking inputs from items; paper Eq. 4), and runs the layers again;
+after ``K`` steps there are ``K + 1`` states ``h_0`` (plain SASRec) ... ``h_K``. Every training position
+reasons for itself in the same pass: its step tokens attend to the items up to that position and to its own
+earlier steps, never to another position's thoughts (:func:`reasoning_mask`), so the state at position ``t``
 depends on ``items[:t + 1]`` only, as the base class requires.
 
-Two learning schemes (defaults from the official code, github.com/TangJiakai/ReaRec):
+Two learning schemes, as implemented here (defaults from the official code, github.com/TangJiakai/ReaRec;
+how each differs from the paper and that code is listed below):
 
-- **ERL** (Ensemble Reasoning Learning): multi-step supervision, every step's output is trained against the
-  target, ``sum_k CE(h_k E^T / tau)``, and a KL diversity regulariser ``- lambda * sum_{i<j} KL(p_i || p_j)``
-  (``p_k`` the step's softmax over items) keeps the steps from collapsing onto one view; inference ranks
-  with the mean of ``h_0..h_K``. ``tau = 0.07``; ``lambda = 0.05`` (``diversity_weight``, the official default;
-  the paper tunes it over {0.001, 0.005, 0.01, 0.05, 0.1}).
+- **ERL** (Ensemble Reasoning Learning): the mean-pooled state is trained against the target,
+  ``CE(mean_k h_k E^T / tau)`` (Sec. 3.2.1, Eq. 5-6 and 8, as the official code), and a KL diversity
+  regulariser ``- lambda * sum_{i<j} KL(p_i || p_j)`` (``p_k`` the step's softmax over items; paper Eq. 7-8)
+  keeps the steps from collapsing onto one view;
+  inference ranks with the mean of ``h_0..h_K`` (Sec. 3.2.3). ``tau = 0.07``; ``lambda = 0.05``
+  (``diversity_weight``, the official default; the paper tunes it over {0.001, 0.005, 0.01, 0.05, 0.1}).
 - **PRL** (Progressive Reasoning Learning): progressive temperature annealing, step ``k`` is trained with
-  ``CE(h_k E^T / tau_k)``, ``tau_k = tau * alpha^(K - k)`` (soft early, sharp at the last step; ``alpha = 5``,
-  ``temperature_decay``), summed over steps; and reasoning-aware contrastive learning: a second pass whose
-  reasoning inputs carry Gaussian noise (standard deviation ``gamma = 0.01``, ``noise``; step ``k``'s noisy
-  input is the clean ``h_{k-1} + r_k`` plus noise, as in the official code) must match each noisy state
-  ``h~_k`` (k >= 1) to its own clean ``h_k`` against the clean states of the batch's other sequences
-  (InfoNCE on dot products / ``tau``, weight ``contrastive_weight = 1``), after ``warmup = 2`` epochs
-  without it. Inference ranks with the last step ``h_K``.
+  ``CE(h_k E^T / tau_k)``, ``tau_k = tau * alpha^(K - k)`` (Eq. 9; soft early, sharp at the last step;
+  ``alpha = 5``, ``temperature_decay``), summed over steps (Eq. 10); and reasoning-aware contrastive
+  learning: a second pass whose reasoning inputs carry Gaussian noise (standard deviation ``gamma = 0.01``,
+  ``noise``; step ``k``'s noisy input is the clean ``h_{k-1} + r_k`` plus noise, Eq. 11 and the official
+  code) must match each noisy state ``h~_k`` (k >= 1) to its own clean ``h_k`` against the clean states of
+  the batch's other sequences (InfoNCE on dot products / ``tau``, summed over steps, Eq. 12; weight
+  ``contrastive_weight = 1``, Eq. 13), after ``warmup = 2`` epochs without it. Inference ranks with the
+  last step ``h_K`` (Sec. 3.3.3).
 
 ``K = 0`` is plain SASRec with a full-softmax CE over ``h_0 E^T / tau`` under either scheme.
 
-Where this differs from the paper or the official code, and why:
-- Training examples: the official code trains one (history, next item) pair per training interaction and
-  reasons after the history's last item. Here, as for the suite's SASRec and HSTU, every position of a
-  user's last ``max_len + 1`` training items is an example (:mod:`baselines.sequential`) with its own ``K``
-  reasoning tokens: the same prefixes, in one pass per step instead of one pass per prefix, which is what
-  makes ReaRec affordable on a CPU. The contrastive term's in-batch negatives are therefore the other
-  sequences' states at the same position and step (the official: the other examples of the batch).
-- ERL: the official code supervises only the mean-pooled state, ``CE(mean_k h_k E^T / tau)``, and subtracts
-  ``lambda`` times the mean over all ordered step pairs of ``KL(p_j || stopgrad(p_i))``. This supervises
-  each step and sums ``KL(p_i || p_j)`` over pairs ``i < j`` with gradients through both, as the paper
-  presents ERL (per-step supervision plus a pairwise KL term).
-- PRL: the official code adds the last step's CE to the *mean* of the earlier steps' CE; this sums them all
-  (equal for ``K = 1``). The official PRL cannot run its own warm-up epochs (its contrastive term is then
-  undefined); here the warm-up epochs train without that term.
+Where this differs from the paper (v3, Aug 2025) or the official code, and why:
+- Data and protocol: the paper uses Yelp (20-core) and Amazon *2023* Video & Games, Software, CDs & Vinyl,
+  Baby & Products, ratings > 3 only, split by absolute timestamps, every validation/test interaction (with
+  5+ history items, all seen in training) an example, NDCG/Recall@{10, 20} (Sec. 4.1). Here: the suite's
+  leave-last-out split (one validation and one test target per user, every rating kept), Hit/NDCG@{5, 10}.
+  Both rank all items and keep history items as candidates. The paper reports no Beauty/Sports/Toys result.
+- Training examples: the official code trains one (last 50 items, next item) pair per training
+  interaction and reasons after the history's last item. Here, as for the suite's SASRec and HSTU, every
+  position of a user's last ``max_len + 1`` training items is an example (:mod:`baselines.sequential`)
+  with its own ``K`` reasoning tokens, in one pass per step instead of one pass per prefix, which is what
+  makes ReaRec affordable on a CPU. The prefixes are the same for users with at most ``max_len + 1``
+  training items; for longer ones (SASRec's convention) older targets are never trained on and early
+  positions see less than ``max_len`` items of history. The contrastive term's in-batch negatives are the
+  other sequences' states at the same position and step (the official: the other examples of the batch).
+- ERL diversity: this is Eq. 7 as written, ``- lambda * sum_{i<j} KL(p_i || p_j)`` with gradients through
+  both. The official code subtracts ``lambda`` times the *mean* over ordered pairs of
+  ``KL(p_j || stopgrad(p_i))``, so at the same ``lambda`` the term here is about 3x as strong for ``K = 2``
+  (3 summed pairs against the mean of 6); Sec. 4.3.5 reports drops once ``lambda`` passes about 0.05.
+- Temperature: the paper's Eq. 5 (ERL) has none and its PRL ``tau`` is tuned over {0.05, ..., 5.0}
+  (Sec. 4.1.4; chosen values not reported, Fig. 6 favours a moderate one); ``tau = 0.07`` is the official
+  default, used here for both schemes' CE and for the contrastive term.
+- PRL ranking loss: Eq. 10 sums the steps' CE, as here; the official code adds the last step's CE to the
+  *mean* of the earlier steps' CE (equal for ``K = 1``).
+- PRL contrastive term: Eq. 12 sums over steps, as here; the official code averages over them (half this
+  term for ``K = 2``). Eq. 11 writes the noise as ``N(0, gamma I)`` (variance ``gamma``); the official code
+  and this use standard deviation ``gamma``.
+- PRL warm-up: the paper has none. The official code's ``warmup`` (2 epochs without noise) cannot run: its
+  PRL loss then reads an undefined contrastive term (so it runs only with ``warmup = 0``), and its ERL reads
+  an undefined noise setting after the warm-up. Here the warm-up epochs train PRL without that term.
 - PRL's two passes share their dropout masks (the noise is drawn first, then both start from one random
   state), so that the views differ by the noise alone, the perturbation the method is about. The official
   code stacks the views into one batch and so drops out different units in each; with its dot-product
@@ -52,11 +70,15 @@ Where this differs from the paper or the official code, and why:
   1.00 with shared ones).
 - The reference caches keys and values between steps; so do the layers here (:class:`SASRecLayer`), which
   is why they are built from ``nn.MultiheadAttention`` rather than ``nn.TransformerEncoderLayer``.
-  The reference applies a fixed input dropout of 0.2 before each step; one ``dropout`` setting serves the
-  inputs and the layers here.
-- ``batch_size`` counts sequences (each up to ``max_len`` examples), not single examples: 256 Amazon 5-core
-  users give roughly the reference's 2,048 examples. Early stopping uses validation NDCG@10 (the suite's
-  rule; the reference: NDCG@20).
+  The reference applies layer norm and a fixed input dropout of 0.2 before each step (Eq. 4 has neither),
+  as here, where one ``dropout`` setting serves the inputs and the layers (0.5 in the Amazon profiles).
+  Its training softmax also counts the padding row as a candidate; here padding is never one.
+- Sizes: the paper (Sec. 4.1.4, 4.3.3) uses width 256, batches of 2,048 examples, Adam at 1e-3, length 50,
+  ``K = 2``, early stopping after 10 epochs without gain; the code adds feed-forward 300, 2 layers, 2 heads,
+  dropout 0.5, up to 300 epochs, stopping on validation NDCG@20. Profile ``paper`` keeps the width, ``small``
+  uses the suite's 64 (feed-forward 256); both stop on validation NDCG@10 (the suite's rule) within 200.
+  ``batch_size`` counts sequences (each up to ``max_len`` examples): 256 Amazon 2014 5-core users give
+  about 1,350-1,500 examples (5.3-5.9 training targets a user), fewer than the reference's 2,048.
 """
 
 from __future__ import annotations
@@ -208,15 +230,17 @@ def _supervision(log_probs: torch.Tensor, positives: torch.Tensor) -> torch.Tens
 
 def erl_loss(states: torch.Tensor, item_vectors: torch.Tensor, positives: torch.Tensor, temperature: float,
              diversity_weight: float) -> torch.Tensor:
-    """ERL: ``mean_p [sum_k CE_k - lambda * sum_{i<j} KL(p_i || p_j)]``; states ``(P, K + 1, D)``, targets
-    ``positives`` as columns of ``item_vectors`` ``(n, D)``."""
+    """ERL: ``mean_p [CE(mean_k h_k E^T / tau) - lambda * sum_{i<j} KL(p_i || p_j)]``; states ``(P, K + 1, D)``,
+    targets ``positives`` as columns of ``item_vectors`` ``(n, D)``. The CE is on the pooled state that
+    inference ranks with; the KL term acts on each step's own distribution."""
     steps = states.shape[1]
     log_probs = step_log_probs(states, item_vectors, torch.full((steps,), temperature, device=states.device))
     # KL(p_i || p_j) = sum_n p_i log p_i - sum_n p_i log p_j: every cross term in one batched product
     cross = torch.einsum("pin,pjn->pij", log_probs.exp(), log_probs)
     i, j = torch.triu_indices(steps, steps, offset=1, device=states.device)
     diversity = (cross[:, i, i] - cross[:, i, j]).sum(1).mean()
-    return _supervision(log_probs, positives) - diversity_weight * diversity
+    supervision = F.cross_entropy((states.mean(1) / temperature) @ item_vectors.T, positives)
+    return supervision - diversity_weight * diversity
 
 
 def annealed_temperatures(temperature: float, decay: float, steps: int) -> torch.Tensor:
@@ -258,9 +282,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # climbing, where 30 steps an epoch reach 0.05 by epoch 5 (ERL, 7-11 s an epoch on one busy core).
     "quick": {**REASONING, "learning_rate": 3e-3, "dim": 64, "layers": 2, "heads": 2, "ffn": 256, "dropout": 0.2,
               "max_len": 50, "epochs": 15, "patience": 5, "batch_size": 32, "eval_batch_size": 512},
-    # Amazon 2014 (Beauty, Sports, Toys): the paper's recipe (K = 2, Adam lr 1e-3, dropout 0.5, max length
-    # 50, up to 200 epochs, patience 10) at the width of the suite's SASRec and HSTU rows on these data (2
-    # layers, 2 heads, 64).
+    # Amazon 2014 (Beauty, Sports, Toys): the paper's recipe (K = 2, Adam lr 1e-3, max length 50, patience 10)
+    # with the official code's defaults (dropout 0.5, 2 layers, 2 heads; it allows 300 epochs, 200 here) at
+    # the width of the suite's SASRec and HSTU rows on these data (64).
     "small": {**REASONING, "dim": 64, "layers": 2, "heads": 2, "ffn": 256, "dropout": 0.5, "max_len": 50,
               "epochs": 200, "patience": 10, "batch_size": 256, "eval_batch_size": 2048},
 }

@@ -364,7 +364,7 @@ def test_cli_smoke_run_records_metrics_and_stage_costs(tmp_path, capsys):
 
 
 def test_datasets_without_text_stop_llm_methods_with_a_clear_message(tmp_path, capsys):
-    lines = [f"u{u} " + " ".join(str((u + n) % 9 + 1) for n in range(5)) for u in range(8)]
+    lines = [f"u{u} " + " ".join(str((u + n) % 12 + 1) for n in range(5)) for u in range(12)]  # 12 items: rankable
     path = tmp_path / "bare.txt"
     path.write_text("\n".join(lines) + "\n")
     assert main(["run", "--profile", "smoke", "--methods", "sft", "--datasets", f"seq:{path}",

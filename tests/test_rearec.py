@@ -233,7 +233,7 @@ def test_erl_loss_matches_the_papers_formula():
     total, positions = 0.0, 0
     for b, t in zip(*torch.nonzero(TARGETS).T.tolist()):
         log_p = [log_softmax_of(items @ states[b, t, k] / 0.5) for k in range(3)]
-        supervision = -sum(log_p[k][TARGETS[b, t] - 1] for k in range(3))
+        supervision = -log_softmax_of(items @ states[b, t].mean(0) / 0.5)[TARGETS[b, t] - 1]  # the pooled state
         diversity = sum((log_p[i].exp() * (log_p[i] - log_p[j])).sum() for i, j in ((0, 1), (0, 2), (1, 2)))
         total, positions = total + supervision - 0.7 * diversity, positions + 1
     torch.testing.assert_close(loss, total / positions, rtol=1e-5, atol=1e-5)
