@@ -428,3 +428,26 @@ def test_packaged_smollm2_expands_trains_and_saves(tmp_path):
     reloaded, retokenizer = recipe.load_model(tmp_path / "saved")
     assert len(retokenizer) == len(tokenizer) and reloaded.get_input_embeddings().weight.shape[0] == len(tokenizer)
     torch.testing.assert_close(reloaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_an_epoch_checkpoint_is_resumed_only_when_marked_whole_and_the_older_goes_after_the_mark(tmp_path):
+    """A kill between Trainer's save of epoch 2 and our marker must leave epoch 1's checkpoint to resume from."""
+    from types import SimpleNamespace
+
+    def save(step: int) -> Path:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        return folder
+
+    recorder = stages._elapsed_recorder({"wall_s": 10.0, "gpu_hours": 0.0})
+    args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(is_world_process_zero=True)
+    save(3)
+    recorder.on_save(args, SimpleNamespace(**vars(state), global_step=3), None)
+    save(6)  # saved by Trainer; killed before on_save marked it
+    resume_from, carried = stages._last_checkpoint(tmp_path)
+    assert resume_from == str(tmp_path / "checkpoint-3") and carried["wall_s"] >= 10.0
+    recorder.on_save(args, SimpleNamespace(**vars(state), global_step=6), None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6"]  # the older one goes once 6 is marked
+    assert stages._last_checkpoint(tmp_path)[0] == str(tmp_path / "checkpoint-6")
+    assert stages._last_checkpoint(tmp_path / "absent") == (None, {"wall_s": 0.0, "gpu_hours": 0.0})

@@ -322,7 +322,9 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
         bf16=bool(settings["bf16"]) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
         activation_checkpointing=bool(settings["gradient_checkpointing"]),
         activation_checkpointing_kwargs={"use_reentrant": False},
-        save_strategy="epoch" if checkpoints else "no", save_total_limit=1, report_to="none",
+        # no rotation by Trainer: it would delete the previous checkpoint before the new one is marked complete
+        # (_elapsed_recorder marks it, then removes the older ones), and a kill in between would lose both
+        save_strategy="epoch" if checkpoints else "no", save_total_limit=None, report_to="none",
         logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
         remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda",
     )
@@ -353,8 +355,22 @@ def trainer_progress(context: RunContext, description: str) -> Any:
     return Progress()
 
 
+def _checkpoint_step(folder: Path) -> int:
+    return int(folder.name.rpartition("-")[2])
+
+
+def _marked_checkpoints(output_dir: Path) -> list[Path]:
+    """The epoch checkpoints that were saved whole (they hold the elapsed-time marker), newest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.glob("checkpoint-*") if p.name.rpartition("-")[2].isdigit()
+             and (p / ELAPSED_FILE).is_file()]
+    return sorted(found, key=_checkpoint_step, reverse=True)
+
+
 def _elapsed_recorder(carried: dict[str, float]) -> Any:
-    """Writes the training time so far into every epoch checkpoint, so that a resumed stage reports it."""
+    """Marks every epoch checkpoint as whole by writing the training time so far into it (so that a resumed
+    stage reports it), then removes the older checkpoints: one marked checkpoint exists at every moment."""
     from transformers import TrainerCallback
 
     started = time.perf_counter()
@@ -364,20 +380,22 @@ def _elapsed_recorder(carried: dict[str, float]) -> Any:
             if state.is_world_process_zero:
                 cost = _cost(started)
                 total = {key: carried[key] + cost[key] for key in cost}
-                write_atomically(Path(args.output_dir) / f"checkpoint-{state.global_step}" / ELAPSED_FILE,
-                                 json.dumps(total).encode())
+                newest = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_atomically(newest / ELAPSED_FILE, json.dumps(total).encode())
+                for older in Path(args.output_dir).glob("checkpoint-*"):
+                    if older != newest:
+                        shutil.rmtree(older, ignore_errors=True)
 
     return Elapsed()
 
 
 def _last_checkpoint(output_dir: Path) -> tuple[str | None, dict[str, float]]:
-    """The newest epoch checkpoint of an interrupted run of this stage, and the training time it had cost."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last is None or not (Path(last) / ELAPSED_FILE).is_file():
+    """The newest whole epoch checkpoint of an interrupted run of this stage, and the training time it had cost
+    (a checkpoint killed while being saved has no marker and is passed over)."""
+    marked = _marked_checkpoints(output_dir)
+    if not marked:
         return None, {"wall_s": 0.0, "gpu_hours": 0.0}
-    return last, json.loads((Path(last) / ELAPSED_FILE).read_text())
+    return str(marked[0]), json.loads((marked[0] / ELAPSED_FILE).read_text())
 
 
 def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, schedule: Schedule, *,
