@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.data import register_source
@@ -29,6 +30,17 @@ BAD_CHARACTER = re.compile(r"[^\S \t]|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 ITEM_FORMAT = '{"item": ..., "title": ..., "categories": [...], "brand": ...}'
 
 
+def utf8_lines(path: Path, expected: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of ``path``, decoded as UTF-8 (a byte order mark at the start is
+    ignored); a line that is not UTF-8 is an error naming it."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                yield line_number, raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise DataError(path, "not UTF-8 text", line=line_number, expected=expected) from None
+
+
 def read_sequences(path: Path) -> tuple[list[str], list[str], list[float]]:
     """Parses the sequence file into parallel user/item/position lists, with line-precise errors."""
     if not path.is_file():
@@ -37,30 +49,25 @@ def read_sequences(path: Path) -> tuple[list[str], list[str], list[float]]:
     items: list[str] = []
     positions: list[float] = []
     first_line_of: dict[str, int] = {}
-    with path.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise DataError(path, "not UTF-8 text", line=line_number, expected=LINE_FORMAT) from None
-            text = text.removesuffix("\n").removesuffix("\r")
-            bad = BAD_CHARACTER.search(text)
-            if bad:
-                raise DataError(path, f"character {bad[0]!r} at column {bad.start() + 1} (binary data, or lines "
-                                "not ending in \\n?)", line=line_number, expected=LINE_FORMAT)
-            tokens = text.split()
-            if not tokens:
-                continue
-            if len(tokens) < 2:
-                raise DataError(path, f"only one id {tokens[0]!r}", line=line_number, expected=LINE_FORMAT)
-            user = tokens[0]
-            if user in first_line_of:
-                raise DataError(path, f"user {user!r} already listed on line {first_line_of[user]}",
-                                line=line_number, expected="one line per user")
-            first_line_of[user] = line_number
-            users.extend([user] * (len(tokens) - 1))
-            items.extend(tokens[1:])
-            positions.extend(range(len(tokens) - 1))
+    for line_number, text in utf8_lines(path, LINE_FORMAT):
+        text = text.removesuffix("\n").removesuffix("\r")
+        bad = BAD_CHARACTER.search(text)
+        if bad:
+            raise DataError(path, f"character {bad[0]!r} at column {bad.start() + 1} (binary data, or lines "
+                            "not ending in \\n?)", line=line_number, expected=LINE_FORMAT)
+        tokens = text.split()
+        if not tokens:
+            continue
+        if len(tokens) < 2:
+            raise DataError(path, f"only one id {tokens[0]!r}", line=line_number, expected=LINE_FORMAT)
+        user = tokens[0]
+        if user in first_line_of:
+            raise DataError(path, f"user {user!r} already listed on line {first_line_of[user]}",
+                            line=line_number, expected="one line per user")
+        first_line_of[user] = line_number
+        users.extend([user] * (len(tokens) - 1))
+        items.extend(tokens[1:])
+        positions.extend(range(len(tokens) - 1))
     if not users:
         raise DataError(path, "no interactions", expected=f"lines {LINE_FORMAT}")
     return users, items, [float(p) for p in positions]
@@ -73,28 +80,23 @@ def read_item_metadata(path: Path) -> list[dict]:
     rows: list[dict] = []
     if items_path.is_file():
         first_line_of: dict[str, int] = {}
-        with items_path.open("rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(items_path, "not UTF-8 text", line=line_number, expected=ITEM_FORMAT) from None
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (ValueError, RecursionError) as error:
-                    raise DataError(items_path, f"invalid JSON ({_json_problem(error)})", line=line_number,
-                                    expected=ITEM_FORMAT) from None
-                if not isinstance(row, dict) or "item" not in row:
-                    raise DataError(items_path, "no 'item' key", line=line_number, expected="a JSON object")
-                _check_item_row(items_path, line_number, row)
-                item = str(row["item"])
-                if item in first_line_of:
-                    raise DataError(items_path, f"item {item!r} already listed on line {first_line_of[item]}",
-                                    line=line_number, expected="one line per item")
-                first_line_of[item] = line_number
-                rows.append({**row, "item": item})
+        for line_number, line in utf8_lines(items_path, ITEM_FORMAT):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as error:
+                raise DataError(items_path, f"invalid JSON ({_json_problem(error)})", line=line_number,
+                                expected=ITEM_FORMAT) from None
+            if not isinstance(row, dict) or "item" not in row:
+                raise DataError(items_path, "no 'item' key", line=line_number, expected="a JSON object")
+            _check_item_row(items_path, line_number, row)
+            item = str(row["item"])
+            if item in first_line_of:
+                raise DataError(items_path, f"item {item!r} already listed on line {first_line_of[item]}",
+                                line=line_number, expected="one line per item")
+            first_line_of[item] = line_number
+            rows.append({**row, "item": item})
     if attributes_path.is_file():
         try:
             mapping = json.loads(attributes_path.read_text(encoding="utf-8-sig"))
