@@ -18,7 +18,7 @@ def _list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _specs(text: str) -> list[str]:
+def split_specs(text: str) -> list[str]:
     """Splits ``pop,sasrec:epochs=5,patience=3,synthetic:users=9`` into specs: a ``key=value`` part
     without a ``name:`` of its own continues the options of the spec before it."""
     specs: list[str] = []
@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     run = commands.add_parser("run", help="train and evaluate methods on datasets, then write leaderboards")
-    run.add_argument("--methods", type=_specs, default=["all"],
+    run.add_argument("--methods", type=split_specs, default=["all"],
                      help="comma-separated method specs (name or name:key=value,...), or 'all' (default)")
-    run.add_argument("--datasets", type=_specs, default=None,
+    run.add_argument("--datasets", type=split_specs, default=None,
                      help="comma-separated dataset specs (default: the profile's, ml-100k for quick)")
     run.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
     run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
@@ -96,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="analyses of trained LLM methods (metadata recovery, embedding "
                                   "PCA, pause attention): plots and a summary beside the leaderboards")
-    analyze.add_argument("--methods", type=_specs, default=["pauserec"],
+    analyze.add_argument("--methods", type=split_specs, default=["pauserec"],
                          help="comma-separated method specs with analyses (default pauserec)")
-    analyze.add_argument("--datasets", type=_specs, default=None,
+    analyze.add_argument("--datasets", type=split_specs, default=None,
                          help="comma-separated dataset specs (default: the profile's)")
     analyze.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the trained model (default 0)")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="leakage audit: no method's training inputs hold a user's validation "
                                 "or test target; exit status 1 on a leak or an unaudited method")
     audit.add_argument("--dataset", default=None, help="dataset spec (default: the profile's first)")
-    audit.add_argument("--methods", type=_specs, default=["all"],
+    audit.add_argument("--methods", type=split_specs, default=["all"],
                        help="comma-separated method specs, or 'all' (default)")
     audit.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
     audit.add_argument("--seed", type=int, default=0, help="seed of the method instances (default 0)")

@@ -11,6 +11,12 @@ from pathlib import Path
 MAX_PROBLEM_CHARS = 400  # longer descriptions of a problem (quoting hostile input) keep their ends
 
 
+def shown_path(path: object) -> str:
+    """A path as one line of an error message: quoted when a newline or control character is in it."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 class GRBenchError(Exception):
     """An error caused by input or configuration, reported to the user without a traceback."""
 
@@ -27,9 +33,7 @@ class DataError(GRBenchError):
         field: str | None = None,
         expected: str | None = None,
     ) -> None:
-        where = str(path)
-        if not where.isprintable():  # a newline or control character in a path would break the one-line message
-            where = repr(where)
+        where = shown_path(path)
         if line is not None:
             where += f", line {line}"
         if field is not None:

@@ -51,12 +51,12 @@ def dataset_spec(record: dict) -> str:
     name = record["dataset"]
     if not name.startswith("seq:"):
         return name
-    from bench.cli import _specs
+    from bench.cli import split_specs
 
     words: list[str] = []
     for word in shlex.split(record.get("command") or ""):
         words += word.split("=", 1) if word.startswith("--datasets=") else [word]
-    specs = [spec for flag, value in zip(words, words[1:]) if flag == "--datasets" for spec in _specs(value)]
+    specs = [spec for flag, value in zip(words, words[1:]) if flag == "--datasets" for spec in split_specs(value)]
     for spec in specs:
         if spec.startswith("seq:") and Path(spec[4:]).stem == name[4:]:
             return spec

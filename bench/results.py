@@ -22,7 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from bench.errors import DataError, GRBenchError
+from bench.errors import DataError, GRBenchError, shown_path
 
 RESULTS_FILE = "results.jsonl"
 KEY_FIELDS = ("method", "dataset", "profile", "seed", "split_fingerprint")
@@ -112,8 +112,8 @@ def check_writable(folder: Path, what: str = "results") -> None:
         finally:
             os.unlink(probe)
     except (OSError, ValueError) as error:  # ValueError: a path Python cannot pass to the OS (a NUL byte)
-        where = str(folder) if str(folder).isprintable() else repr(str(folder))
-        raise GRBenchError(f"cannot write {what} to {where}: {getattr(error, 'strerror', None) or error}") from None
+        raise GRBenchError(f"cannot write {what} to {shown_path(folder)}: "
+                           f"{getattr(error, 'strerror', None) or error}") from None
 
 
 class ResultStore:

@@ -34,6 +34,7 @@ import sys
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -560,8 +561,6 @@ def load_cached(folder: Path, fingerprint: str, n_items: int) -> SemanticIds | N
     ``codebook_sizes`` (so no SID token outside the vocabulary), no two items with the same SID, and
     codebook sizes that agree with the recorded configuration and the codes.
     """
-    import zlib
-
     meta_path, codes_path = folder / META_FILE, folder / CODES_FILE
     if not meta_path.is_file():
         return None
