@@ -7,15 +7,18 @@ study's batch size of 16 users.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 LATENCY_BATCH_SIZE = 16
+THROUGHPUT_BATCH_SIZES = (16, 64, 128)  # users per decoding batch tried for the best throughput (GPU only)
 
 
 def _torch():
@@ -58,6 +61,90 @@ def hardware() -> dict:
     else:
         info["label"] = f"CPU {cores} cores"
     return info
+
+
+@functools.cache
+def bf16_matmul_tflops() -> float | None:
+    """This GPU's measured bf16 matrix-product rate in TFLOP/s (an 8192^3 product, mean of ten after three
+    warm-ups), the denominator of model FLOPs utilisation: measured rather than the datasheet's peak, so that MFU
+    says how much of what the chip really delivers a stage used. None without a GPU. Measured once a process."""
+    torch = _torch()
+    if torch is None or not torch.cuda.is_available():
+        return None
+    n, repeats = 8192, 10
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 * repeats / seconds / 1e12
+
+
+def training_flops_per_token(parameters: int, trainable: int) -> float:
+    """Model FLOPs of one training token: forward 2N, backward through the activations 2N, weight gradients 2N
+    for the trainable share (CPT and pause pretraining train embedding rows only). The attention-score term is
+    left out (under a seventh of SmolLM2's FLOPs at 500 tokens), so an MFU from it is a slight underestimate."""
+    return 4.0 * parameters + 2.0 * trainable
+
+
+def model_flops_utilisation(tokens: float, flops_per_token: float, seconds: float) -> float | None:
+    """Achieved model FLOP/s over :func:`bf16_matmul_tflops` (None without a GPU or without time)."""
+    peak = bf16_matmul_tflops()
+    if peak is None or seconds <= 0:
+        return None
+    return tokens * flops_per_token / seconds / (peak * 1e12)
+
+
+class GpuSharing:
+    """Samples, every ``interval`` seconds, how many processes compute on this machine's GPUs (through NVML, the
+    ``nvidia-ml-py`` package): a GPU shared with other runs makes a run's time and latency an upper bound, and its
+    record says so (``max_processes``; None where NVML or a GPU is missing)."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self.max_processes: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _count(self) -> int:
+        import pynvml
+
+        return sum(len(pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                   for i in range(pynvml.nvmlDeviceGetCount()))
+
+    def _sample(self) -> None:
+        while True:
+            try:
+                self.max_processes = max(self.max_processes or 0, self._count())
+            except Exception:  # noqa: BLE001 - a monitor must never stop the run it watches
+                return
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> GpuSharing:
+        if gpu_count():
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.max_processes = self._count()
+            except Exception:  # noqa: BLE001 - no NVML: sharing unknown
+                return self
+            self._thread = threading.Thread(target=self._sample, name="gpu-sharing", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 @dataclass
@@ -135,3 +222,25 @@ def timed_batches(run_batch: Callable[[slice], None], n: int, batch_size: int = 
             on_batch(window.stop - window.start)
     ms = 1000 * timed_s / timed_users if timed_users else None
     return {"ms_per_user": ms, "users_timed": timed_users, "batch_size": batch_size}
+
+
+def best_throughput(run_batch: Callable[[slice, int], None], n: int,
+                    batch_sizes: Sequence[int] = THROUGHPUT_BATCH_SIZES) -> dict:
+    """Users/s at the best of ``batch_sizes``: each size decodes the first ``min(n, 2 x size)`` users once, timed
+    with synchronisation (the latency pass before it has warmed everything up). ``run_batch(window, size)`` decodes
+    ``window`` in batches of ``size``. On a CPU, where bigger batches only queue, nothing is run: the record keeps
+    the batch-16 latency's throughput."""
+    if not gpu_count():
+        return {"users_per_s": None, "batch_size": None, "by_batch_size": {}}
+    by_size: dict[int, float] = {}
+    for size in batch_sizes:
+        if size > n and by_size:
+            break
+        window = slice(0, min(n, 2 * size))
+        synchronize()
+        began = time.perf_counter()
+        run_batch(window, size)
+        synchronize()
+        by_size[size] = (window.stop - window.start) / (time.perf_counter() - began)
+    best = max(by_size, key=by_size.__getitem__)
+    return {"users_per_s": by_size[best], "batch_size": best, "by_batch_size": by_size}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -24,12 +25,14 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD of the GRBench checkout, with ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    """HEAD of the GRBench checkout, with ``-dirty`` when tracked files differ; outside git, the commit that
+    ``$GRBENCH_GIT_COMMIT`` names (a copy of a checkout shipped to another machine), else ``unknown``."""
+    shipped = os.environ.get("GRBENCH_GIT_COMMIT", "").strip()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return shipped or "unknown"
     return f"{commit}-dirty" if dirty else commit

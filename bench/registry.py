@@ -15,7 +15,7 @@ import pkgutil
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -115,6 +115,21 @@ class Method(ABC):
     def report(self) -> dict[str, Any]:
         """What the method wants stored with its result (best epoch, validation curve, ...)."""
         return {}
+
+    @contextmanager
+    def decoding_batch(self, users: int) -> Iterator[None]:
+        """Inside the block, :meth:`recommend` decodes ``users`` users at a time (the throughput measurement tries
+        several batch sizes). Methods that take whatever batch they are given need nothing; those that split it
+        by an ``infer_batch_size`` setting (the LLM methods) use ``users`` for the duration."""
+        if "infer_batch_size" not in self.settings:
+            yield
+            return
+        saved = self.settings["infer_batch_size"]
+        self.settings["infer_batch_size"] = users
+        try:
+            yield
+        finally:
+            self.settings["infer_batch_size"] = saved
 
     def analyze(self, data: TrainData, folder: Path) -> dict[str, Any]:
         """Analyses of the fitted model (``python -m bench analyze``): writes plots into ``folder`` and returns

@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench.costs import LATENCY_BATCH_SIZE, gpu_count, hardware, timed_batches
+from bench.costs import LATENCY_BATCH_SIZE, GpuSharing, best_throughput, gpu_count, hardware, timed_batches
 from bench.data import load_dataset, parse_spec
 from bench.errors import GRBenchError
 from bench.evaluate import check_rankings, per_user_metrics, summarize
@@ -196,10 +196,19 @@ def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: n
     method, context = make_method(split, run, profile, seed, progress)
     fit_task = progress.add_task(f"train {label}", total=1)
     started = time.perf_counter()
-    with context.stage("train") as train_cost:
-        method.fit(split.train_view(), context)
-    progress.update(fit_task, completed=1)
+    with GpuSharing() as sharing:
+        with context.stage("train") as train_cost:
+            method.fit(split.train_view(), context)
+        progress.update(fit_task, completed=1)
+        record, rows = _score(split, run, profile, seed, users, progress, method, context, train_cost, started, label)
+    record["hardware"]["gpu_processes_max"] = sharing.max_processes
+    return record, rows
 
+
+def _score(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray, progress: Progress,
+           method: Method, context: RunContext, train_cost: Any, started: float, label: str,
+           ) -> tuple[dict, list[dict]]:
+    """Ranks the test users with the fitted ``method``, times it, and builds the result record (:func:`run_cell`)."""
     histories = split.test_histories(users)
     targets = split.test_targets(users)
     topk = np.zeros((len(users), TOP_K), dtype=np.int64)
@@ -213,6 +222,14 @@ def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: n
                             on_batch=lambda n: progress.advance(infer_task, n))
     # this process's own training time: wall_s also counts stages reused from the cache (carried_wall_s)
     inference_s = time.perf_counter() - started - (train_cost.wall_s - train_cost.carried_wall_s)
+
+    def run_batches_of(window: slice, size: int) -> None:
+        with method.decoding_batch(size):
+            for start in range(window.start, window.stop, size):
+                part = slice(start, min(start + size, window.stop))
+                method.recommend(histories[part], TOP_K, users[part])
+
+    throughput = best_throughput(run_batches_of, len(users))
 
     vectors = per_user_metrics(targets, topk)
     record = {
@@ -237,7 +254,7 @@ def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: n
                   "peak_gpu_mem_gb": train_cost.peak_gpu_mem_gb,
                   "carried_wall_s": train_cost.carried_wall_s},
         "stages": [s for s in context.costs.as_records() if s["name"] != "train"],
-        "inference": {"wall_s": inference_s, **latency},
+        "inference": {"wall_s": inference_s, **latency, "throughput": throughput},
         "report": method.report(),
         "hardware": hardware(),
         "versions": versions(),

@@ -7,7 +7,9 @@ defaults in every LLM method, so that ``sft`` and ``pauserec`` find and reuse on
 Batch sizes are global (examples per optimizer step, over all GPUs): ``micro_batch_size`` examples go through
 one device at a time and gradients are accumulated to the global size, so the recipe is the same on one GPU and
 under ``accelerate launch`` on eight. ``*_max_steps`` > 0 caps a stage's optimizer steps (the CPU budget of
-``quick``); 0 trains the full ``*_epochs``. ``dtype`` is the weights' dtype; ``bf16`` adds bf16 mixed precision
+``quick``); 0 trains the full ``*_epochs``. ``group_by_length`` batches examples of similar length together
+(Trainer's length-grouped sampler; random order otherwise), which cuts the compute spent on padding.
+``dtype`` is the weights' dtype; ``bf16`` adds bf16 mixed precision
 where the GPU supports it (never on a CPU, where it is slower). ``checkpoint_epochs`` saves the whole training
 state after every epoch, so that a stage killed mid-way resumes there (GPU profiles; on a CPU a SmolLM2
 checkpoint, weights and AdamW state, costs more than the few steps it protects).
@@ -27,6 +29,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": TINY, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rkmeans", "sid_codebook_size": 256, "sid_epochs": 5,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
+        "group_by_length": True,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 256,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 3,
         "beam_width": 10, "infer_batch_size": 16,
@@ -38,6 +41,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
+        "group_by_length": True,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 160,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 30,
         "beam_width": 10, "infer_batch_size": 16,
@@ -46,7 +50,8 @@ SHARED: dict[str, dict[str, Any]] = {
     "small": {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": True,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
-        "max_history": 50, "micro_batch_size": 8, "gradient_checkpointing": False, "checkpoint_epochs": True,
+        "max_history": 50, "micro_batch_size": 16, "gradient_checkpointing": False, "checkpoint_epochs": True,
+        "group_by_length": True,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 20, "cpt_max_length": 1024,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 32, "cpt_max_steps": 0,
         "beam_width": 10, "infer_batch_size": 16,
@@ -57,6 +62,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": PAPER_BACKBONE, "dtype": "float32", "bf16": True,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 50, "micro_batch_size": 4, "gradient_checkpointing": True, "checkpoint_epochs": True,
+        "group_by_length": True,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 0, "cpt_max_length": 4096,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 64, "cpt_max_steps": 0,
         "beam_width": 10, "infer_batch_size": 16,
@@ -65,7 +71,8 @@ SHARED: dict[str, dict[str, Any]] = {
 
 # What determines the SIDs and the CPT checkpoint (its cache key); the rest are hardware or later-stage knobs.
 SID_SETTINGS = ("sid_quantizer", "sid_codebook_size", "sid_epochs")
-BACKBONE_SETTINGS = ("backbone", "dtype", "bf16", "gradient_checkpointing")
+# group_by_length changes the order examples are batched in, so it decides every checkpoint from CPT on
+BACKBONE_SETTINGS = ("backbone", "dtype", "bf16", "gradient_checkpointing", "group_by_length")
 CPT_SETTINGS = ("cpt_corpus", "cpt_item_lines", "cpt_items_per_line", "cpt_max_length", "cpt_epochs", "cpt_lr",
                 "cpt_batch_size", "cpt_max_steps")
 

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.costs import gpu_count
+from bench.costs import bf16_matmul_tflops, gpu_count, model_flops_utilisation, training_flops_per_token
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.registry import RunContext
@@ -156,8 +156,10 @@ class Examples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> Example:
-        return self.examples[index]
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        # a mapping with "input_ids", so that Trainer's length-grouped sampler can read each example's length
+        example = self.examples[index]
+        return {"input_ids": example.input_ids, "labels": example.labels}
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ class PaddingCollator:
     pad_token_id: int
     left: bool = False
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
+    def __call__(self, examples: Sequence[Example | Mapping[str, list[int]]]) -> dict[str, Any]:
+        examples = [Example(e["input_ids"], e["labels"]) if isinstance(e, Mapping) else e for e in examples]
         width = max(len(e.input_ids) for e in examples)
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -327,6 +330,8 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
         save_strategy="epoch" if checkpoints else "no", save_total_limit=None, report_to="none",
         logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
         remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda",
+        # batches of similar lengths (random order otherwise) waste less compute on padding
+        train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
     )
 
 
@@ -414,16 +419,19 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     checkpoints = bool(settings["checkpoint_epochs"])
     resume_from, carried = _last_checkpoint(output_dir) if checkpoints else (None, {"wall_s": 0.0, "gpu_hours": 0.0})
     args = TrainingArguments(**trainer_arguments(schedule, settings, context, output_dir, checkpoints=checkpoints))
-    trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=collator,
+    counter = TokenCounter(collator)
+    trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=counter,
                       callbacks=[trainer_progress(context, description), _elapsed_recorder(carried), *callbacks])
     trainer.remove_callback(PrinterCallback)
     context.carry_over(carried["wall_s"], carried["gpu_hours"])
     use_cache = model.config.use_cache
     model.config.use_cache = False  # no KV cache while training (and no warning about it with checkpointing)
+    began = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
         model.config.use_cache = use_cache
+    seconds = time.perf_counter() - began
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if is_main_process():
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -432,7 +440,40 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
             "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "bf16": args.bf16,
             "gradient_accumulation": args.gradient_accumulation_steps,
-            "resumed_from": Path(resume_from).name if resume_from else None, "carried": carried}
+            "resumed_from": Path(resume_from).name if resume_from else None, "carried": carried,
+            **throughput_report(model, counter, seconds)}
+
+
+STAGE_THROUGHPUT = ("tokens_per_s", "padding_share", "mfu")  # copied into the stage's cost record
+
+
+@dataclass
+class TokenCounter:
+    """Wraps a collator and counts the real (unpadded) and padded tokens of every batch it builds in this
+    process, for tokens/s, the padding share and MFU."""
+
+    collator: Any
+    real: int = 0
+    padded: int = 0
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        mask = batch["attention_mask"]
+        self.real += int(mask.sum())
+        self.padded += mask.numel()
+        return batch
+
+
+def throughput_report(model: Any, counter: TokenCounter, seconds: float) -> dict[str, Any]:
+    """Training tokens/s of this process, the share of padding, and model FLOPs utilisation against the GPU's
+    measured bf16 matrix rate (:mod:`bench.costs`; None on a CPU)."""
+    parameters = model.num_parameters()  # tied input/output embeddings counted once, as the output projection
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops_per_token = training_flops_per_token(parameters, trainable)
+    return {"tokens_per_s": counter.real / seconds if seconds > 0 else None,
+            "padding_share": 1 - counter.real / counter.padded if counter.padded else None,
+            "flops_per_token": flops_per_token, "bf16_matmul_tflops": bf16_matmul_tflops(),
+            "mfu": model_flops_utilisation(counter.real, flops_per_token, seconds)}
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -538,7 +579,8 @@ class LLMRecipe:
             self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
             cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
                           "original_rows": run.vocab.original_rows})
-            stage_cost.extra.update(cached=False)
+            throughput = {key: run.report[key] for key in STAGE_THROUGHPUT if key in run.report}
+            stage_cost.extra.update(cached=False, **throughput)
 
     @contextmanager
     def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,

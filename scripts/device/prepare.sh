@@ -2,8 +2,9 @@
 # Run HERE (a machine with PyPI), before spending GPU time: fills .device/ (git-ignored) with what the GPU
 # machine of the `device` tool lacks and cannot download (see /work/.library/device/README.md):
 #   .device/wheels/  Python 3.12 wheels of the packages its image lacks or has too old (about 20 MB)
-#   .device/gguf/    the packaged SmolLM2-135M GGUF in two halves (a call carries at most 64 MiB) + its sha256
-#   .device/cache/   the ml-100k semantic IDs of the `small` LLM methods, built here, so that the 88 MB
+#   .device/gguf/    the packaged SmolLM2-135M GGUF in two parts (a call carries at most 64 MiB)
+#   .device/meta/    its sha256 and the commit the run is of
+#   .device/cache/   the ml-100k semantic IDs of the `small` LLM methods and TIGER (seeds 0-2), built here, so that the 88 MB
 #                    sentence encoder need not travel (SIDs are cached by a fingerprint of split, encoder,
 #                    quantiser and seed; the GPU run finds them and builds nothing)
 #   .device/data/    the shared Amazon sequence files (never committed)
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/../.."
 exclude="$(git rev-parse --git-common-dir)/info/exclude"
 mkdir -p "$(dirname "$exclude")"
 grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
-rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/data
+rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/data .device/meta
 
 # What the image lacks (recbole, trl and its datasets, gguf, the RQ-VAE library) or has older than we need
 # (transformers 5.17 < 5.23); versions as installed here.
@@ -28,11 +29,18 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     -d .device/wheels "${pinned[@]}"
 
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
-split -n 2 -d "$gguf" .device/gguf/part
-sha256sum "$gguf" | cut -d' ' -f1 > .device/gguf/sha256
+# 40 MiB + the rest: the first half travels with the wheels, the second with the data (64 MiB a call)
+mkdir -p .device/meta
+split -b 40M -d "$gguf" .device/gguf/part
+sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
+git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
+[ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"
 
 cp ../shared/data/amazon2014-s3rec/*.txt ../shared/data/amazon2014-s3rec/*_item2attributes.json .device/data/ 2>/dev/null \
     || echo "no ../shared/data: the Amazon rows of the GPU run will be skipped"
-GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset ml-100k --quantizer rqvae --epochs 200 --seed 0 \
-    --examples 0
+# the ml-100k SIDs of the LLM methods and TIGER (one per run seed; the sentence encoder does not travel)
+for seed in 0 1 2; do
+    GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset ml-100k --quantizer rqvae --epochs 200 \
+        --seed $seed --examples 0
+done
 du -sh .device/*

@@ -1,53 +1,109 @@
 #!/usr/bin/env bash
-# Run ON the GPU machine of the `device` tool, from the repository root (see scripts/device/README.md).
-#   bash scripts/device/run.sh part0   keep the first half of the SmolLM2 GGUF on the machine   (carry .device/gguf/part00)
-#   bash scripts/device/run.sh part1   keep the second half                                      (carry .device/gguf/part01)
-#   bash scripts/device/run.sh decode  the decoder benchmark with SmolLM2 (after run: needs the wheels and the GGUF)
-#   bash scripts/device/run.sh run     install the carried wheels, join the GGUF, run the GPU matrix for at most
-#                                      $BUDGET seconds (default 540), copy results and leaderboards to $OUT
-#                                      (carry .device/wheels .device/cache .device/data)
-# `run` can be repeated while the machine stays warm: finished cells are skipped, training resumes from its last
-# epoch checkpoint, so a matrix longer than one call's 10 minutes is finished by several calls.
+# Run ON the GPU machine of the `device` tool, from the repository root (see scripts/device/README.md). What one
+# call leaves in /tmp survives while the machine stays warm (30 s after each call), so the steps are calls in a row:
+#   bash scripts/device/run.sh setup   (carry .device/wheels .device/gguf/part00 .device/cache .device/meta)
+#       install the carried wheels, keep the first GGUF half, check the imports, and a smoke run of every method
+#       on the GPU (tiny models, seconds each), so that a CUDA-only bug shows before the long runs start
+#   bash scripts/device/run.sh start   (carry .device/gguf/part01 .device/meta .device/data)
+#       join and check the GGUF, run the decoder benchmark alone on the GPU (decode.txt), then start the streams
+#       below in their own sessions (they outlive the call) and wait WAIT seconds (default 480)
+#   bash scripts/device/run.sh wait    wait up to WAIT seconds more, or until every stream has finished
+#   bash scripts/device/run.sh stop    interrupt what still runs (training resumes from its last epoch next time)
+# The streams run from a copy of the tree in /tmp/grbench/repo (each call replaces the tree it was sent).
+# Every call ends by copying the results so far to $OUT (results.tgz: records, rankings, leaderboards; logs.txt).
+#
+# The streams share the one GPU (the models are small: one alone leaves most of an H100 idle). Every record
+# states the most processes seen computing on the GPU during its run (hardware.gpu_processes_max), so the
+# leaderboards mark times measured on a shared GPU as upper bounds. The decoder benchmark runs before them, alone.
 set -uo pipefail
 STATE=/tmp/grbench
 GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
-mkdir -p "$STATE" "${OUT:=$STATE/out}"
+RESULTS=$STATE/results
+mkdir -p "$STATE/logs" "$RESULTS" "${OUT:=$STATE/out}"
+REPO=$STATE/repo  # the streams run from a copy: each call replaces the tree it was sent
+export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRBENCH_CACHE=$STATE/cache \
+    GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=3 COLUMNS=160
+[ -f "$STATE/commit" ] && export GRBENCH_GIT_COMMIT="$(cat "$STATE/commit")"  # no .git travels
+
+ml="ml-100k"
+beauty="seq:.device/data/Beauty.txt"
+sports="seq:.device/data/Sports_and_Outdoors.txt"
+ids="hstu:loss=ce sasrec rearec gru4rec bert4rec hgn sasrec:loss=bce hstu tiger pop random"
+# stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream)
+declare -A STREAMS=(
+    [llm-seed0]="sft|$ml|0 pauserec|$ml|0 onerec_think|$ml|0 analyze"
+    [llm-seeds12]="sft|$ml|1 pauserec|$ml|1 sft|$ml|2 pauserec|$ml|2"
+    [ids-ml100k]="$(for m in pop random sasrec gru4rec bert4rec hgn hstu rearec tiger; do printf '%s|%s|0 ' "$m" "$ml"; done)"
+    [beauty]="$(for m in $ids; do printf '%s|%s|0 ' "$m" "$beauty"; done)"
+    [sports]="$(for m in $ids; do printf '%s|%s|0 ' "$m" "$sports"; done)"
+)
+
+stream() {  # name: runs its cells one after the other, then marks itself done
+    local name=$1 cell methods datasets seeds
+    for cell in ${STREAMS[$name]}; do
+        if [ "$cell" = analyze ]; then
+            python3 -m bench analyze --methods pauserec,onerec_think --datasets "$ml" --profile small \
+                --out "$RESULTS/analysis"
+            continue
+        fi
+        IFS='|' read -r methods datasets seeds <<< "$cell"
+        echo "=== $(date +%T) $methods on $datasets, seed $seeds"
+        python3 -m bench run --profile small --methods "$methods" --datasets "$datasets" --seeds "$seeds" \
+            --out "$RESULTS" || echo "=== FAILED: $methods on $datasets, seed $seeds"
+    done
+    touch "$STATE/logs/$name.done"
+}
+
+running() { pgrep -f "run.sh stream" > /dev/null; }
+
+collect() {
+    python3 -m bench leaderboard --out "$RESULTS" --leaderboards "$RESULTS/leaderboards" > /dev/null 2>&1
+    tar czf "$OUT/results.tgz" -C "$STATE" results
+    for log in "$STATE"/logs/*.log; do
+        [ -f "$log" ] || continue
+        echo "##### $(basename "$log") $([ -f "${log%.log}.done" ] && echo done)"
+        grep -v "^\s*$" "$log" | grep -E "===|Error|error|Traceback|NDCG|ndcg|stage|epoch|FAILED" | tail -25
+    done > "$OUT/logs.txt"
+    cat "$OUT/logs.txt"
+    echo "records: $(wc -l < "$RESULTS/results.jsonl" 2>/dev/null || echo 0)"
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+}
+
+wait_streams() {  # seconds
+    local until=$((SECONDS + $1))
+    while running && [ $SECONDS -lt $until ]; do sleep 10; done
+}
 
 case "${1:-}" in
-  part0|part1)
-    cp ".device/gguf/part0${1#part}" "$STATE/" && ls -la "$STATE" ;;
-  run)
+  setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
         .device/wheels/*.whl || exit 1
-    export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    if [ ! -f "$GGUF" ]; then
-        cat "$STATE/part00" "$STATE/part01" > "$GGUF.tmp" || { echo "carry the two GGUF halves first"; exit 1; }
-        echo "$(cat .device/gguf/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
-    fi
-    export GRBENCH_SMOLLM2_GGUF=$GGUF GRBENCH_CACHE=$STATE/cache
-    mkdir -p "$GRBENCH_CACHE" && cp -rn .device/cache/. "$GRBENCH_CACHE/"
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    deadline=$((SECONDS + ${BUDGET:-540}))
-    # every method on ml-100k with the full recipes (SmolLM2-135M), then every ID- or SID-based method on the
-    # shared Amazon files
-    amazon=""
-    for file in .device/data/Beauty.txt .device/data/Sports_and_Outdoors.txt; do
-        [ -f "$file" ] && amazon="$amazon,seq:$file"
+    cp .device/gguf/part00 "$STATE/" && mkdir -p "$GRBENCH_CACHE" && cp -rn .device/cache/. "$GRBENCH_CACHE/"
+    cp .device/meta/commit "$STATE/commit"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, transformers, trl, recbole, gguf, peft; print(torch.__version__, transformers.__version__, trl.__version__, torch.cuda.is_available())" || exit 1
+    timeout 200 python3 -m bench run --profile smoke --methods all --datasets synthetic --out "$STATE/smoke" 2>&1 \
+        | grep -vE "^\s*$" | tail -40 ;;
+  start)
+    cat "$STATE/part00" .device/gguf/part01 > "$GGUF.tmp" || { echo "run setup first"; exit 1; }
+    echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
+    rm -rf "$REPO" && mkdir -p "$REPO" && cp -r . "$REPO/" && cp .device/data/* "$REPO/.device/data/" 2>/dev/null
+    python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16 --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
+    for name in "${!STREAMS[@]}"; do
+        (cd "$REPO" && setsid nohup bash scripts/device/run.sh stream "$name" > "$STATE/logs/$name.log" 2>&1 \
+            < /dev/null &)
     done
-    runs=("--methods all --datasets ml-100k")
-    [ -n "$amazon" ] && runs+=("--methods sasrec,sasrec:loss=bce,gru4rec,bert4rec,hgn,hstu,hstu:loss=ce,tiger,rearec,pop,random --datasets ${amazon#,}")
-    for spec in "${runs[@]}"; do
-        left=$((deadline - SECONDS))
-        [ "$left" -gt 30 ] || break
-        # shellcheck disable=SC2086
-        timeout --signal=INT "$left" python3 -m bench run --profile small $spec --out "$STATE/results"
-    done
-    python3 -m bench leaderboard --out "$STATE/results" --leaderboards "$STATE/results/leaderboards" > /dev/null
-    tar czf "$OUT/results.tgz" -C "$STATE" results && ls -la "$OUT" ;;
-  decode)
-    # the decoder benchmark of issue 7 on the GPU: ours vs generate + prefix_allowed_tokens_fn, one run
-    export PYTHONPATH=$STATE/site GRBENCH_SMOLLM2_GGUF=$GGUF PYTHONUNBUFFERED=1
-    python3 benchmarks/decode.py --model smollm2 --users 256 --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt" ;;
+    sleep 5
+    wait_streams "${WAIT:-480}"
+    collect ;;
+  stream)
+    stream "$2" ;;
+  wait)
+    wait_streams "${WAIT:-540}"
+    collect ;;
+  stop)
+    pkill -f "run.sh stream"; pkill -INT -f "python3 -m bench"; sleep 20
+    collect ;;
   *)
-    echo "usage: bash scripts/device/run.sh part0|part1|run|decode"; exit 2 ;;
+    echo "usage: bash scripts/device/run.sh setup|start|wait|stop"; exit 2 ;;
 esac
