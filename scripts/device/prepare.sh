@@ -31,7 +31,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
 # 40 MiB + the rest: the first half travels with the wheels, the second with the data (64 MiB a call)
 mkdir -p .device/meta
-split -b 40M -d "$gguf" .device/gguf/part
+head -c 40M "$gguf" > .device/gguf/part00
+tail -c +$((40 * 1024 * 1024 + 1)) "$gguf" > .device/gguf/part01
 sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"
