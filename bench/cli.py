@@ -190,7 +190,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 
 def command_merge(args: argparse.Namespace) -> int:
     from bench.leaderboard import write_leaderboards
-    from bench.results import ResultStore, check_writable, write_atomically
+    from bench.results import ResultKey, ResultStore, check_writable, write_atomically
 
     check_writable(args.out)
     store = ResultStore(args.out)
@@ -205,7 +205,11 @@ def command_merge(args: argparse.Namespace) -> int:
                 if not rankings.is_file():
                     raise GRBenchError(f"{source / 'results.jsonl'}: record {record.get('id')} names rankings "
                                        f"{rankings}, which does not exist; nothing of this record was merged")
-                write_atomically(args.out / record["rankings"], rankings.read_bytes())
+                # where this store keeps the key's rankings (a GPU run's beside the CPU run's, never over it)
+                target = store.rankings_path(ResultKey.of(record))
+                write_atomically(target, rankings.read_bytes())
+                key = ResultKey.of(record)
+                record = {**record, "rankings": str(target.relative_to(args.out)), "id": key.id, "device": key.device}
             store.add(record)  # a record with the same key is replaced, never duplicated
             merged += 1
     with store.locked():

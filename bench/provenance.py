@@ -25,14 +25,17 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD of the GRBench checkout, with ``-dirty`` when tracked files differ; outside git, the commit that
-    ``$GRBENCH_GIT_COMMIT`` names (a copy of a checkout shipped to another machine), else ``unknown``."""
+    """The commit named by ``$GRBENCH_GIT_COMMIT`` (set where a copy of a checkout was shipped to another machine:
+    the copy may carry a stale ``.git``), else HEAD of the GRBench checkout with ``-dirty`` when tracked files
+    differ, else ``unknown``."""
     shipped = os.environ.get("GRBENCH_GIT_COMMIT", "").strip()
+    if shipped:
+        return shipped
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return shipped or "unknown"
+        return "unknown"
     return f"{commit}-dirty" if dirty else commit

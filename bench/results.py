@@ -37,15 +37,28 @@ class ResultKey:
     profile: str
     seed: int
     split_fingerprint: str
+    # "cpu" or "gpu": a run on a GPU machine is another result than the same run on a CPU (its costs differ, and
+    # GPU kernels are not bit-identical to CPU ones), so the two are stored side by side, never replace each other
+    device: str = "cpu"
 
     @classmethod
     def of(cls, record: dict) -> ResultKey:
-        return cls(*(record[name] for name in KEY_FIELDS))
+        return cls(*(record[name] for name in KEY_FIELDS), device=record_device(record))
 
     @property
     def id(self) -> str:
-        """A short, filesystem-safe, human-readable id."""
-        return slug(f"{self.dataset}--{self.method}--{self.profile}--seed{self.seed}--{self.split_fingerprint[:8]}")
+        """A short, filesystem-safe, human-readable id (``--gpu`` at the end of GPU runs')."""
+        suffix = "" if self.device == "cpu" else f"--{self.device}"
+        return slug(f"{self.dataset}--{self.method}--{self.profile}--seed{self.seed}--{self.split_fingerprint[:8]}"
+                    f"{suffix}")
+
+
+def record_device(record: dict) -> str:
+    """``"gpu"`` when the record's run used a GPU, else ``"cpu"`` (records from before the field existed say it
+    through their hardware)."""
+    if "device" in record:
+        return record["device"]
+    return "gpu" if (record.get("hardware") or {}).get("gpus") else "cpu"
 
 
 def slug(text: str) -> str:
@@ -164,7 +177,8 @@ class ResultStore:
             write_atomically(self.path, text.encode("utf-8"))
 
     def rankings_path(self, key: ResultKey) -> Path:
-        name = f"{slug(key.method)}-{slug(key.profile)}-seed{key.seed}.jsonl.gz"
+        device = "" if key.device == "cpu" else f"-{key.device}"
+        name = f"{slug(key.method)}-{slug(key.profile)}-seed{key.seed}{device}.jsonl.gz"
         return self.folder / "rankings" / slug(key.dataset) / name
 
     def write_rankings(self, key: ResultKey, rows: Iterable[dict]) -> Path:

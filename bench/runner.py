@@ -105,7 +105,7 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
                                   f"this dataset has no titles[/yellow]")
                     continue
                 for seed in plan.seeds:
-                    key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint)
+                    key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint, run_device())
                     if key in finished and not plan.force:
                         console.print(f"skip {key.id}: already in {store.path} (use --force to rerun)")
                         continue
@@ -189,6 +189,11 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
     return written
 
 
+def run_device() -> str:
+    """What this process runs on, as result keys name it (:class:`bench.results.ResultKey`)."""
+    return "gpu" if gpu_count() else "cpu"
+
+
 def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray,
              progress: Progress) -> tuple[dict, list[dict]]:
     """Trains and scores one method on one split with one seed; returns its record and ranking rows."""
@@ -233,7 +238,8 @@ def _score(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.
 
     vectors = per_user_metrics(targets, topk)
     record = {
-        "id": ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint).id,
+        "id": ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint, run_device()).id,
+        "device": run_device(),
         "method": run.spec,
         "dataset": split.dataset,
         "profile": profile.name,

@@ -1,0 +1,135 @@
+"""Costs: CPU and GPU results side by side, the costs tables, MFU and throughput bookkeeping, provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import costs
+from bench.cli import main
+from bench.leaderboard import costs_table, llm_costs_table, render_dataset_tables
+from bench.provenance import git_commit
+from bench.results import ResultKey, ResultStore, read_rankings
+from methods.llm.stages import Example, Examples, PaddingCollator, TokenCounter, throughput_report
+
+
+def as_gpu_run(folder: Path, processes: int = 3) -> None:
+    """Rewrites a CPU smoke run's records as a GPU machine would have written them (no GPU here)."""
+    store = ResultStore(folder)
+    records = store.load()
+    for record in records:
+        record.pop("device", None)  # as records from before the field: the hardware says it
+        record["hardware"].update(gpus=["NVIDIA H100 80GB HBM3"], label="1x NVIDIA H100 80GB HBM3",
+                                  gpu_processes_max=processes)
+        record["train"]["gpu_hours"] = 0.5
+        record["inference"]["throughput"] = {"users_per_s": 1234.0, "batch_size": 64, "by_batch_size": {}}
+    store.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_gpu_run_sits_beside_the_cpu_run_never_over_it(tmp_path):
+    for name in ("cpu", "gpu"):
+        assert main(["run", "--profile", "smoke", "--methods", "pop", "--out", str(tmp_path / name)]) == 0
+    as_gpu_run(tmp_path / "gpu")
+    gpu_ranking = read_rankings(tmp_path / "gpu" / ResultStore(tmp_path / "gpu").load()[0]["rankings"])
+    cpu_rankings_file = tmp_path / "cpu" / ResultStore(tmp_path / "cpu").load()[0]["rankings"]
+    cpu_bytes = cpu_rankings_file.read_bytes()
+
+    assert main(["merge", str(tmp_path / "gpu"), "--out", str(tmp_path / "cpu")]) == 0
+    records = ResultStore(tmp_path / "cpu").load()
+    assert sorted(r.get("device", "cpu") for r in records) == ["cpu", "gpu"]
+    gpu = next(r for r in records if r.get("device") == "gpu")
+    assert gpu["id"].endswith("--gpu") and ResultKey.of(gpu).device == "gpu"
+    assert cpu_rankings_file.read_bytes() == cpu_bytes  # the CPU run's rankings were not overwritten
+    assert read_rankings(tmp_path / "cpu" / gpu["rankings"]) == gpu_ranking
+    # merging again replaces the GPU record, it does not add a third
+    assert main(["merge", str(tmp_path / "gpu"), "--out", str(tmp_path / "cpu")]) == 0
+    assert len(ResultStore(tmp_path / "cpu").load()) == 2
+
+    table = render_dataset_tables(records)
+    assert table.count("| pop") == 2  # two rows: one per device
+    assert "1x NVIDIA H100 80GB HBM3, shared by 3 runs" in table
+    assert "1,234 @ 64" in costs_table(records)
+
+
+def test_the_llm_costs_table_puts_methods_side_by_side_by_stage():
+    def run(method: str, stages: list[tuple[str, float]], gpus: int) -> dict:
+        return {"method": method, "family": "llm", "dataset": "ml-100k", "profile": "small", "seed": 0,
+                "hardware": {"label": "1x GPU" if gpus else "CPU 2 cores", "gpus": ["GPU"] * gpus},
+                "stages": [{"name": n, "wall_s": h * 3600, "gpu_hours": h * gpus, "gpus": gpus} for n, h in stages],
+                "train": {"gpu_hours": sum(h for _, h in stages) * gpus, "wall_s": 1.0},
+                "inference": {"ms_per_user": 2.0}}
+
+    text = llm_costs_table([run("sft", [("cpt", 0.25), ("sft", 0.125)], 1),
+                            run("pauserec", [("cpt", 0.25), ("sft", 0.125), ("pause", 0.5)], 1),
+                            run("sft", [("cpt", 0.01)], 0), {"family": "id-based"}])
+    sections = {section.split("\n")[0]: section for section in text.split("### ")[1:]}
+    assert set(sections) == {"ml-100k, profile small, 1x GPU", "ml-100k, profile small, CPU 2 cores"}
+    gpu_section = sections["ml-100k, profile small, 1x GPU"]
+    pauserec_row = next(line for line in gpu_section.splitlines() if line.startswith("| pauserec"))
+    assert "0.5000 GPU-h" in pauserec_row and "0.8750" in pauserec_row
+    sft_row = next(line for line in gpu_section.splitlines() if line.startswith("| sft"))
+    assert "0.5000" not in sft_row  # no pause stage
+    assert "36 s" in sections["ml-100k, profile small, CPU 2 cores"]  # a CPU run's stage cost is its wall time
+
+
+def test_token_counter_and_throughput_report_on_a_cpu():
+    counter = TokenCounter(PaddingCollator(pad_token_id=0))
+    batch = counter([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, Example([8], [8])])
+    assert batch["input_ids"].shape == (2, 3)
+    assert (counter.real, counter.padded) == (4, 6)
+    model = torch.nn.Linear(4, 4)
+    model.num_parameters = lambda: 20
+    model.bias.requires_grad_(False)
+    report = throughput_report(model, counter, seconds=2.0)
+    assert report["tokens_per_s"] == 2.0
+    assert report["padding_share"] == pytest.approx(1 / 3)
+    assert report["flops_per_token"] == 4 * 20 + 2 * 16  # forward + activation gradients + trainable weights
+    assert report["mfu"] is None and report["bf16_matmul_tflops"] is None  # no GPU here
+
+
+def test_examples_are_mappings_for_the_length_grouped_sampler():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    examples = Examples([Example([1] * n, [1] * n) for n in (3, 9, 1, 7, 5, 2, 8, 4)])
+    sampler = LengthGroupedSampler(2, dataset=examples)
+    assert sorted(sampler) == list(range(8))
+    assert sampler.lengths == [3, 9, 1, 7, 5, 2, 8, 4]
+
+
+def test_mfu_divides_model_flops_by_the_measured_matmul_rate(monkeypatch):
+    monkeypatch.setattr(costs, "bf16_matmul_tflops", lambda: 100.0)
+    assert costs.model_flops_utilisation(tokens=1e6, flops_per_token=6e8, seconds=20.0) == pytest.approx(0.3)
+    assert costs.model_flops_utilisation(1e6, 6e8, 0.0) is None
+
+
+def test_best_throughput_runs_nothing_without_a_gpu():
+    calls = []
+    result = costs.best_throughput(lambda window, size: calls.append(size), 500)
+    assert result["users_per_s"] is None and not calls
+
+
+def test_best_throughput_picks_the_fastest_batch_size(monkeypatch):
+    monkeypatch.setattr(costs, "gpu_count", lambda: 1)
+    clock = iter(range(1000))
+    monkeypatch.setattr(costs.time, "perf_counter", lambda: float(next(clock)))
+    sizes = []
+    result = costs.best_throughput(lambda window, size: sizes.append((size, window.stop)), 100, (16, 64, 128))
+    # each size decodes 2 x size users (at most n) in one clock tick; sizes beyond n users are not tried
+    assert sizes == [(16, 32), (64, 100)]
+    assert (result["batch_size"], result["users_per_s"]) == (64, 100.0)
+
+
+def test_gpu_sharing_is_unknown_without_a_gpu():
+    with costs.GpuSharing(interval=0.01) as sharing:
+        pass
+    assert sharing.max_processes is None
+
+
+def test_a_shipped_commit_wins_over_a_stale_git_folder(monkeypatch):
+    monkeypatch.setenv("GRBENCH_GIT_COMMIT", "abc123")
+    assert git_commit() == "abc123"
+    monkeypatch.delenv("GRBENCH_GIT_COMMIT")
+    assert git_commit() != "abc123"
