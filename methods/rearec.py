@@ -47,10 +47,11 @@ Where this differs from the paper (v3, Aug 2025) or the official code, and why:
   training items; for longer ones (SASRec's convention) older targets are never trained on and early
   positions see less than ``max_len`` items of history. The contrastive term's in-batch negatives are the
   other sequences' states at the same position and step (the official: the other examples of the batch).
-- ERL diversity: this is Eq. 7 as written, ``- lambda * sum_{i<j} KL(p_i || p_j)`` with gradients through
-  both. The official code subtracts ``lambda`` times the *mean* over ordered pairs of
-  ``KL(p_j || stopgrad(p_i))``, so at the same ``lambda`` the term here is about 3x as strong for ``K = 2``
-  (3 summed pairs against the mean of 6); Sec. 4.3.5 reports drops once ``lambda`` passes about 0.05.
+- ERL diversity (``diversity``): by default the official code's, ``lambda`` times the *mean* over ordered
+  pairs of ``KL(p_j || stopgrad(p_i))``. ``diversity=paper`` is Eq. 7 as written,
+  ``- lambda * sum_{i<j} KL(p_i || p_j)`` with gradients through both, about 3x as strong at the same
+  ``lambda`` for ``K = 2`` (3 summed pairs against the mean of 6); on Amazon Beauty and Sports it ran away
+  (the loss fell without bound and validation NDCG@10 with it), so it is not the default.
 - Temperature: the paper's Eq. 5 (ERL) has none and its PRL ``tau`` is tuned over {0.05, ..., 5.0}
   (Sec. 4.1.4; chosen values not reported, Fig. 6 favours a moderate one); ``tau = 0.07`` is the official
   default, used here for both schemes' CE and for the contrastive term.
@@ -228,19 +229,41 @@ def _supervision(log_probs: torch.Tensor, positives: torch.Tensor) -> torch.Tens
     return -log_probs.gather(2, index).sum((1, 2)).mean()
 
 
+DIVERSITY_FORMS = ("official", "paper")
+
+
+def erl_diversity(log_probs: torch.Tensor, form: str) -> torch.Tensor:
+    """ERL's diversity between the steps' item distributions ``p_k`` (``log_probs`` ``(P, K + 1, n)``), batch mean.
+
+    ``paper``: Eq. 7 as written, ``sum_{i<j} KL(p_i || p_j)`` with gradients through both sides. ``official``:
+    the official code's mean over ordered pairs of ``KL(p_j || stopgrad(p_i))``. Maximised without a bound,
+    the paper's form ran away on Amazon Beauty and Sports (GPU run 1: loss -471 and -1055 after 10 epochs,
+    validation NDCG@10 falling from the first epoch on), so the official form is the default."""
+    steps = log_probs.shape[1]
+    if steps < 2:  # no reasoning step: nothing to spread
+        return log_probs.new_zeros(())
+    probs = log_probs.exp()
+    if form == "paper":
+        # KL(p_i || p_j) = sum_n p_i log p_i - sum_n p_i log p_j: every cross term in one batched product
+        cross = torch.einsum("pin,pjn->pij", probs, log_probs)
+        i, j = torch.triu_indices(steps, steps, offset=1, device=log_probs.device)
+        return (cross[:, i, i] - cross[:, i, j]).sum(1).mean()
+    # [p, j, i] = sum_n p_j log p_i with p_i held fixed; the diagonal is each step's own negative entropy
+    cross = torch.einsum("pjn,pin->pji", probs, log_probs.detach())
+    own = (probs * log_probs).sum(-1)  # (P, K + 1)
+    others = ~torch.eye(steps, dtype=torch.bool, device=log_probs.device)
+    return (own[:, :, None] - cross)[:, others].mean()
+
+
 def erl_loss(states: torch.Tensor, item_vectors: torch.Tensor, positives: torch.Tensor, temperature: float,
-             diversity_weight: float) -> torch.Tensor:
-    """ERL: ``mean_p [CE(mean_k h_k E^T / tau) - lambda * sum_{i<j} KL(p_i || p_j)]``; states ``(P, K + 1, D)``,
-    targets ``positives`` as columns of ``item_vectors`` ``(n, D)``. The CE is on the pooled state that
-    inference ranks with; the KL term acts on each step's own distribution."""
+             diversity_weight: float, diversity: str = "official") -> torch.Tensor:
+    """ERL: ``mean_p [CE(mean_k h_k E^T / tau) - lambda * diversity(p_0..p_K)]`` (:func:`erl_diversity`); states
+    ``(P, K + 1, D)``, targets ``positives`` as columns of ``item_vectors`` ``(n, D)``. The CE is on the pooled
+    state that inference ranks with; the diversity term acts on each step's own distribution."""
     steps = states.shape[1]
     log_probs = step_log_probs(states, item_vectors, torch.full((steps,), temperature, device=states.device))
-    # KL(p_i || p_j) = sum_n p_i log p_i - sum_n p_i log p_j: every cross term in one batched product
-    cross = torch.einsum("pin,pjn->pij", log_probs.exp(), log_probs)
-    i, j = torch.triu_indices(steps, steps, offset=1, device=states.device)
-    diversity = (cross[:, i, i] - cross[:, i, j]).sum(1).mean()
     supervision = F.cross_entropy((states.mean(1) / temperature) @ item_vectors.T, positives)
-    return supervision - diversity_weight * diversity
+    return supervision - diversity_weight * erl_diversity(log_probs, diversity)
 
 
 def annealed_temperatures(temperature: float, decay: float, steps: int) -> torch.Tensor:
@@ -270,9 +293,9 @@ def reasoning_contrastive_loss(clean: torch.Tensor, noisy: torch.Tensor, real: t
 
 
 MODEL_SETTINGS = ("scheme", "reasoning_steps", "dim", "layers", "heads", "ffn", "dropout", "temperature",
-                  "diversity_weight", "temperature_decay", "noise", "contrastive_weight", "warmup")
+                  "diversity_weight", "diversity", "temperature_decay", "noise", "contrastive_weight", "warmup")
 REASONING = {"scheme": "erl", "reasoning_steps": 2, "temperature": 0.07, "diversity_weight": 0.05,
-             "temperature_decay": 5.0, "noise": 0.01, "contrastive_weight": 1.0, "warmup": 2,
+             "diversity": "official", "temperature_decay": 5.0, "noise": 0.01, "contrastive_weight": 1.0, "warmup": 2,
              "optimizer": "adam", "learning_rate": 1e-3, "weight_decay": 0.0}
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {**REASONING, "warmup": 1, "dim": 16, "layers": 1, "heads": 1, "ffn": 32, "dropout": 0.2,
@@ -304,13 +327,19 @@ class ReaRec(SequentialRecommender):
 
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:
-        return f"{settings['scheme'].upper()}, {settings['reasoning_steps']} reasoning steps"
+        words = f"{settings['scheme'].upper()}, {settings['reasoning_steps']} reasoning steps"
+        if settings["scheme"] == "erl" and settings["diversity"] == "paper":
+            words += ", paper's diversity term"
+        return words
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         super().check_settings(settings)
         if settings["scheme"] not in SCHEMES:
             raise GRBenchError(f"rearec: scheme {settings['scheme']!r} unknown; expected one of {', '.join(SCHEMES)}")
+        if settings["diversity"] not in DIVERSITY_FORMS:
+            raise GRBenchError(f"rearec: diversity {settings['diversity']!r} unknown; expected one of "
+                               f"{', '.join(DIVERSITY_FORMS)}")
         if settings["layers"] < 1 or settings["heads"] < 1 or settings["dim"] % settings["heads"]:
             raise GRBenchError(f"rearec: need layers >= 1 and dim divisible by heads, got layers={settings['layers']}, "
                                f"dim={settings['dim']}, heads={settings['heads']}")
@@ -344,7 +373,7 @@ class ReaRec(SequentialRecommender):
         items = self.all_item_vectors()
         positives = targets[real] - 1  # column i of the item vectors is item i + 1
         if s["scheme"] == "erl":
-            return erl_loss(clean[real], items, positives, s["temperature"], s["diversity_weight"])
+            return erl_loss(clean[real], items, positives, s["temperature"], s["diversity_weight"], s["diversity"])
         loss = prl_loss(clean[real], items, positives, s["temperature"], s["temperature_decay"])
         if noisy is not None:
             loss = loss + s["contrastive_weight"] * reasoning_contrastive_loss(clean, noisy, real, s["temperature"])

@@ -224,8 +224,9 @@ def log_softmax_of(scores: torch.Tensor) -> torch.Tensor:
     return scores - torch.log(torch.exp(scores).sum())
 
 
-def test_erl_loss_matches_the_papers_formula():
-    method = untrained(diversity_weight="0.7", temperature="0.5")
+@pytest.mark.parametrize("form", ["paper", "official"])
+def test_erl_loss_matches_the_papers_and_the_official_formula(form):
+    method = untrained(diversity_weight="0.7", temperature="0.5", diversity=form)
     method.encoder.eval()
     loss = method.loss(BATCH, TARGETS)
     states = method.encoder.reason(BATCH)[0]
@@ -234,12 +235,27 @@ def test_erl_loss_matches_the_papers_formula():
     for b, t in zip(*torch.nonzero(TARGETS).T.tolist()):
         log_p = [log_softmax_of(items @ states[b, t, k] / 0.5) for k in range(3)]
         supervision = -log_softmax_of(items @ states[b, t].mean(0) / 0.5)[TARGETS[b, t] - 1]  # the pooled state
-        diversity = sum((log_p[i].exp() * (log_p[i] - log_p[j])).sum() for i, j in ((0, 1), (0, 2), (1, 2)))
+        if form == "paper":  # Eq. 7: sum over i < j of KL(p_i || p_j)
+            diversity = sum((log_p[i].exp() * (log_p[i] - log_p[j])).sum() for i, j in ((0, 1), (0, 2), (1, 2)))
+        else:  # the official code: mean over ordered pairs of KL(p_j || p_i)
+            pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+            diversity = sum((log_p[j].exp() * (log_p[j] - log_p[i])).sum() for i, j in pairs) / len(pairs)
         total, positions = total + supervision - 0.7 * diversity, positions + 1
     torch.testing.assert_close(loss, total / positions, rtol=1e-5, atol=1e-5)
-    no_diversity = untrained(diversity_weight="0", temperature="0.5")
+    no_diversity = untrained(diversity_weight="0", temperature="0.5", diversity=form)
     no_diversity.encoder.eval()
     assert no_diversity.loss(BATCH, TARGETS) > loss + 1e-3  # the regulariser is in there, and rewards spread
+
+
+def test_the_official_diversity_holds_the_other_step_fixed():
+    log_probs = torch.log_softmax(torch.randn(2, 3, 7), -1).requires_grad_(True)
+    from methods.rearec import erl_diversity
+
+    erl_diversity(log_probs, "official").backward()
+    official = log_probs.grad.clone()
+    log_probs.grad = None
+    erl_diversity(log_probs, "paper").backward()
+    assert not torch.allclose(official, log_probs.grad)
 
 
 def test_prl_loss_matches_the_papers_formula_with_warm_up():
