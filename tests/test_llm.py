@@ -451,3 +451,17 @@ def test_an_epoch_checkpoint_is_resumed_only_when_marked_whole_and_the_older_goe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6"]  # the older one goes once 6 is marked
     assert stages._last_checkpoint(tmp_path)[0] == str(tmp_path / "checkpoint-6")
     assert stages._last_checkpoint(tmp_path / "absent") == (None, {"wall_s": 0.0, "gpu_hours": 0.0})
+
+
+def test_a_diverged_stage_stops_at_its_first_non_finite_loss():
+    from types import SimpleNamespace
+
+    from methods.llm.stages import divergence_guard
+
+    guard = divergence_guard("implicit SFT steps")
+    state = SimpleNamespace(global_step=7, max_steps=20)
+    guard.on_log(None, state, None, logs={"loss": 2.5})
+    guard.on_log(None, state, None, logs={"learning_rate": 1e-4})  # a log line without a loss
+    with pytest.raises(GRBenchError, match=r"implicit SFT steps: the training loss became nan at step 7 of 20 "
+                                           r"\(last finite loss: 2.5\)"):
+        guard.on_log(None, state, None, logs={"loss": float("nan")})

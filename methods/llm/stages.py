@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -329,6 +330,7 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
         # (_elapsed_recorder marks it, then removes the older ones), and a kill in between would lose both
         save_strategy="epoch" if checkpoints else "no", save_total_limit=None, report_to="none",
         logging_strategy="steps", logging_steps=1, disable_tqdm=True, log_level="warning",
+        logging_nan_inf_filter=False,  # a diverged stage must show its NaN loss (divergence_guard stops it)
         remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda",
         # batches of similar lengths (random order otherwise) waste less compute on padding
         train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
@@ -351,13 +353,35 @@ def trainer_progress(context: RunContext, description: str) -> Any:
         def on_log(self, args, state, control, logs=None, **kwargs):
             every = max(1, state.max_steps // 10)  # about ten lines a stage
             if logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
-                context.log(f"{description} {state.global_step}/{state.max_steps}: loss {logs['loss']:.4g}")
+                norm = f", gradient norm {logs['grad_norm']:.3g}" if logs.get("grad_norm") is not None else ""
+                context.log(f"{description} {state.global_step}/{state.max_steps}: loss {logs['loss']:.4g}{norm}")
 
         def on_train_end(self, args, state, control, **kwargs):
             for _ in self.bar:
                 pass
 
     return Progress()
+
+
+def divergence_guard(description: str) -> Any:
+    """Stops a stage at the first non-finite training loss, with the step and the last finite loss: a diverged
+    model would otherwise train on for the rest of its steps and then fail at decoding (or rank by NaN)."""
+    from transformers import TrainerCallback
+
+    class Divergence(TrainerCallback):
+        last_finite: float | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None:
+                return
+            if not math.isfinite(loss):
+                raise GRBenchError(f"{description}: the training loss became {loss} at step {state.global_step} of "
+                                   f"{state.max_steps} (last finite loss: {self.last_finite}); the stage diverged. "
+                                   "Its learning rate or batch size, or bf16=false, may help")
+            self.last_finite = loss
+
+    return Divergence()
 
 
 def _checkpoint_step(folder: Path) -> int:
@@ -421,7 +445,8 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     args = TrainingArguments(**trainer_arguments(schedule, settings, context, output_dir, checkpoints=checkpoints))
     counter = TokenCounter(collator)
     trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=counter,
-                      callbacks=[trainer_progress(context, description), _elapsed_recorder(carried), *callbacks])
+                      callbacks=[trainer_progress(context, description), divergence_guard(description),
+                                 _elapsed_recorder(carried), *callbacks])
     trainer.remove_callback(PrinterCallback)
     context.carry_over(carried["wall_s"], carried["gpu_hours"])
     use_cache = model.config.use_cache
