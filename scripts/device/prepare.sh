@@ -2,7 +2,7 @@
 # Run HERE (a machine with PyPI), before spending GPU time: fills .device/ (git-ignored) with what the GPU
 # machine of the `device` tool lacks and cannot download (see /work/.library/device/README.md):
 #   .device/wheels/  Python 3.12 wheels of the packages its image lacks or has too old (about 20 MB)
-#   .device/gguf/    the packaged SmolLM2-135M GGUF in two parts (a call carries at most 64 MiB)
+#   .device/gguf/    the packaged SmolLM2-135M GGUF in three parts (a call carries at most 64 MiB)
 #   .device/meta/    its sha256 and the commit the run is of
 #   .device/cache/   the ml-100k semantic IDs of the `small` LLM methods and TIGER (seeds 0-2), built here, so that the 88 MB
 #                    sentence encoder need not travel (SIDs are cached by a fingerprint of split, encoder,
@@ -16,10 +16,10 @@ mkdir -p "$(dirname "$exclude")"
 grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
 rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/data .device/meta
 
-# What the image lacks (recbole, trl and its datasets, gguf, the RQ-VAE library) or has older than we need
-# (transformers 5.17 < 5.23); versions as installed here.
+# What the image lacks (recbole, trl and its datasets, gguf, the RQ-VAE library) or has in a version we cannot
+# use (transformers 5.17 < 5.23; pandas 3, which RecBole 1.2.1 fails on); versions as installed here.
 packages=(recbole colorlog texttable trl datasets dill multiprocess gguf vector-quantize-pytorch einx
-          frozendict loguru torch-einops-utils transformers platformdirs)
+          frozendict loguru torch-einops-utils transformers platformdirs pandas)
 pinned=()
 for name in "${packages[@]}"; do
     pinned+=("$name==$(python3 -c "from importlib.metadata import version; print(version('$name'))")")
@@ -29,10 +29,11 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     -d .device/wheels "${pinned[@]}"
 
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
-# 40 MiB + the rest: the first half travels with the wheels, the second with the data (64 MiB a call)
+# three parts (64 MiB a call, the tree included): 24 MiB with the wheels, 40 MiB alone, the rest with the data
 mkdir -p .device/meta
-head -c 40M "$gguf" > .device/gguf/part00
-tail -c +$((40 * 1024 * 1024 + 1)) "$gguf" > .device/gguf/part01
+head -c 24M "$gguf" > .device/gguf/part00
+tail -c +$((24 * 1024 * 1024 + 1)) "$gguf" | head -c 40M > .device/gguf/part01
+tail -c +$((64 * 1024 * 1024 + 1)) "$gguf" > .device/gguf/part02
 sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"

@@ -4,7 +4,8 @@
 #   bash scripts/device/run.sh setup   (carry .device/wheels .device/gguf/part00 .device/cache .device/meta)
 #       install the carried wheels, keep the first GGUF half, check the imports, and a smoke run of every method
 #       on the GPU (tiny models, seconds each), so that a CUDA-only bug shows before the long runs start
-#   bash scripts/device/run.sh start   (carry .device/gguf/part01 .device/meta .device/data)
+#   bash scripts/device/run.sh part    (carry .device/gguf/part01)  keep the second GGUF part
+#   bash scripts/device/run.sh start   (carry .device/gguf/part02 .device/meta .device/data)
 #       join and check the GGUF, run the decoder benchmark alone on the GPU (decode.txt), then start the streams
 #       below in their own sessions (they outlive the call) and wait WAIT seconds (default 480)
 #   bash scripts/device/run.sh wait    wait up to WAIT seconds more, or until every stream has finished
@@ -18,29 +19,43 @@
 set -uo pipefail
 STATE=/tmp/grbench
 GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
-RESULTS=$STATE/results
-mkdir -p "$STATE/logs" "$RESULTS" "${OUT:=$STATE/out}"
 REPO=$STATE/repo  # the streams run from a copy: each call replaces the tree it was sent
+RESULTS=$REPO/results  # the tree's own results/: cells an earlier GPU run finished are skipped
+mkdir -p "$STATE/logs" "${OUT:=$STATE/out}"
 export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRBENCH_CACHE=$STATE/cache \
-    GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=3 COLUMNS=160
+    GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=3 COLUMNS=160 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 [ -f "$STATE/commit" ] && export GRBENCH_GIT_COMMIT="$(cat "$STATE/commit")"  # no .git travels
 
 ml="ml-100k"
 beauty="seq:.device/data/Beauty.txt"
 sports="seq:.device/data/Sports_and_Outdoors.txt"
-ids="hstu:loss=ce sasrec rearec gru4rec bert4rec hgn sasrec:loss=bce hstu tiger pop random"
-# stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream)
+ids="sasrec sasrec:loss=bce rearec hstu:loss=ce gru4rec bert4rec hgn hstu tiger pop random"
+cells() {  # dataset seed methods...: one cell per method
+    local dataset=$1 seed=$2; shift 2
+    for m in "$@"; do printf '%s|%s|%s ' "$m" "$dataset" "$seed"; done
+}
+# stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
+# in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
 declare -A STREAMS=(
-    [llm-seed0]="sft|$ml|0 pauserec|$ml|0 onerec_think|$ml|0 analyze"
-    [llm-seeds12]="sft|$ml|1 pauserec|$ml|1 sft|$ml|2 pauserec|$ml|2"
-    [ids-ml100k]="$(for m in pop random sasrec gru4rec bert4rec hgn hstu rearec tiger; do printf '%s|%s|0 ' "$m" "$ml"; done)"
-    [beauty]="$(for m in $ids; do printf '%s|%s|0 ' "$m" "$beauty"; done)"
-    [sports]="$(for m in $ids; do printf '%s|%s|0 ' "$m" "$sports"; done)"
+    [llm-a]="$(cells $ml 0 sft pauserec onerec_think) analyze"
+    [llm-b]="$(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
+    [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
+    [amazon]="$(cells $beauty 0 $ids) $(cells $sports 0 $ids)"
 )
 
-stream() {  # name: runs its cells one after the other, then marks itself done
-    local name=$1 cell methods datasets seeds
-    for cell in ${STREAMS[$name]}; do
+stream() {  # name: runs its cells one after the other, then once more those that failed, then marks itself done
+    local name=$1 cell methods datasets seeds failed=""
+    for cell in ${STREAMS[$name]} RETRY; do
+        if [ "$cell" = RETRY ]; then
+            [ -n "$failed" ] || break
+            echo "=== retrying:$failed"
+            for cell in $failed; do
+                IFS='|' read -r methods datasets seeds <<< "$cell"
+                python3 -m bench run --profile small --methods "$methods" --datasets "$datasets" --seeds "$seeds" \
+                    --out "$RESULTS" || echo "=== FAILED again: $methods on $datasets, seed $seeds"
+            done
+            break
+        fi
         if [ "$cell" = analyze ]; then
             python3 -m bench analyze --methods pauserec,onerec_think --datasets "$ml" --profile small \
                 --out "$RESULTS/analysis"
@@ -49,7 +64,7 @@ stream() {  # name: runs its cells one after the other, then marks itself done
         IFS='|' read -r methods datasets seeds <<< "$cell"
         echo "=== $(date +%T) $methods on $datasets, seed $seeds"
         python3 -m bench run --profile small --methods "$methods" --datasets "$datasets" --seeds "$seeds" \
-            --out "$RESULTS" || echo "=== FAILED: $methods on $datasets, seed $seeds"
+            --out "$RESULTS" || { echo "=== FAILED: $methods on $datasets, seed $seeds"; failed="$failed $cell"; }
     done
     touch "$STATE/logs/$name.done"
 }
@@ -58,7 +73,7 @@ running() { pgrep -f "run.sh stream" > /dev/null; }
 
 collect() {
     python3 -m bench leaderboard --out "$RESULTS" --leaderboards "$RESULTS/leaderboards" > /dev/null 2>&1
-    tar czf "$OUT/results.tgz" -C "$STATE" results
+    tar czf "$OUT/results.tgz" -C "$REPO" results
     for log in "$STATE"/logs/*.log; do
         [ -f "$log" ] || continue
         echo "##### $(basename "$log") $([ -f "${log%.log}.done" ] && echo done)"
@@ -85,7 +100,7 @@ case "${1:-}" in
     timeout 200 python3 -m bench run --profile smoke --methods all --datasets synthetic --out "$STATE/smoke" 2>&1 \
         | grep -vE "^\s*$" | tail -40 ;;
   start)
-    cat "$STATE/part00" .device/gguf/part01 > "$GGUF.tmp" || { echo "run setup first"; exit 1; }
+    cat "$STATE/part00" "$STATE/part01" .device/gguf/part02 > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
     rm -rf "$REPO" && mkdir -p "$REPO" && cp -r . "$REPO/" && cp .device/data/* "$REPO/.device/data/" 2>/dev/null
     python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16 --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
@@ -96,6 +111,8 @@ case "${1:-}" in
     sleep 5
     wait_streams "${WAIT:-480}"
     collect ;;
+  part)
+    cp .device/gguf/part01 "$STATE/" && ls -la "$STATE" ;;
   stream)
     stream "$2" ;;
   wait)
