@@ -89,16 +89,6 @@ def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str
     (folder / f"{RECBOLE_DATASET}.item").write_text("item_id:token\n" + items)
 
 
-def read_benchmark_rows(path: Path) -> list[tuple[int, list[int]]]:
-    """The rows of an interaction file :func:`write_benchmark_files` wrote, read back as RecBole reads them:
-    ``(user, history items + target item)``."""
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        user, history, target = line.split("\t")
-        rows.append((int(user), [int(item) for item in history.split()] + [int(target)]))
-    return rows
-
-
 def bce_loss(model: Any, interaction: Any) -> Any:
     """SASRec's original objective: binary cross-entropy on the positive and one sampled negative.
 
@@ -146,6 +136,28 @@ def all_positions_ce_loss(model: Any, interaction: Any) -> Any:
     with every_position(model):
         output = model.forward(sequences, lengths)
     return F.cross_entropy(output[valid] @ model.item_embedding.weight.T, targets[valid])
+
+
+def check_one_item_id_space(dataset: Any) -> None:
+    """Fails when RecBole gave histories (``item_id_list``) and targets (``item_id``) different item ids."""
+    items, histories = dataset.field2token_id["item_id"], dataset.field2token_id.get("item_id_list")
+    if histories is not None and histories != items:
+        raise GRBenchError("RecBole numbered the items of histories (item_id_list) apart from the targets "
+                           "(item_id); the config needs alias_of_item_id = ['item_id_list']")
+
+
+def recbole_training_rows(dataset: Any, train_dataset: Any) -> list[tuple[int, list[int]]]:
+    """RecBole's loaded training interactions as ``(user, history items + target item)`` in our ids, decoded
+    with the item-id map that inference uses (``dataset.field2id_token['item_id']``)."""
+    item_token = dataset.field2id_token["item_id"]
+    user_token = dataset.field2id_token["user_id"]
+    features = train_dataset.inter_feat
+    histories = features["item_id_list"].numpy()
+    lengths = features["item_length"].numpy()
+    targets = features["item_id"].numpy()
+    users = features["user_id"].numpy()
+    return [(int(user_token[user]), [int(item_token[i]) for i in history[:length]] + [int(item_token[target])])
+            for user, history, length, target in zip(users, histories, lengths, targets)]
 
 
 CUSTOM_LOSSES = {"bce": bce_loss, "ce-all": all_positions_ce_loss}
@@ -196,6 +208,10 @@ class RecBoleSequential(Method):
             "data_path": str(data_folder.parent),
             "benchmark_filename": ["train", "valid", "test"],
             "load_col": {"inter": ["user_id", "item_id_list", "item_id"], "item": ["item_id"]},
+            # one id space for histories and targets: without this alias RecBole remaps item_id_list on its own
+            # (tokens numbered in order of first appearance in the histories), so a history item and the same
+            # item as a target get different ids, and inference (which maps by item_id) sees other items
+            "alias_of_item_id": ["item_id_list"],
             "MAX_ITEM_LIST_LENGTH": settings["max_len"],
             "epochs": settings["epochs"],
             "train_batch_size": settings["batch_size"],
@@ -219,18 +235,26 @@ class RecBoleSequential(Method):
         config["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": negatives} if negatives else None
         return config
 
-    def fit(self, data: TrainData, context: RunContext) -> None:
-
+    def load_recbole_data(self, data: TrainData, context: RunContext, folder: Path) -> tuple[Any, Any, Any]:
+        """Writes the benchmark files into ``folder`` and loads them as RecBole does: (config, dataset, train
+        loader). ``fit`` trains on this loader and the leakage audit reads it back (:meth:`training_inputs`)."""
         import_recbole()
         from recbole.data import create_dataset, data_preparation
-        from recbole.utils import get_model, get_trainer, init_seed
+        from recbole.utils import init_seed
 
-        data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
-        write_benchmark_files(data, data_folder, self.settings["max_len"], self.settings["rows"])
-        config = recbole_config(self.recbole_model, RECBOLE_DATASET, self.recbole_config(data_folder, context))
+        write_benchmark_files(data, folder, self.settings["max_len"], self.settings["rows"])
+        config = recbole_config(self.recbole_model, RECBOLE_DATASET, self.recbole_config(folder, context))
         init_seed(context.seed, True)
         dataset = create_dataset(config)
         train_loader, _, _ = data_preparation(config, dataset)
+        check_one_item_id_space(dataset)
+        return config, dataset, train_loader
+
+    def fit(self, data: TrainData, context: RunContext) -> None:
+        from recbole.utils import get_model, get_trainer
+
+        data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
+        config, dataset, train_loader = self.load_recbole_data(data, context, data_folder)
         self.model = get_model(self.recbole_model)(config, train_loader._dataset).to(config["device"])
         self.device = config["device"]
         with silence_recbole_tensorboard():
@@ -250,12 +274,12 @@ class RecBoleSequential(Method):
         )
 
     def training_inputs(self, data: TrainData) -> TrainingInputs:
-        """The training file RecBole trains on (its validation and test files hold validation rows only and are
-        never trained on), written by ``fit``'s own writer into a scratch folder and parsed back."""
+        """What RecBole trains on: its loaded training interactions (its validation and test files hold
+        validation rows only and are never trained on), built by ``fit``'s own loader in a scratch folder and
+        decoded back to our items through the id map that inference uses, so that a remapping fault shows too."""
         with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch) / RECBOLE_DATASET
-            write_benchmark_files(data, folder, self.settings["max_len"], self.settings["rows"])
-            return {"recbole train rows": read_benchmark_rows(folder / f"{RECBOLE_DATASET}.train.inter")}
+            _, dataset, train_loader = self.load_recbole_data(data, self.context, Path(scratch) / RECBOLE_DATASET)
+            return {"recbole train rows": recbole_training_rows(dataset, train_loader._dataset)}
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:
         """Our dense ids -> RecBole's internal ids (RecBole remaps tokens in order of appearance)."""

@@ -60,7 +60,8 @@ def recbole_pipeline(model: str, dataset_name: str, data_root: Path, base_config
     from recbole.utils import get_model, get_trainer, init_seed
 
     config_dict = {
-        **{k: v for k, v in base_config.items() if k not in ("benchmark_filename", "load_col")},
+        # RecBole's own files have no item_id_list column: its augmentation builds one in the item_id space
+        **{k: v for k, v in base_config.items() if k not in ("benchmark_filename", "load_col", "alias_of_item_id")},
         "data_path": str(data_root),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},

@@ -55,6 +55,47 @@ def test_benchmark_files_hold_training_events_only(tmp_path):
         (u, [str(i) for i in seq[-6:]]) for u, seq in enumerate(data.train_sequences) if len(seq) > 1]
 
 
+@pytest.mark.parametrize("rows", ["prefixes", "users"])
+def test_recbole_trains_on_our_rows_in_the_item_ids_that_inference_uses(tmp_path, rows):
+    """RecBole's loaded training interactions, decoded through the id map ``recommend`` uses, are exactly the
+    rows we wrote: histories and targets share one id space (a history item is the same item at inference)."""
+    split = leave_last_out(load_dataset("synthetic:users=60,items=40,seed=1"))
+    data = split.train_view()
+    method_class = methods()["sasrec"]
+    settings = method_class.settings_for("smoke", {"loss": "ce-all", "rows": rows} if rows == "users" else {})
+    method = method_class(settings, RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path))
+    _, dataset, train_loader = method.load_recbole_data(data, method.context, tmp_path / "data" / "grbench")
+    loaded = recbole_models.recbole_training_rows(dataset, train_loader._dataset)
+    written = [(int(user), [int(i) for i in history] + [int(target)])
+               for user, history, target in read_rows(tmp_path / "data" / "grbench" / "grbench.train.inter")]
+    assert sorted(loaded) == sorted(written) and len(loaded) >= 50
+    method._map_ids(dataset, data)  # inference's map: our ids -> RecBole's, the inverse of the decoding above
+    features = train_loader._dataset.inter_feat
+    first_history = features["item_id_list"][0, : int(features["item_length"][0])].tolist()
+    user, items = recbole_models.recbole_training_rows(dataset, train_loader._dataset)[0]
+    assert method.recbole_item[np.array(items[:-1])].tolist() == first_history
+
+
+def test_separate_history_and_target_item_ids_are_refused(tmp_path, monkeypatch):
+    """Without the alias RecBole numbers item_id_list apart from item_id (what the RecBole rows before this check
+    trained on); the loader now refuses that instead of training on shifted histories."""
+    from bench.errors import GRBenchError
+
+    original = recbole_models.RecBoleSequential.recbole_config
+
+    def without_alias(self, folder, context):
+        config = original(self, folder, context)
+        del config["alias_of_item_id"]
+        return config
+
+    monkeypatch.setattr(recbole_models.RecBoleSequential, "recbole_config", without_alias)
+    data = leave_last_out(load_dataset("synthetic:users=60,items=40,seed=1")).train_view()
+    method = methods()["sasrec"](methods()["sasrec"].settings_for("smoke", {}),
+                                 RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path))
+    with pytest.raises(GRBenchError, match=r"alias_of_item_id"):
+        method.load_recbole_data(data, method.context, tmp_path / "grbench")
+
+
 @pytest.mark.parametrize("spec, message", [
     ("hgn:loss=bce", "hgn: loss=bce needs a model with item_embedding"),
     ("sasrec:loss=focal", "sasrec: loss 'focal' unknown"),
