@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for the rerun's result (default OUT/reruns/<id>/; never OUT itself)")
     rerun.add_argument("--dataset", default=None,
                        help="dataset spec, for a seq:<path> record whose file moved (its fingerprint must match)")
+    withdraw = commands.add_parser(
+        "withdraw", help="take stored results out of the leaderboards (kept, with the reason, in withdrawn.jsonl)",
+        description="For numbers found wrong after they were stored (a bug in the code that made them): removes "
+        "the records from OUT/results.jsonl and their rankings, keeps each whole record with the reason in "
+        "OUT/withdrawn.jsonl, and regenerates the leaderboards. Rerun the cells with the fixed code afterwards.")
+    withdraw.add_argument("result_ids", nargs="+", help="ids of records in OUT/results.jsonl")
+    withdraw.add_argument("--why", required=True, help="the reason, kept with each withdrawn record")
+    withdraw.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    withdraw.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
     return parser
 
 
@@ -218,6 +227,25 @@ def command_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_withdraw(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.leaderboard import write_leaderboards
+    from bench.results import ResultStore, check_writable
+
+    if not args.why.strip():
+        raise GRBenchError("--why must say why the results are withdrawn")
+    check_writable(args.out)
+    store = ResultStore(args.out)
+    with store.locked():
+        withdrawn = store.withdraw(args.result_ids, args.why.strip(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        paths = write_leaderboards(store.load(), _leaderboard_dir(args))
+    for record in withdrawn:
+        print(f"withdrew {record['id']} (NDCG@10 {record['metrics']['ndcg@10']['mean']:.4f})")
+    print(f"kept in {args.out / 'withdrawn.jsonl'}; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
 def command_datasets(args: argparse.Namespace) -> int:
     from bench.data import sources
 
@@ -270,7 +298,7 @@ def command_sids(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
             "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
-            "audit": command_audit, "rerun": command_rerun}
+            "audit": command_audit, "rerun": command_rerun, "withdraw": command_withdraw}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

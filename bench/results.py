@@ -25,6 +25,7 @@ from filelock import FileLock
 from bench.errors import DataError, GRBenchError, shown_path
 
 RESULTS_FILE = "results.jsonl"
+WITHDRAWN_FILE = "withdrawn.jsonl"  # records taken out of the leaderboards (a bug found later), with the reason
 KEY_FIELDS = ("method", "dataset", "profile", "seed", "split_fingerprint")
 
 
@@ -175,6 +176,32 @@ class ResultStore:
             kept.append(record)
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
             write_atomically(self.path, text.encode("utf-8"))
+
+    def withdraw(self, ids: Iterable[str], reason: str, when: str) -> list[dict]:
+        """Takes the records with these ids out of results.jsonl (and so out of every leaderboard) and appends
+        each, whole and with the reason, to withdrawn.jsonl: a number found wrong later (a bug in the code that
+        made it) leaves the tables but is never lost. Their rankings files are removed. An unknown id is an
+        error naming the stored ids that look like it; nothing is changed then."""
+        wanted = list(dict.fromkeys(ids))
+        with self._lock:
+            records = self.load()
+            by_id = {ResultKey.of(r).id: r for r in records}
+            unknown = [i for i in wanted if i not in by_id]
+            if unknown:
+                close = sorted(i for i in by_id if any(part in i for u in unknown for part in u.split("--")[:2]))
+                raise GRBenchError(f"{shown_path(self.path)} holds no record {', '.join(unknown)}"
+                                   + (f"; stored ids like it: {', '.join(close[:10])}" if close else ""))
+            withdrawn = [{**by_id[i], "withdrawn": {"reason": reason, "at": when}} for i in wanted]
+            log = self.folder / WITHDRAWN_FILE
+            earlier = log.read_bytes() if log.exists() else b""
+            added = "".join(json.dumps(r, sort_keys=True) + "\n" for r in withdrawn).encode("utf-8")
+            write_atomically(log, earlier + added)  # first: a kill between the writes loses no record
+            kept = [r for r in records if ResultKey.of(r).id not in set(wanted)]
+            write_atomically(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode("utf-8"))
+            for record in withdrawn:
+                if record.get("rankings"):
+                    (self.folder / record["rankings"]).unlink(missing_ok=True)
+        return withdrawn
 
     def rankings_path(self, key: ResultKey) -> Path:
         device = "" if key.device == "cpu" else f"-{key.device}"

@@ -97,3 +97,27 @@ def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_private_one(tmp_path
     write_atomically(tmp_path / "f.json", b"{}")
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~_UMASK
     assert os.listdir(tmp_path) == ["f.json"]
+
+
+def test_withdrawn_results_leave_the_leaderboards_and_are_kept_with_the_reason(tmp_path, capsys):
+    import json
+
+    from bench.cli import main
+
+    assert main(["run", "--profile", "smoke", "--methods", "pop,random", "--out", str(tmp_path)]) == 0
+    store = ResultStore(tmp_path)
+    (pop,) = [r for r in store.load() if r["method"] == "pop"]
+    rankings = tmp_path / pop["rankings"]
+    assert rankings.is_file() and "| pop " in (tmp_path / "leaderboards" / "synthetic.md").read_text()
+    before = store.path.read_bytes()
+    assert main(["withdraw", "synthetic--pop--smoke--seed9--x", "--why", "bug", "--out", str(tmp_path)]) == 2
+    assert "holds no record synthetic--pop--smoke--seed9--x; stored ids like it: " in capsys.readouterr().err
+    assert store.path.read_bytes() == before  # an unknown id changes nothing
+
+    assert main(["withdraw", pop["id"], "--why", "trained on shifted ids", "--out", str(tmp_path)]) == 0
+    assert [r["method"] for r in store.load()] == ["random"]
+    assert not rankings.exists()
+    (kept,) = [json.loads(line) for line in (tmp_path / "withdrawn.jsonl").read_text().splitlines()]
+    assert kept["withdrawn"]["reason"] == "trained on shifted ids" and kept["metrics"] == pop["metrics"]
+    board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
+    assert "| pop " not in board and "| random " in board
