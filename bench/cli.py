@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rqvae (default: TIGER's RQ-VAE) | rkmeans (residual k-means)")
     sids.add_argument("--encoder", default=None,
                       help="sentence-transformers model for item text (default: the packaged all-MiniLM-L6-v2)")
-    sids.add_argument("--source", default="auto", help="auto (default) | text | attributes | collaborative")
+    sids.add_argument("--source", default="auto",
+                      help="auto (default: text, else attributes+collaborative, else collaborative) | text | "
+                      "attributes | collaborative | attributes+collaborative")
     sids.add_argument("--epochs", type=int, default=None, help="RQ-VAE training epochs (default 200)")
     sids.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     sids.add_argument("--examples", type=int, default=5, help="example items to show (default 5)")

@@ -153,16 +153,37 @@ def test_collaborative_source_uses_training_sequences_only():
     assert sids.source == "collaborative" and len(np.unique(sids.codes[1:], axis=0)) == base.n_items
 
 
-def test_attributes_are_used_when_titles_are_missing_and_collaborative_when_both_are():
+def test_attributes_with_cooccurrence_are_used_when_titles_are_missing_and_cooccurrence_when_both_are():
     sequences = {f"u{n}": ["a", "b", "c", "d"][n % 2:] + ["e", "f"] for n in range(6)}
     attributes = {"a": [1, 2], "b": [2], "c": [3], "d": [3, 4], "e": [1], "f": [4, 5]}
     with_attributes = dataset_from_sequences(sequences, [{"item": i, "attributes": a} for i, a in attributes.items()])
     sids = build_semantic_ids(with_attributes, replace(TINY, svd_dim=3), use_cache=False)
-    assert sids.source == "attributes" and sids.stats["items_with_zero_vector"] == 0
+    assert sids.source == "attributes+collaborative" and sids.stats["items_with_zero_vector"] == 0
+    alone = build_semantic_ids(with_attributes, replace(TINY, svd_dim=3, source="attributes"), use_cache=False)
+    assert alone.source == "attributes"
     bare = dataset_from_sequences(sequences)
     assert build_semantic_ids(bare, replace(TINY, quantizer="rkmeans"), use_cache=False).source == "collaborative"
     with pytest.raises(GRBenchError, match="no item titles"):
         build_semantic_ids(bare, replace(TINY, source="text"), use_cache=False)
+
+
+def test_attributes_and_collaborative_source_puts_both_halves_side_by_side():
+    sequences = {f"u{n}": ["a", "b", "c", "d"][n % 2:] + ["e", "f"] for n in range(6)}
+    attributes = {"a": [1, 2], "b": [2], "c": [3], "d": [3, 4], "e": [1], "f": [4, 5]}
+    data = dataset_from_sequences(sequences, [{"item": i, "attributes": a} for i, a in attributes.items()])
+    config = replace(TINY, svd_dim=3)
+    both = item_embeddings(data, "attributes+collaborative", config, seed=0)
+    halves = [item_embeddings(data, kind, config, seed=0) for kind in ("attributes", "collaborative")]
+    side_by_side = np.concatenate(halves, axis=1)  # each half unit length (or zero), the whole normalised again
+    np.testing.assert_allclose(both, side_by_side / np.linalg.norm(side_by_side, axis=1, keepdims=True), atol=1e-6)
+    other_targets = {user: seq[:-2] + seq[-2:][::-1] for user, seq in sequences.items()}  # swap valid/test
+    moved = dataset_from_sequences(other_targets, [{"item": i, "attributes": a} for i, a in attributes.items()])
+    np.testing.assert_allclose(item_embeddings(moved, "attributes+collaborative", config, seed=0), both, atol=1e-6)
+    sids = build_semantic_ids(data, replace(config, source="attributes+collaborative"), use_cache=False)
+    assert sids.source == "attributes+collaborative" and len(np.unique(sids.codes[1:], axis=0)) == data.n_items
+    with pytest.raises(GRBenchError, match="no item attributes"):
+        build_semantic_ids(dataset_from_sequences(sequences), replace(config, source="attributes+collaborative"),
+                           use_cache=False)
 
 
 def test_token_names_strings_and_id_matrices(fake_encoder):
