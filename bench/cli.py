@@ -129,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for the rerun's result (default OUT/reruns/<id>/; never OUT itself)")
     rerun.add_argument("--dataset", default=None,
                        help="dataset spec, for a seq:<path> record whose file moved (its fingerprint must match)")
+    compare = commands.add_parser(
+        "compare", help="paired comparison of two methods from their stored rankings (per seed and over seeds)",
+        description="Scores both methods' stored top-10 lists again, user by user, on the users both ranked, and "
+        "prints A - B of every metric: a paired bootstrap over users of each user's metric averaged over the "
+        "seeds both ran, how many seeds A won, and each seed's difference.")
+    compare.add_argument("a", help="method spec A, as in the leaderboard (e.g. pauserec)")
+    compare.add_argument("b", help="method spec B (e.g. sft)")
+    compare.add_argument("--dataset", required=True, help="dataset as in the leaderboard (e.g. ml-100k, seq:Beauty)")
+    compare.add_argument("--profile", default=None, help="profile (default: the one both have, if only one)")
+    compare.add_argument("--device", default=None, choices=("cpu", "gpu"),
+                         help="device (default: the one both have, if only one)")
+    compare.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
     withdraw = commands.add_parser(
         "withdraw", help="take stored results out of the leaderboards (kept, with the reason, in withdrawn.jsonl)",
         description="For numbers found wrong after they were stored (a bug in the code that made them): removes "
@@ -193,7 +205,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
         raise GRBenchError(f"no results at {store.path}; run `python -m bench run --out {args.out}` first")
     with store.locked():  # a run adding a record meanwhile writes the leaderboards after us
         records = store.load()
-        paths = write_leaderboards(records, _leaderboard_dir(args))
+        paths = write_leaderboards(records, _leaderboard_dir(args), args.out)
     print(render_dataset_tables(records))
     print(f"\nwrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
@@ -224,8 +236,41 @@ def command_merge(args: argparse.Namespace) -> int:
             store.add(record)  # a record with the same key is replaced, never duplicated
             merged += 1
     with store.locked():
-        paths = write_leaderboards(store.load(), _leaderboard_dir(args))
+        paths = write_leaderboards(store.load(), _leaderboard_dir(args), args.out)
     print(f"merged {merged} records into {store.path}; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare_records, comparison_table
+    from bench.results import ResultStore, record_device
+
+    records = [r for r in ResultStore(args.out).load() if r["dataset"] == args.dataset]
+    if not records:
+        datasets = sorted({r["dataset"] for r in ResultStore(args.out).load()})
+        raise GRBenchError(f"no results of dataset {args.dataset!r} in {args.out}; stored: {', '.join(datasets)}")
+    chosen = {}
+    for spec in (args.a, args.b):
+        mine = [r for r in records if r["method"] == spec and args.profile in (None, r["profile"])
+                and args.device in (None, record_device(r))]
+        if not mine:
+            specs = sorted({r["method"] for r in records})
+            raise GRBenchError(f"no results of {spec!r} on {args.dataset}"
+                               f"{'' if args.profile is None else f', profile {args.profile}'}"
+                               f"{'' if args.device is None else f', device {args.device}'}; "
+                               f"methods stored there: {', '.join(specs)}")
+        chosen[spec] = mine
+    cells = {(r["split_fingerprint"], r["profile"], record_device(r)) for r in chosen[args.a]} & \
+        {(r["split_fingerprint"], r["profile"], record_device(r)) for r in chosen[args.b]}
+    if len(cells) != 1:
+        found = ", ".join(f"profile {p} on {d}" for _, p, d in sorted(cells)) or "none in common"
+        raise GRBenchError(f"{args.a} and {args.b} must share exactly one split, profile and device to be paired "
+                           f"({found}); choose with --profile and --device")
+    (cell,) = cells
+    same = lambda r: (r["split_fingerprint"], r["profile"], record_device(r)) == cell  # noqa: E731
+    comparison = compare_records(args.out, [r for r in chosen[args.a] if same(r)],
+                                 [r for r in chosen[args.b] if same(r)])
+    print(comparison_table([comparison]))
     return 0
 
 
@@ -241,7 +286,7 @@ def command_withdraw(args: argparse.Namespace) -> int:
     store = ResultStore(args.out)
     with store.locked():
         withdrawn = store.withdraw(args.result_ids, args.why.strip(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        paths = write_leaderboards(store.load(), _leaderboard_dir(args))
+        paths = write_leaderboards(store.load(), _leaderboard_dir(args), args.out)
     for record in withdrawn:
         print(f"withdrew {record['id']} (NDCG@10 {record['metrics']['ndcg@10']['mean']:.4f})")
     print(f"kept in {args.out / 'withdrawn.jsonl'}; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
@@ -300,7 +345,8 @@ def command_sids(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
             "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
-            "audit": command_audit, "rerun": command_rerun, "withdraw": command_withdraw}
+            "audit": command_audit, "rerun": command_rerun, "withdraw": command_withdraw,
+            "compare": command_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,8 +194,11 @@ def llm_costs_table(records: list[dict]) -> str:
     return "\n".join(sections) if sections else "No LLM results yet."
 
 
-def write_leaderboards(records: list[dict], folder: Path) -> list[Path]:
-    """Writes one Markdown file per dataset, ``costs.md`` and ``index.md``; returns their paths."""
+def write_leaderboards(records: list[dict], folder: Path, results_folder: Path) -> list[Path]:
+    """Writes one Markdown file per dataset, ``costs.md``, ``comparisons.md`` (the study's paired comparisons,
+    from the rankings under ``results_folder``) and ``index.md``; returns their paths."""
+    from bench.compare import COMPARISONS_LEGEND, comparison_table, study_comparisons
+
     folder = Path(folder)
     by_dataset: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -210,11 +213,16 @@ def write_leaderboards(records: list[dict], folder: Path) -> list[Path]:
         best = max(dataset_records, key=lambda r: r["metrics"]["ndcg@10"]["mean"])
         index.append(f"- [{dataset}]({path.name}): {len({r['method'] for r in dataset_records})} methods, "
                      f"best NDCG@10 {best['metrics']['ndcg@10']['mean']:.4f} ({best['method']}, {best['profile']})")
-    index += ["- [costs](costs.md): training and inference cost of every run", ""]
+    index += ["- [costs](costs.md): training and inference cost of every run",
+              "- [comparisons](comparisons.md): the study's claims as paired comparisons over users and seeds", ""]
     costs_path = folder / "costs.md"
     text = (f"# Costs\n\n{COSTS_LEGEND}\n\n## LLM methods side by side\n\n{llm_costs_table(records)}\n"
             f"## Every run\n\n{costs_table(records)}\n")
     write_atomically(costs_path, text.encode())
+    comparisons_path = folder / "comparisons.md"
+    text = (f"# Paired comparisons\n\n{COMPARISONS_LEGEND}\n\n"
+            f"{comparison_table(study_comparisons(results_folder, records))}")
+    write_atomically(comparisons_path, text.encode("utf-8"))
     index_path = folder / "index.md"
     write_atomically(index_path, "\n".join(index).encode("utf-8"))
-    return [*written, costs_path, index_path]
+    return [*written, costs_path, comparisons_path, index_path]

@@ -124,7 +124,7 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
         return made
     with store.locked():  # of concurrent runs sharing --out, the last to write the leaderboards read every record
         records = store.load()
-        write_leaderboards(records, plan.leaderboards)
+        write_leaderboards(records, plan.leaderboards, plan.out)
     print(render_dataset_tables(records, datasets={r["dataset"] for r in made} or None))
     console.print(f"results: {store.path}   leaderboards: {plan.leaderboards}")
     return made

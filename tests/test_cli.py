@@ -31,7 +31,7 @@ def test_smoke_run_writes_results_rankings_and_leaderboards(tmp_path, capsys):
         assert record["inference"]["batch_size"] == 16 and record["inference"]["ms_per_user"] > 0
         assert record["reduced_schedule"] is False  # count-based floors have no schedule to cut short
     board = out / "leaderboards"
-    assert {p.name for p in board.iterdir()} == {"synthetic.md", "costs.md", "index.md"}
+    assert {p.name for p in board.iterdir()} == {"synthetic.md", "costs.md", "comparisons.md", "index.md"}
     assert "± " in (board / "synthetic.md").read_text()  # two seeds: mean ± sd
 
 

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.compare import compare_records, comparison_table, study_comparisons, study_pairs
+from bench.errors import GRBenchError
+from bench.results import ResultStore
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", "--profile", "smoke", "--methods", "pop,random", "--seeds", "0,1", "--out", str(out)]) == 0
+    return out, ResultStore(out).load()
+
+
+def of(records, method):
+    return [r for r in records if r["method"] == method]
+
+
+def test_per_seed_differences_are_the_stored_means_and_the_pooled_one_their_mean(two_seeds):
+    out, records = two_seeds
+    comparison = compare_records(out, of(records, "pop"), of(records, "random"))
+    assert comparison.seeds == [0, 1] and comparison.users == records[0]["eval_users"]
+    for metric in ("hit@5", "hit@10", "ndcg@5", "ndcg@10"):
+        stored = [next(r for r in of(records, m) if r["seed"] == seed)["metrics"][metric]["mean"]
+                  for seed in (0, 1) for m in ("pop", "random")]
+        assert comparison.per_seed[metric] == pytest.approx([stored[0] - stored[1], stored[2] - stored[3]])
+        pooled = comparison.pooled[metric]
+        assert pooled.mean_difference == pytest.approx(np.mean(comparison.per_seed[metric]))
+        assert pooled.ci_low <= pooled.mean_difference <= pooled.ci_high
+    itself = compare_records(out, of(records, "pop"), of(records, "pop"))
+    assert itself.pooled["ndcg@10"].mean_difference == 0 and itself.pooled["ndcg@10"].p_value == 1.0
+
+
+def test_only_records_of_a_common_seed_and_split_are_paired(two_seeds):
+    out, records = two_seeds
+    with pytest.raises(GRBenchError, match=r"share no seed \(A has seeds \[0\], B \[1\]\)"):
+        compare_records(out, [r for r in of(records, "pop") if r["seed"] == 0],
+                        [r for r in of(records, "random") if r["seed"] == 1])
+    other_split = [{**r, "split_fingerprint": "0" * 16} for r in of(records, "random")]
+    with pytest.raises(GRBenchError, match="different splits, profiles or devices"):
+        compare_records(out, of(records, "pop"), other_split)
+
+
+def test_the_study_pairs_and_the_pause_ablations_against_pauserec(two_seeds):
+    assert study_pairs(["sft", "pauserec", "pauserec:pauses=1", "onerec_think", "pop"]) == [
+        ("pauserec", "sft"), ("pauserec", "onerec_think"), ("pauserec:pauses=1", "pauserec")]
+    assert study_pairs(["sft", "onerec_think"]) == []
+    out, records = two_seeds
+    renamed = [{**r, "method": "pauserec"} for r in of(records, "pop")] + \
+        [{**r, "method": "sft"} for r in of(records, "random")]
+    (comparison,) = study_comparisons(out, renamed)
+    assert (comparison.a, comparison.b, comparison.seeds) == ("pauserec", "sft", [0, 1])
+    table = comparison_table([comparison])
+    won = sum(d > 0 for d in comparison.per_seed["ndcg@10"])
+    pooled = comparison.pooled["ndcg@10"].mean_difference
+    assert "| pauserec - sft |" in table and f"| ndcg@10  | {pooled:+.4f}" in table
+    assert f"| {won} of 2 " in table
+
+
+def test_compare_command_and_comparisons_page(two_seeds, capsys):
+    out, _ = two_seeds
+    assert main(["compare", "pop", "random", "--dataset", "synthetic", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| pop - random |" in printed and printed.count("| synthetic ") == 4
+    assert main(["compare", "pop", "hstu", "--dataset", "synthetic", "--out", str(out)]) == 2
+    assert "no results of 'hstu' on synthetic" in capsys.readouterr().err
+    assert main(["leaderboard", "--out", str(out)]) == 0
+    page = (out / "leaderboards" / "comparisons.md").read_text()
+    assert "No pair of the study has results for a common seed yet." in page
+    assert "[comparisons](comparisons.md)" in (out / "leaderboards" / "index.md").read_text()
