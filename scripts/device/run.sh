@@ -2,8 +2,9 @@
 # Run ON the GPU machine of the `device` tool, from the repository root (see scripts/device/README.md). What one
 # call leaves in /tmp survives while the machine stays warm (30 s after each call), so the steps are calls in a row:
 #   bash scripts/device/run.sh setup   (carry .device/wheels .device/gguf/part00 .device/cache .device/meta)
-#       install the carried wheels, keep the first GGUF half, check the imports, and a smoke run of every method
-#       on the GPU (tiny models, seconds each), so that a CUDA-only bug shows before the long runs start
+#       install the carried wheels, keep the first GGUF part, check the imports, and a smoke run (tiny models,
+#       seconds each) of the methods no earlier GPU run has run (SMOKE, default below), so that a CUDA-only bug
+#       shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01)  keep the second GGUF part
 #   bash scripts/device/run.sh start   (carry .device/gguf/part02 .device/meta .device/data)
 #       join and check the GGUF, run the decoder benchmark alone on the GPU (decode.txt), then start the streams
@@ -97,7 +98,9 @@ case "${1:-}" in
     cp .device/meta/commit "$STATE/commit"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers, trl, recbole, gguf, peft; print(torch.__version__, transformers.__version__, trl.__version__, torch.cuda.is_available())" || exit 1
-    timeout 200 python3 -m bench run --profile smoke --methods all --datasets synthetic --out "$STATE/smoke" 2>&1 \
+    # GPU run 1 ran sft, hstu, rearec, pop and random on the GPU; 15 minutes of device time leave none to spare
+    timeout 150 python3 -m bench run --profile smoke --methods "${SMOKE:-pauserec,onerec_think,tiger,sasrec,bert4rec}" \
+        --datasets synthetic --out "$STATE/smoke" 2>&1 \
         | grep -vE "^\s*$" | tail -40 ;;
   start)
     cat "$STATE/part00" "$STATE/part01" .device/gguf/part02 > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
