@@ -30,7 +30,8 @@ RUN = ["-m", "bench", "run", "--profile", "smoke", "--datasets", "synthetic", "-
 FAST_METHODS = ("random", "sasrec", "hstu", "tiger", "sft")  # RecBole's trainer and our own loop for id-based
 FAST_SEED_METHODS = ("hstu",)  # the --seeds 1 run of the fast test: the cheapest trained method
 # measured, not computed: they differ between two identical runs by design
-TIMING_KEYS = {"wall_s", "carried_wall_s", "gpu_hours", "carried_gpu_hours", "ms_per_user", "seconds"}
+TIMING_KEYS = {"wall_s", "carried_wall_s", "gpu_hours", "carried_gpu_hours", "ms_per_user", "seconds",
+               "tokens_per_s", "mfu"}  # throughputs are tokens (or FLOPs) over measured seconds
 PROVENANCE_KEYS = {"created_at", "git_commit"}  # another commit may land between the runs; not a result
 
 
