@@ -59,8 +59,12 @@ def hardware() -> dict:
     if info["gpus"]:
         info["label"] = f"{len(info['gpus'])}x {info['gpus'][0]}"
     else:
-        info["label"] = f"CPU {cores} cores"
+        info["label"] = cpu_label(cores)
     return info
+
+
+def cpu_label(cores: int) -> str:
+    return f"CPU {cores} core{'' if cores == 1 else 's'}"
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from bench.costs import cpu_label
 from bench.evaluate import METRICS
 from bench.results import record_device, slug, write_atomically
 
@@ -36,7 +37,9 @@ def _group(records: Iterable[dict]) -> dict[tuple[str, str], dict[tuple[str, str
 def hardware_label(record: dict) -> str:
     """The record's hardware, and how many processes shared its GPU where more than one did (its times are then
     upper bounds)."""
-    label = record["hardware"]["label"]
+    machine = record["hardware"]
+    # labels stored before cpu_label said "CPU 1 cores"
+    label = cpu_label(machine["cpu_cores"]) if not machine.get("gpus") and "cpu_cores" in machine else machine["label"]
     shared = record["hardware"].get("gpu_processes_max")
     return f"{label}, shared by {shared} runs" if shared and shared > 1 else label
 
