@@ -10,7 +10,7 @@ import torch
 
 from bench import costs
 from bench.cli import main
-from bench.leaderboard import costs_table, llm_costs_table, render_dataset_tables
+from bench.leaderboard import costs_table, hardware_label, llm_costs_table, render_dataset_tables
 from bench.provenance import git_commit
 from bench.results import ResultKey, ResultStore, read_rankings
 from methods.llm.stages import Example, Examples, PaddingCollator, TokenCounter, throughput_report
@@ -133,3 +133,11 @@ def test_a_shipped_commit_wins_over_a_stale_git_folder(monkeypatch):
     assert git_commit() == "abc123"
     monkeypatch.delenv("GRBENCH_GIT_COMMIT")
     assert git_commit() != "abc123"
+
+
+def test_cpu_labels_count_cores_in_the_right_number_even_for_stored_records():
+    assert costs.cpu_label(1) == "CPU 1 core" and costs.cpu_label(2) == "CPU 2 cores"
+    stored_before_the_fix = {"hardware": {"label": "CPU 1 cores", "cpu_cores": 1, "gpus": []}}
+    assert hardware_label(stored_before_the_fix) == "CPU 1 core"
+    gpu = {"hardware": {"label": "1x NVIDIA H100", "cpu_cores": 16, "gpus": ["NVIDIA H100"], "gpu_processes_max": 2}}
+    assert hardware_label(gpu) == "1x NVIDIA H100, shared by 2 runs"
