@@ -40,7 +40,7 @@ def hardware_label(record: dict) -> str:
     machine = record["hardware"]
     # labels stored before cpu_label said "CPU 1 cores"
     label = cpu_label(machine["cpu_cores"]) if not machine.get("gpus") and "cpu_cores" in machine else machine["label"]
-    shared = record["hardware"].get("gpu_processes_max")
+    shared = machine.get("gpu_processes_max")
     return f"{label}, shared by {shared} runs" if shared and shared > 1 else label
 
 

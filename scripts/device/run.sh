@@ -41,7 +41,7 @@ declare -A STREAMS=(
     [llm-a]="$(cells $ml 0 sft pauserec onerec_think) analyze"
     [llm-b]="$(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
-    # Sports first where a CPU run already holds the Beauty row (SASRec CE, HSTU, ReaRec, TIGER: see results/)
+    # Sports SASRec first: a CPU run already holds the Beauty row of SASRec (CE), as of HSTU and HGN (see results/)
     [amazon]="$(cells $sports 0 sasrec) $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
 
