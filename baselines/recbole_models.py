@@ -60,7 +60,9 @@ DROPOUT_KEYS = {
 }
 
 # loss option -> (RecBole loss_type, negatives sampled per example). CE is every model's standard config.
-LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1), "ce-all": ("CE", 0)}
+# `bce-all` samples its own negatives inside the loss (one per position), so RecBole samples none.
+LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1), "ce-all": ("CE", 0), "bce-all": ("CE", 0)}
+EVERY_POSITION_LOSSES = ("ce-all", "bce-all")
 
 
 def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str = "prefixes") -> None:
@@ -89,19 +91,22 @@ def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str
     (folder / f"{RECBOLE_DATASET}.item").write_text("item_id:token\n" + items)
 
 
-def bce_loss(model: Any, interaction: Any) -> Any:
-    """SASRec's original objective: binary cross-entropy on the positive and one sampled negative.
-
-    RecBole offers CE and BPR only; this uses the RecBole model's own forward pass and embeddings.
-    """
+def bce_pair_loss(output: Any, model: Any, positives: Any, negatives: Any) -> Any:
+    """Binary cross-entropy of each output against its positive item (label 1) and its negative (label 0)."""
     import torch
     import torch.nn.functional as F
 
-    seq_output = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
-    positive = (seq_output * model.item_embedding(interaction[model.POS_ITEM_ID])).sum(-1)
-    negative = (seq_output * model.item_embedding(interaction[model.NEG_ITEM_ID])).sum(-1)
+    positive = (output * model.item_embedding(positives)).sum(-1)
+    negative = (output * model.item_embedding(negatives)).sum(-1)
     return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive)) + \
         F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative))
+
+
+def bce_loss(model: Any, interaction: Any) -> Any:
+    """SASRec's original objective at a row's last position: BCE on the positive and RecBole's one sampled
+    negative. RecBole offers CE and BPR only; this uses the RecBole model's own forward pass and embeddings."""
+    output = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+    return bce_pair_loss(output, model, interaction[model.POS_ITEM_ID], interaction[model.NEG_ITEM_ID])
 
 
 @contextmanager
@@ -118,15 +123,10 @@ def every_position(model: Any) -> Iterator[None]:
         del model.gather_indexes
 
 
-def all_positions_ce_loss(model: Any, interaction: Any) -> Any:
-    """Full-softmax cross-entropy at every position of each training row, the target of a position being the
-    next item of the row (the last position's is the row's target).
-
-    This is how the original SASRec and GenRec's reference train (a loss per position), where RecBole's ``CE``
-    scores the last position only; the model and its encoder stay RecBole's.
-    """
+def next_item_at_every_position(model: Any, interaction: Any) -> tuple[Any, Any]:
+    """The model's output at every real position of each training row and that position's next item (the last
+    position's is the row's target), flattened: ``(outputs (n, d), next items (n,))``."""
     import torch
-    import torch.nn.functional as F
 
     sequences, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
     targets = torch.zeros_like(sequences)
@@ -135,7 +135,42 @@ def all_positions_ce_loss(model: Any, interaction: Any) -> Any:
     valid = torch.arange(sequences.shape[1], device=sequences.device)[None, :] < lengths[:, None]
     with every_position(model):
         output = model.forward(sequences, lengths)
-    return F.cross_entropy(output[valid] @ model.item_embedding.weight.T, targets[valid])
+    return output[valid], targets[valid]
+
+
+def all_positions_ce_loss(model: Any, interaction: Any) -> Any:
+    """Full-softmax cross-entropy at every position of each training row.
+
+    This is how GenRec's reference trains (a loss per position), where RecBole's ``CE`` scores the last
+    position only; the model and its encoder stay RecBole's.
+    """
+    import torch.nn.functional as F
+
+    output, targets = next_item_at_every_position(model, interaction)
+    return F.cross_entropy(output @ model.item_embedding.weight.T, targets)
+
+
+def sample_negatives(positives: Any, n_items: int) -> Any:
+    """One uniform random item per positive, never the positive itself (RecBole ids ``1 .. n_items - 1``).
+
+    The original SASRec code also avoids the user's other items; with thousands of items and histories of a
+    few dozen that changes the draw for a fraction of a percent of negatives, so we skip the per-user lookup.
+    """
+    import torch
+
+    negatives = torch.randint(1, n_items, positives.shape, device=positives.device)
+    clash = negatives == positives
+    while clash.any():  # redraw the clashes: uniform over the other items (about 1 in n_items clash)
+        negatives[clash] = torch.randint(1, n_items, (int(clash.sum()),), device=positives.device)
+        clash = negatives == positives
+    return negatives
+
+
+def all_positions_bce_loss(model: Any, interaction: Any) -> Any:
+    """The original SASRec objective (Kang & McAuley 2018, and the TIGER paper's SASRec): binary cross-entropy
+    at every position against its next item and one freshly sampled negative. RecBole has no such loss."""
+    output, targets = next_item_at_every_position(model, interaction)
+    return bce_pair_loss(output, model, targets, sample_negatives(targets, model.n_items))
 
 
 def check_one_item_id_space(dataset: Any) -> None:
@@ -160,8 +195,8 @@ def recbole_training_rows(dataset: Any, train_dataset: Any) -> list[tuple[int, l
             for user, history, length, target in zip(users, histories, lengths, targets)]
 
 
-CUSTOM_LOSSES = {"bce": bce_loss, "ce-all": all_positions_ce_loss}
-LOSS_LABELS = {"ce-all": "CE at every position"}
+CUSTOM_LOSSES = {"bce": bce_loss, "ce-all": all_positions_ce_loss, "bce-all": all_positions_bce_loss}
+LOSS_LABELS = {"ce-all": "CE at every position", "bce-all": "BCE at every position, one negative each"}
 
 
 class RecBoleSequential(Method):
@@ -187,9 +222,10 @@ class RecBoleSequential(Method):
                                "forward(item_seq, item_seq_len) (sasrec, gru4rec)")
         if settings["rows"] not in ("prefixes", "users"):
             raise GRBenchError(f"{cls.name}: rows {settings['rows']!r} unknown; expected prefixes or users")
-        if settings["rows"] == "users" and loss != "ce-all":
-            raise GRBenchError(f"{cls.name}: rows=users (one row per user) needs loss=ce-all, a loss at every "
-                               "position; the other losses score a row's last position only")
+        if settings["rows"] == "users" and loss not in EVERY_POSITION_LOSSES:
+            raise GRBenchError(f"{cls.name}: rows=users (one row per user) needs a loss at every position "
+                               f"({' or '.join(f'loss={name}' for name in EVERY_POSITION_LOSSES)}); "
+                               "the other losses score a row's last position only")
         dropout = settings["dropout"]
         if dropout is not None:
             if cls.recbole_model not in DROPOUT_KEYS:

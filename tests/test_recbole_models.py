@@ -102,7 +102,7 @@ def test_separate_history_and_target_item_ids_are_refused(tmp_path, monkeypatch)
     ("hgn:dropout=0.2", "hgn: has no dropout to set"),
     ("sasrec:dropout=high", "sasrec: dropout must be a number in [0, 1), got 'high'"),
     ("sasrec:dropout=1.5", "sasrec: dropout must be a number in [0, 1)"),
-    ("sasrec:rows=users", "sasrec: rows=users (one row per user) needs loss=ce-all"),
+    ("sasrec:rows=users", "sasrec: rows=users (one row per user) needs a loss at every position"),
     ("sasrec:rows=windows", "sasrec: rows 'windows' unknown"),
 ])
 def test_unknown_or_unsupported_loss_fails_before_any_work(tmp_path, capsys, spec, message):
@@ -125,7 +125,8 @@ def test_dropout_option_reaches_the_recbole_model(tmp_path, name, keys):
 
 
 def test_smoke_runs_of_every_recbole_model(tmp_path):
-    specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all", "sasrec:loss=ce-all,rows=users"]
+    specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all", "sasrec:loss=ce-all,rows=users",
+             "sasrec:loss=bce-all,rows=users"]
     assert main(["run", "--profile", "smoke", "--methods", ",".join(specs), "--out", str(tmp_path)]) == 0
     records = {r["method"]: r for r in ResultStore(tmp_path).load()}
     assert set(records) == set(specs)
@@ -164,34 +165,84 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
 
 
 
-def test_every_position_loss_is_the_mean_next_item_loss_of_each_prefix(tmp_path):
+@pytest.fixture(scope="module")
+def trained_smoke_sasrec(tmp_path_factory):
+    """A one-epoch smoke SASRec, in eval mode, for checking losses against per-prefix forward passes."""
+    split = leave_last_out(load_dataset("synthetic"))
+    method = methods()["sasrec"]
+    settings = method.settings_for("smoke", {"epochs": "1"})
+    context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path_factory.mktemp("sasrec"))
+    model_run = method(settings, context)
+    model_run.fit(split.train_view(), context)
+    return model_run.model.eval(), settings["max_len"]
+
+
+def one_row(model, max_len: int, history, target: int):
+    """A RecBole interaction holding one training row (RecBole ids, left-aligned and zero-padded)."""
+    import torch
+    from recbole.data.interaction import Interaction
+
+    padded = torch.zeros(1, max_len, dtype=torch.long)
+    padded[0, : len(history)] = history
+    return Interaction({model.ITEM_SEQ: padded, model.ITEM_SEQ_LEN: torch.tensor([len(history)]),
+                        model.POS_ITEM_ID: torch.tensor([target])})
+
+
+def last_position_output(model, max_len: int, history):
+    row = one_row(model, max_len, history, 0)
+    return model.forward(row[model.ITEM_SEQ], row[model.ITEM_SEQ_LEN])
+
+
+ROW_ITEMS = [3, 7, 2, 9, 4]  # RecBole ids; the row: history 3 7 2 9, target 4
+
+
+def test_every_position_loss_is_the_mean_next_item_loss_of_each_prefix(trained_smoke_sasrec):
     """``loss=ce-all`` scores every position with its next item, and position j sees items up to j only."""
     import torch
     import torch.nn.functional as F
-    from recbole.data.interaction import Interaction
 
-    split = leave_last_out(load_dataset("synthetic"))
-    method = methods()["sasrec"]
-    settings = method.settings_for("smoke", {"epochs": "1", "loss": "ce-all"})
-    model_run = method(settings, RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path))
-    model_run.fit(split.train_view(), model_run.context)
-    model = model_run.model.eval()
-    items = torch.tensor([3, 7, 2, 9, 4])  # RecBole ids; the row: history 3 7 2 9, target 4
-    max_len = settings["max_len"]
-
-    def row(history: torch.Tensor, target: int) -> Interaction:
-        padded = torch.zeros(1, max_len, dtype=torch.long)
-        padded[0, : len(history)] = history
-        return Interaction({model.ITEM_SEQ: padded, model.ITEM_SEQ_LEN: torch.tensor([len(history)]),
-                            model.POS_ITEM_ID: torch.tensor([target])})
-
-    def last_position_loss(history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prefix = row(history, 0)
-        output = model.forward(prefix[model.ITEM_SEQ], prefix[model.ITEM_SEQ_LEN])
-        return F.cross_entropy(output @ model.item_embedding.weight.T, target.view(1))
-
+    model, max_len = trained_smoke_sasrec
+    items = torch.tensor(ROW_ITEMS)
     with torch.no_grad():
-        loss = recbole_models.all_positions_ce_loss(model, row(items[:-1], int(items[-1])))
-        expected = torch.stack([last_position_loss(items[:j], items[j]) for j in range(1, len(items))]).mean()
+        loss = recbole_models.all_positions_ce_loss(model, one_row(model, max_len, items[:-1], int(items[-1])))
+        expected = torch.stack([
+            F.cross_entropy(last_position_output(model, max_len, items[:j]) @ model.item_embedding.weight.T,
+                            items[j].view(1))
+            for j in range(1, len(items))]).mean()
     assert torch.allclose(loss, expected, atol=1e-5)
     assert "gather_indexes" not in vars(model)  # forward gives the last position again
+
+
+def test_every_position_bce_loss_scores_each_prefix_against_its_next_item_and_one_negative(
+        trained_smoke_sasrec, monkeypatch):
+    """``loss=bce-all`` (the original SASRec): per position j, BCE of the prefix up to j against item j + 1
+    (label 1) and that position's own negative (label 0), averaged over positions."""
+    import torch
+    import torch.nn.functional as F
+
+    model, max_len = trained_smoke_sasrec
+    items = torch.tensor(ROW_ITEMS)
+    negatives = torch.tensor([5, 1, 8, 6])  # one per position, in position order
+    monkeypatch.setattr(recbole_models, "sample_negatives", lambda positives, n_items: negatives)
+    with torch.no_grad():
+        loss = recbole_models.all_positions_bce_loss(model, one_row(model, max_len, items[:-1], int(items[-1])))
+        outputs = torch.cat([last_position_output(model, max_len, items[:j]) for j in range(1, len(items))])
+        positive = (outputs * model.item_embedding(items[1:])).sum(-1)
+        negative = (outputs * model.item_embedding(negatives)).sum(-1)
+        expected = F.binary_cross_entropy_with_logits(positive, torch.ones(4)) + \
+            F.binary_cross_entropy_with_logits(negative, torch.zeros(4))
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_sampled_negatives_are_real_items_and_never_the_positive():
+    import torch
+
+    torch.manual_seed(0)
+    positives = torch.randint(1, 4, (3000,))  # RecBole ids 1..3 (0 is padding): a draw hits the positive often
+    negatives = recbole_models.sample_negatives(positives, n_items=4)
+    assert ((negatives >= 1) & (negatives <= 3)).all() and (negatives != positives).all()
+    for item in (1, 2, 3):  # uniform over the positive's two other items: each gets about half
+        others = [other for other in (1, 2, 3) if other != item]
+        drawn = negatives[positives == item]
+        shares = [float((drawn == other).float().mean()) for other in others]
+        assert all(0.43 < share < 0.57 for share in shares), (item, shares)
