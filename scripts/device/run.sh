@@ -30,7 +30,7 @@ export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRBENCH_CACHE=
 ml="ml-100k"
 beauty="seq:.device/data/Beauty.txt"
 sports="seq:.device/data/Sports_and_Outdoors.txt"
-ids="sasrec sasrec:loss=bce rearec hstu:loss=ce gru4rec bert4rec hgn hstu tiger pop random"
+ids="sasrec sasrec:loss=bce-all,rows=users rearec hstu:loss=ce gru4rec bert4rec hgn hstu tiger pop random"
 cells() {  # dataset seed methods...: one cell per method
     local dataset=$1 seed=$2; shift 2
     for m in "$@"; do printf '%s|%s|%s ' "$m" "$dataset" "$seed"; done
