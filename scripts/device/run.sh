@@ -41,7 +41,8 @@ declare -A STREAMS=(
     [llm-a]="$(cells $ml 0 sft pauserec onerec_think) analyze"
     [llm-b]="$(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
-    # Sports SASRec first: a CPU run already holds the Beauty row of SASRec (CE), as of HSTU and HGN (see results/)
+    # Sports SASRec first: CPU runs already hold Beauty's SASRec (CE and bce-all), GRU4Rec, HGN and HSTU rows
+    # and Sports' HGN row (see results/; cells already there are skipped)
     [amazon]="$(cells $sports 0 sasrec) $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
 
