@@ -31,9 +31,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
 # three parts (64 MiB a call, the tree included): 24 MiB with the wheels, 40 MiB alone, the rest with the data
 mkdir -p .device/meta
-head -c 24M "$gguf" > .device/gguf/part00
-tail -c +$((24 * 1024 * 1024 + 1)) "$gguf" | head -c 40M > .device/gguf/part01
-tail -c +$((64 * 1024 * 1024 + 1)) "$gguf" > .device/gguf/part02
+# (dd, not tail | head: under pipefail, tail's SIGPIPE when head has its 40M would end the script here)
+dd if="$gguf" of=.device/gguf/part00 bs=1M count=24 status=none
+dd if="$gguf" of=.device/gguf/part01 bs=1M skip=24 count=40 status=none
+dd if="$gguf" of=.device/gguf/part02 bs=1M skip=64 status=none
 sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"
