@@ -17,9 +17,10 @@ grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
 rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/data .device/meta
 
 # What the image lacks (recbole, trl and its datasets, gguf, the RQ-VAE library) or has in a version we cannot
-# use (transformers 5.17 < 5.23; pandas 3, which RecBole 1.2.1 fails on); versions as installed here.
+# use (transformers 5.17 < 5.23; pandas 3, which RecBole 1.2.1 fails on, and pytz and tzdata, which pandas 2 needs
+# and the image lacks: GPU run 2 lost its first call to that ImportError); versions as installed here.
 packages=(recbole colorlog texttable trl datasets dill multiprocess gguf vector-quantize-pytorch einx
-          frozendict loguru torch-einops-utils transformers platformdirs pandas)
+          frozendict loguru torch-einops-utils transformers platformdirs pandas pytz tzdata)
 pinned=()
 for name in "${packages[@]}"; do
     pinned+=("$name==$(python3 -c "from importlib.metadata import version; print(version('$name'))")")
