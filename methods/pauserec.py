@@ -136,6 +136,15 @@ def set_pause_rows(model: Any, vocab: SidVocabulary, rows: Sequence[torch.Tensor
             weight[vocab.pause_id] = row
 
 
+def pause_row_norms(model: Any, vocab: SidVocabulary) -> dict[str, float]:
+    """The pause row's L2 norm beside the mean norm of the backbone's own rows (input embeddings): with tied
+    embeddings pause pretraining pushes the row down in every softmax, and a row far longer than the others is
+    the first thing to look at when the implicit SFT after it diverges."""
+    weight = embedding_weights(model)[0].detach().float()
+    return {"pause_row_norm": float(weight[vocab.pause_id].norm()),
+            "mean_token_row_norm": float(weight[:vocab.original_rows].norm(dim=1).mean())}
+
+
 def pretrain_pause(recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: Any, vocab: SidVocabulary) -> None:
     """Stage ``pause`` on a CPT model: init, then train only the pause row on the CPT corpus with pauses.
 
@@ -152,8 +161,9 @@ def pretrain_pause(recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: 
             report = train(model, examples, PaddingCollator(pad_token_id(tokenizer)), schedule, settings=s,
                            context=recipe.context, folder=run.folder, description="pause steps")
         save_rows(run.folder, model, np.asarray([vocab.pause_id]))
+        norms = pause_row_norms(model, vocab)
         set_pause_rows(model, vocab, before)
-        run.report = {**report, "trainable_values": trainable,
+        run.report = {**report, **norms, "trainable_values": trainable,
                       "pauses_inserted": sum(e.input_ids.count(vocab.pause_id) for e in examples)}
         run.vocab = vocab
 

@@ -458,10 +458,13 @@ def test_a_diverged_stage_stops_at_its_first_non_finite_loss():
 
     from methods.llm.stages import divergence_guard
 
-    guard = divergence_guard("implicit SFT steps")
+    guard = divergence_guard("implicit SFT steps", history=2)
+    for step, loss, norm in [(5, 3.0, 0.5), (6, 2.5, 40.0)]:
+        guard.on_log(None, SimpleNamespace(global_step=step, max_steps=20), None,
+                     logs={"loss": loss, "grad_norm": norm})
     state = SimpleNamespace(global_step=7, max_steps=20)
-    guard.on_log(None, state, None, logs={"loss": 2.5})
     guard.on_log(None, state, None, logs={"learning_rate": 1e-4})  # a log line without a loss
     with pytest.raises(GRBenchError, match=r"implicit SFT steps: the training loss became nan at step 7 of 20 "
-                                           r"\(last finite loss: 2.5\)"):
+                                           r"\(last finite loss: 2.5; last steps 6: 2.5 \(gradient norm 40\); "
+                                           r"7: nan\)"):
         guard.on_log(None, state, None, logs={"loss": float("nan")})

@@ -74,7 +74,12 @@ def test_pause_pretraining_trains_the_pause_row_only(tmp_path, monkeypatch):
     for weight, name in zip(embedding_weights(model), ("model.embed_tokens.weight", "lm_head.weight")):
         rows = (weight.detach() != before[name]).any(1).nonzero().flatten().tolist()
         assert rows == [vocab.pause_id]
-    assert cache.done and cache.info()["report"]["pauses_inserted"] > 0
+    report = cache.info()["report"]
+    assert cache.done and report["pauses_inserted"] > 0
+    trained_input_row = embedding_weights(model)[0].detach()[vocab.pause_id]
+    assert report["pause_row_norm"] == pytest.approx(float(trained_input_row.norm()))
+    assert report["mean_token_row_norm"] == pytest.approx(
+        float(before["model.embed_tokens.weight"][:vocab.original_rows].norm(dim=1).mean()))
 
 
 def test_pause_pretraining_leaves_the_model_as_it_found_it(tmp_path):

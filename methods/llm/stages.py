@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -363,21 +364,28 @@ def trainer_progress(context: RunContext, description: str) -> Any:
     return Progress()
 
 
-def divergence_guard(description: str) -> Any:
-    """Stops a stage at the first non-finite training loss, with the step and the last finite loss: a diverged
-    model would otherwise train on for the rest of its steps and then fail at decoding (or rank by NaN)."""
+def divergence_guard(description: str, history: int = 8) -> Any:
+    """Stops a stage at the first non-finite training loss, with the step and the last ``history`` logged steps
+    (loss and gradient norm, so that a slow blow-up tells itself from a sudden one): a diverged model would
+    otherwise train on for the rest of its steps and then fail at decoding (or rank by NaN)."""
     from transformers import TrainerCallback
 
     class Divergence(TrainerCallback):
-        last_finite: float | None = None
+        def __init__(self) -> None:
+            self.recent: deque[str] = deque(maxlen=history)
+            self.last_finite: float | None = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
             if loss is None:
                 return
+            norm = (logs or {}).get("grad_norm")
+            self.recent.append(f"{state.global_step}: {loss:.4g}" + (f" (gradient norm {norm:.3g})"
+                                                                      if norm is not None else ""))
             if not math.isfinite(loss):
                 raise GRBenchError(f"{description}: the training loss became {loss} at step {state.global_step} of "
-                                   f"{state.max_steps} (last finite loss: {self.last_finite}); the stage diverged. "
+                                   f"{state.max_steps} (last finite loss: {self.last_finite}; last steps "
+                                   f"{'; '.join(self.recent)}); the stage diverged. "
                                    "Its learning rate or batch size, or bf16=false, may help")
             self.last_finite = loss
 
