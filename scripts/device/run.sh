@@ -7,8 +7,9 @@
 #       a CUDA-only bug shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01)  keep the second GGUF part
 #   bash scripts/device/run.sh start   (carry .device/gguf/part02 .device/meta .device/data)
-#       join and check the GGUF, run the decoder benchmark alone on the GPU (decode.txt), then start the streams
-#       below in their own sessions (they outlive the call) and wait WAIT seconds (default 480)
+#       join and check the GGUF, run the decoder benchmark (decode.txt) and a short SFT for its MFU (mfu.txt)
+#       alone on the GPU, then start the streams below in their own sessions (they outlive the call) and wait
+#       WAIT seconds (default 480)
 #   bash scripts/device/run.sh relaunch  (carry .whl2, wheels found missing after start, if any)  after start:
 #       install .whl2, take the tree sent with this call and start the streams again (no decoder benchmark)
 #   bash scripts/device/run.sh wait    wait up to WAIT seconds more, or until every stream has finished
@@ -125,6 +126,14 @@ case "${1:-}" in
     # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
     [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16 --beams 10 \
         --k 10 2>&1 | tee "$OUT/decode.txt"
+    # MFU_BENCH=0 skips it: SFT's stages with 40 steps each, alone on the GPU, for their tokens/s and MFU (issue 7's
+    # training target; the streams' own numbers are measured on a shared GPU). About a minute; not merged.
+    if [ "${MFU_BENCH:-1}" != 0 ]; then
+        python3 -m bench run --profile small --methods "sft:cpt_max_steps=40,sft_max_steps=40" --datasets "$ml" \
+            --out "$STATE/mfu" > "$STATE/logs/mfu-bench.txt" 2>&1 \
+            && python3 -m bench leaderboard --out "$STATE/mfu" --leaderboards "$STATE/mfu/leaderboards" > /dev/null \
+            && grep -E "^\| (Dataset|ml-100k)" "$STATE/mfu/leaderboards/costs.md" | tee "$OUT/mfu.txt"
+    fi
     launch ;;
   relaunch)  # after start, with a mended tree (and wheels in .whl2, if carried): the streams again, no benchmark
     [ -d .whl2 ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
