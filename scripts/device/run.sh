@@ -138,9 +138,11 @@ case "${1:-}" in
   relaunch)  # after start, with a mended tree (and wheels in .whl2, if carried): the streams again, no benchmark
     [ -d .whl2 ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$STATE/site" .whl2/*.whl
-    mkdir -p "$STATE/keep" && cp -r "$REPO/.device/data" "$STATE/keep/" && rm -rf "$REPO" && mkdir -p "$REPO" \
-        && cp -r . "$REPO/" && mkdir -p "$REPO/.device" && cp -r "$STATE/keep/data" "$REPO/.device/"
-    rm -f "$STATE"/logs/*
+    # the data, and the results the streams have stored so far (a superset of the tree's), survive the new tree
+    rm -rf "$STATE/keep" && mkdir -p "$STATE/keep" && cp -r "$REPO/.device/data" "$REPO/results" "$STATE/keep/" \
+        && rm -rf "$REPO" && mkdir -p "$REPO/.device" && cp -r . "$REPO/" && rm -rf "$REPO/results" \
+        && cp -r "$STATE/keep/data" "$REPO/.device/" && cp -r "$STATE/keep/results" "$REPO/" || exit 1
+    rm -f "$STATE"/logs/*  # the last call collected them
     launch ;;
   part)
     cp .device/gguf/part01 "$STATE/" && ls -la "$STATE" ;;
