@@ -129,8 +129,11 @@ case "${1:-}" in
         --k 10 2>&1 | tee "$OUT/decode.txt"
     # MFU_BENCH=0 skips it: SFT's stages with 40 steps each, alone on the GPU, for their tokens/s and MFU (issue 7's
     # training target; the streams' own numbers are measured on a shared GPU). About a minute; not merged.
+    # MFU_PROFILE=smoke runs it on the tiny model: with DECODE_BENCH=0, WAIT=20 and a `stop` after it, a check of
+    # this script's start on a CPU (part00 and part01 copied to /tmp/grbench by hand first)
     if [ "${MFU_BENCH:-1}" != 0 ]; then
-        python3 -m bench run --profile small --methods "sft:cpt_max_steps=40,sft_max_steps=40" --datasets "$ml" \
+        python3 -m bench run --profile "${MFU_PROFILE:-small}" --methods "sft:cpt_max_steps=40,sft_max_steps=40" \
+            --datasets "$ml" \
             --out "$STATE/mfu" > "$STATE/logs/mfu-bench.txt" 2>&1 \
             && python3 -m bench leaderboard --out "$STATE/mfu" --leaderboards "$STATE/mfu/leaderboards" > /dev/null \
             && grep -E "^\| (Dataset|ml-100k)" "$STATE/mfu/leaderboards/costs.md" | tee "$OUT/mfu.txt"
