@@ -35,6 +35,7 @@ from methods.llm.stages import (
 )
 from methods.sft import NextItemSFT
 from tests.test_sid import fake_embed
+from tests.test_tiger import cycle_data
 
 SYNTHETIC = "synthetic:users=30,items=20"
 TINY_SIDS = SidConfig(quantizer="rkmeans", codebook_size=4)
@@ -364,27 +365,13 @@ def test_cli_smoke_run_records_metrics_and_stage_costs(tmp_path, capsys):
     assert record["inference"]["ms_per_user"] > 0
 
 
-def successor_data(n_items: int = 20, n_users: int = 120, length: int = 6, seed: int = 0) -> TrainData:
-    """Every user walks titled items in order: the next item is always the previous one + 1 (mod n_items)."""
-    rng = np.random.default_rng(seed)
-    users, items, times = [], [], []
-    for user in range(n_users):
-        start = int(rng.integers(n_items))
-        users += [f"u{user}"] * length
-        items += [f"i{(start + step) % n_items}" for step in range(length)]
-        times += list(range(length))
-    catalog = make_catalog([{"item": f"i{n}", "title": f"Item number {n}", "categories": ["Top", f"c{n % 3}"]}
-                            for n in range(n_items)])
-    return leave_last_out(Dataset("successor", make_interactions(users, items, times), catalog,
-                                  source="test")).train_view()
-
-
 def test_sft_learns_a_sequential_pattern_far_above_popularity(tmp_path):
     """The whole SFT pipeline (SIDs, CPT, prompts, loss mask, left padding, constrained beam search) can learn
     the history: GPU runs on ml-100k found SFT's lists collapsed onto a few items, below popularity
     (docs/llm-on-gpu.md), and this rules out a pipeline that cannot read the history at all. A tiny random
     Qwen3, one example per user as the study's recipe; about a minute on one busy core."""
-    data = successor_data()
+    data = cycle_data(n_items=20, n_users=120, length=6, describe=lambda item: {
+        "title": f"Item number {item[1:]}", "categories": ["Top", f"c{int(item[1:]) % 3}"]})
     method = fit(tmp_path, data, sft_epochs="25", sft_lr="3e-3", sft_max_steps="0", sft_batch_size="8")
     histories = [np.asarray(sequence) for sequence in data.train_sequences]
     top = method.recommend(histories, 10, np.arange(len(histories)))

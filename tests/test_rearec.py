@@ -12,13 +12,14 @@ from baselines import sequential
 from baselines.popularity import Popularity
 from bench.cli import main
 from bench.data import load_dataset
-from bench.data.base import Dataset, make_catalog, make_interactions
+from bench.data.base import Dataset
 from bench.registry import RunContext, methods, seed_everything
 from bench.results import ResultStore
 from bench.split import leave_last_out
 from bench.training import validation_score
 from methods.rearec import ReaRec, ReaRecEncoder, reasoning_mask
 from tests.resume import check_resume_after_kill
+from tests.test_hstu import sequences_dataset
 
 
 def context(tmp_path: Path, seed: int = 0) -> RunContext:
@@ -51,17 +52,6 @@ def encoder(steps: int = 2, combine: str = "mean") -> ReaRecEncoder:
     torch.manual_seed(0)
     return ReaRecEncoder(n_items=30, dim=8, layers=2, heads=2, ffn=16, max_len=12, dropout=0.3, steps=steps,
                          combine=combine).eval()
-
-
-def sequences_dataset(name: str, sequences: list[list[int]]) -> Dataset:
-    """One user per sequence, events in list order."""
-    users, items, times = [], [], []
-    for user, seq in enumerate(sequences):
-        users += [f"u{user}"] * len(seq)
-        items += [str(item) for item in seq]
-        times += list(range(len(seq)))
-    catalog = make_catalog([{"item": str(item), "title": None} for item in sorted(set(items), key=int)])
-    return Dataset(name, make_interactions(users, items, times), catalog, source="test")
 
 
 # --- the network ------------------------------------------------------------------------------------------

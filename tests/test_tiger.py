@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +40,27 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sid, "embed_texts", lambda texts, *args, **kwargs: fake_embed(texts))
 
 
-def hand_data(sequences: dict[str, list[str]]) -> TrainData:
+def hand_data(sequences: dict[str, list[str]], describe: Callable[[str], dict] | None = None) -> TrainData:
+    """One user per sequence, events in list order; ``describe(item)`` gives catalog fields (title, categories),
+    else the items have no text (TIGER then builds collaborative SIDs)."""
     users, items, times = [], [], []
     for user, sequence in sequences.items():
         users += [user] * len(sequence)
         items += sequence
         times += list(range(len(sequence)))
-    catalog = make_catalog([{"item": item} for item in sorted(set(items))])  # no titles: collaborative SIDs
+    catalog = make_catalog([{"item": item, **(describe(item) if describe else {})} for item in sorted(set(items))])
     return leave_last_out(Dataset("hand", make_interactions(users, items, times), catalog, source="test")).train_view()
 
 
-def cycle_data(n_items: int = 40, n_users: int = 80, length: int = 8, seed: int = 0) -> TrainData:
+def cycle_data(n_items: int = 40, n_users: int = 80, length: int = 8, seed: int = 0,
+               describe: Callable[[str], dict] | None = None) -> TrainData:
     """Every user walks the items in order: the next item is always the previous one + 1 (mod n_items)."""
     rng = np.random.default_rng(seed)
     sequences = {}
     for user in range(n_users):
         start = int(rng.integers(n_items))
         sequences[f"u{user}"] = [f"i{(start + step) % n_items}" for step in range(length)]
-    return hand_data(sequences)
+    return hand_data(sequences, describe)
 
 
 def fitted(data: TrainData, settings: dict, tmp_path: Path) -> Tiger:
