@@ -91,6 +91,16 @@ collect() {  # the leaderboards are regenerated after `bench merge` here (on the
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 }
 
+install_tree() {  # the tree sent with this call becomes $REPO, the streams' copy; the results they stored on this
+    # machine (a superset of the tree's) and the Amazon files (carried by start alone) survive the replacement
+    rm -rf "$STATE/keep" && mkdir -p "$STATE/keep" || return 1
+    [ -d "$REPO/results" ] && cp -r "$REPO/results" "$STATE/keep/"
+    [ -d "$REPO/.device/data" ] && cp -r "$REPO/.device/data" "$STATE/keep/"
+    rm -rf "$REPO" && mkdir -p "$REPO/.device" && cp -r . "$REPO/" || return 1
+    if [ -d "$STATE/keep/results" ]; then rm -rf "$REPO/results" && cp -r "$STATE/keep/results" "$REPO/" || return 1; fi
+    if [ ! -d .device/data ] && [ -d "$STATE/keep/data" ]; then cp -r "$STATE/keep/data" "$REPO/.device/" || return 1; fi
+}
+
 launch() {  # starts every stream in its own session (they outlive the call), waits WAIT seconds, collects
     for name in "${!STREAMS[@]}"; do
         (cd "$REPO" && setsid nohup bash scripts/device/run.sh stream "$name" > "$STATE/logs/$name.log" 2>&1 \
@@ -123,7 +133,7 @@ case "${1:-}" in
   start)
     cat "$STATE/part00" "$STATE/part01" .device/gguf/part02 > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
-    rm -rf "$REPO" && mkdir -p "$REPO" && cp -r . "$REPO/" && cp .device/data/* "$REPO/.device/data/" 2>/dev/null
+    install_tree || exit 1
     # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
     [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16 --beams 10 \
         --k 10 2>&1 | tee "$OUT/decode.txt"
@@ -142,10 +152,7 @@ case "${1:-}" in
   relaunch)  # after start, with a mended tree (and wheels in .whl2, if carried): the streams again, no benchmark
     [ -d .whl2 ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$STATE/site" .whl2/*.whl
-    # the data, and the results the streams have stored so far (a superset of the tree's), survive the new tree
-    rm -rf "$STATE/keep" && mkdir -p "$STATE/keep" && cp -r "$REPO/.device/data" "$REPO/results" "$STATE/keep/" \
-        && rm -rf "$REPO" && mkdir -p "$REPO/.device" && cp -r . "$REPO/" && rm -rf "$REPO/results" \
-        && cp -r "$STATE/keep/data" "$REPO/.device/" && cp -r "$STATE/keep/results" "$REPO/" || exit 1
+    install_tree || exit 1
     rm -f "$STATE"/logs/*  # the last call collected them
     launch ;;
   part)
