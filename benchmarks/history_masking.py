@@ -22,6 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,25 @@ def finished_checkpoint(path: Path, epochs: int | None) -> dict:
     return state
 
 
+def stored_record_check(out: Path, spec: str, split: Any, profile: str, seed: int, n_users: int,
+                        ndcg_at_10: float) -> str:
+    """Whether the 'ours' row equals the stored record of the same cell in ``out`` (a cache may hold another
+    training run of it than the one in the leaderboard, e.g. an older one)."""
+    from bench.results import ResultStore
+
+    records = [r for r in ResultStore(out).load()
+               if (r["method"], r["dataset"], r["profile"], r["seed"], r["split_fingerprint"], r["eval_users"])
+               == (spec, split.dataset, profile, seed, split.fingerprint, n_users)]
+    if not records:
+        return f"no stored record of this cell in {out} to check the 'ours' row against"
+    differing = [r for r in records if abs(r["metrics"]["ndcg@10"]["mean"] - ndcg_at_10) > 1e-9]
+    if not differing:
+        return f"the 'ours' row equals the stored record {records[0]['id']} ({out})"
+    return (f"WARNING: the 'ours' NDCG@10 {ndcg_at_10:.4f} differs from the stored record "
+            f"{differing[0]['id']}'s {differing[0]['metrics']['ndcg@10']['mean']:.4f}: this cache holds another "
+            "training run of the cell than the one stored")
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from tabulate import tabulate
@@ -75,13 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--profile", default="small")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="results folder whose record of this run the 'ours' row is checked against")
+    parser.add_argument("--max-test-users", type=int, default=None,
+                        help="as for `python -m bench run` (default: the profile's, so the run's own users)")
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
     profile = get_profile(args.profile)
     (run,) = resolve_methods([args.method], profile)
+    if run.method.family != "id-based":
+        raise GRBenchError(f"{run.spec} is a {run.method.family} method: masking needs each user's ranking "
+                           "deeper than 10 + the history's length, which a beam search of width 10 does not give; "
+                           "this script takes ID-based methods (full ranking over item scores)")
     split = leave_last_out(load_dataset(args.dataset))
-    users = np.arange(split.n_users)
+    users = split.evaluation_users(args.max_test_users if args.max_test_users is not None
+                                   else profile.max_test_users)
     with make_progress(console) as progress:
         method, context = make_method(split, run, profile, args.seed, progress)
         checkpoint = context.cache_dir / "training-state.pt"
@@ -112,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                               "ndcg@10"))])
     print(f"{run.spec} / {split.dataset} / profile {profile.name} / seed {args.seed}: {len(users)} test users")
     print(tabulate(rows, headers=["protocol", "Hit@5", "Hit@10", "NDCG@5", "NDCG@10"], tablefmt="github"))
+    print(stored_record_check(args.out, run.spec, split, profile.name, args.seed, len(users),
+                              per_user_metrics(targets, ours)["ndcg@10"].mean()))
     print(f"our top {TOP_K} held history items for {int((in_history > 0).sum())} of {len(users)} users "
           f"({in_history.mean():.2f} a user on average); {target_in_history} test targets are history items")
     return 0
