@@ -150,7 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--why", required=True, help="the reason, kept with each withdrawn record")
     withdraw.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
     withdraw.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    list_stats = commands.add_parser(
+        "list-stats", help="add the top-10 lists' catalogue coverage and history share to records stored without them",
+        description="Computes coverage@10 and history@10 (bench/evaluate.py's list_stats) of every record in "
+        "OUT/results.jsonl that lacks them, from its stored rankings and its dataset's split (which must load "
+        "here, with the record's fingerprint), and regenerates the leaderboards. Runs since compute them "
+        "themselves.")
+    list_stats.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    list_stats.add_argument("--datasets", type=split_specs, default=[],
+                            help="dataset specs to use instead of those in the records' commands (by name: "
+                            "seq:<path> is seq:<file stem>), e.g. where a GPU run read its files elsewhere")
+    list_stats.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
     return parser
+
+
+def command_list_stats(args: argparse.Namespace) -> int:
+    from bench.backfill import backfill_list_stats
+    from bench.leaderboard import write_leaderboards
+    from bench.results import ResultStore, check_writable
+
+    check_writable(args.out)
+    store = ResultStore(args.out)
+    with store.locked():
+        filled, skipped = backfill_list_stats(store, args.datasets, log=lambda line: print(line, file=sys.stderr))
+        paths = write_leaderboards(store.load(), _leaderboard_dir(args), args.out)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"filled {filled} records, skipped {len(skipped)}; wrote {', '.join(str(p) for p in paths)}",
+          file=sys.stderr)
+    return 0
 
 
 def command_rerun(args: argparse.Namespace) -> int:
@@ -346,7 +374,7 @@ def command_sids(args: argparse.Namespace) -> int:
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
             "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
             "audit": command_audit, "rerun": command_rerun, "withdraw": command_withdraw,
-            "compare": command_compare}
+            "compare": command_compare, "list-stats": command_list_stats}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,9 @@
 One target per user (leave-last-out), so Hit@K is 1 when the target is in the top K and
 NDCG@K is ``1 / log2(rank + 1)`` at its 1-based rank (the ideal DCG is 1). Per-user vectors are
 kept so that confidence intervals and method comparisons can be paired over users.
+
+Beside them, two facts about the lists themselves (:func:`list_stats`), not about hits: how much of the
+catalogue the lists cover, and how much of each list the user's own history takes.
 """
 
 from __future__ import annotations
@@ -106,3 +109,18 @@ def check_rankings(topk: np.ndarray, n_users: int, k: int, n_items: int, method:
     if k > 1 and (sorted_rows[:, 1:] == sorted_rows[:, :-1]).any():
         raise ValueError(f"{method}.recommend returned a list with a repeated item")
     return topk.astype(np.int64)
+
+
+def list_stats(topk: np.ndarray, histories: Sequence[np.ndarray], n_items: int) -> dict[str, float]:
+    """``coverage@K``: the share of the catalogue's ``n_items`` items in at least one user's top K; near 0 when a
+    model collapses onto a few items whatever the user (LLM SFT on ml-100k did). ``history@K``: the mean share of
+    a top K taken by items already in that user's history; the evaluator keeps them as candidates, so on data
+    without repeat purchases (the Amazon files, ml-100k) every such slot is a wasted one."""
+    topk = np.asarray(topk)
+    if topk.ndim != 2 or len(topk) != len(histories):
+        raise ValueError(f"topk must be (users, K) for {len(histories)} users, got shape {topk.shape}")
+    k = topk.shape[1]
+    in_history = [np.isin(row, history).mean() for row, history in zip(topk, histories)]
+    return {f"coverage@{k}": len(np.unique(topk)) / n_items,
+            f"history@{k}": float(np.mean(in_history)) if in_history else 0.0}
+

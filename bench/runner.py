@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from bench.costs import LATENCY_BATCH_SIZE, GpuSharing, best_throughput, gpu_count, hardware, timed_batches
 from bench.data import load_dataset, parse_spec
 from bench.errors import GRBenchError
-from bench.evaluate import check_rankings, per_user_metrics, summarize
+from bench.evaluate import check_rankings, list_stats, per_user_metrics, summarize
 from bench.leaderboard import render_dataset_tables, write_leaderboards
 from bench.paths import cache_dir
 from bench.profiles import Profile, get_profile
@@ -256,6 +256,7 @@ def _score(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.
         "eval_subset": "all" if len(users) == split.n_users else f"fixed subset (seed {EVAL_SUBSET_SEED})",
         "top_k": TOP_K,
         "metrics": summarize(vectors, profile.bootstrap_samples),
+        "list_stats": list_stats(topk, histories, split.n_items),
         "train": {"wall_s": train_cost.wall_s, "gpus": train_cost.gpus, "gpu_hours": train_cost.gpu_hours,
                   "peak_gpu_mem_gb": train_cost.peak_gpu_mem_gb,
                   "carried_wall_s": train_cost.carried_wall_s},

@@ -9,6 +9,7 @@ from bench.compat import import_recbole
 from bench.evaluate import (
     bootstrap_ci,
     check_rankings,
+    list_stats,
     paired_bootstrap,
     per_user_metrics,
     summarize,
@@ -90,3 +91,14 @@ def test_summarize_reports_mean_and_interval():
 def test_invalid_rankings_are_rejected(topk, message):
     with pytest.raises(ValueError, match=message):
         check_rankings(topk, n_users=1, k=4, n_items=9, method="m")
+
+
+def test_list_stats_by_hand():
+    """Coverage: items 1, 2, 3, 5 of 10 appear; history share: user 0 has 1 of its 2 slots, user 1 none."""
+    topk = np.array([[1, 2], [3, 5]])
+    stats = list_stats(topk, [np.array([2, 9]), np.array([4])], n_items=10)
+    assert stats == {"coverage@2": pytest.approx(0.4), "history@2": pytest.approx(0.25)}
+    collapsed = list_stats(np.array([[1, 2]] * 50), [np.array([7])] * 50, n_items=100)
+    assert collapsed["coverage@2"] == pytest.approx(0.02) and collapsed["history@2"] == 0.0
+    with pytest.raises(ValueError, match="for 3 users"):
+        list_stats(topk, [np.array([1])] * 3, n_items=10)

@@ -121,3 +121,42 @@ def test_withdrawn_results_leave_the_leaderboards_and_are_kept_with_the_reason(t
     assert kept["withdrawn"]["reason"] == "trained on shifted ids" and kept["metrics"] == pop["metrics"]
     board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
     assert "| pop " not in board and "| random " in board
+
+
+def test_list_stats_are_recorded_shown_and_backfilled_from_the_rankings(tmp_path, capsys):
+    """A run records coverage@10 and history@10; ``list-stats`` recomputes the same numbers for a record
+    stored without them from its rankings and split, and skips a record whose dataset is not here."""
+    import json
+
+    from bench.cli import main
+
+    assert main(["run", "--profile", "smoke", "--methods", "pop,random", "--out", str(tmp_path)]) == 0
+    store = ResultStore(tmp_path)
+    recorded = {r["method"]: r["list_stats"] for r in store.load()}
+    assert set(recorded["pop"]) == {"coverage@10", "history@10"}
+    assert recorded["pop"]["coverage@10"] < recorded["random"]["coverage@10"]  # pop gives everyone the same 10
+    assert 0 < recorded["pop"]["history@10"] <= 1
+    header = next(line for line in (tmp_path / "leaderboards" / "synthetic.md").read_text().splitlines()
+                  if line.startswith("| Method"))
+    assert "Coverage@10" in header and "History@10" in header
+
+    stripped = []
+    for record in store.load():
+        record.pop("list_stats")
+        stripped.append(record)
+    elsewhere = {**stripped[0], "dataset": "seq:Gone", "command": "python -m bench run --datasets seq:/no/Gone.txt"}
+    elsewhere["id"] = elsewhere["id"].replace("synthetic", "seq-Gone")
+    store.path.write_text("".join(json.dumps(r) + "\n" for r in [*stripped, elsewhere]))
+    capsys.readouterr()
+    assert main(["list-stats", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "filled 2 records, skipped 1" in err and "skipped seq-Gone" in err
+    backfilled = {r["method"]: r for r in store.load() if r["dataset"] == "synthetic"}
+    for method, stats in recorded.items():
+        assert backfilled[method]["list_stats"] == pytest.approx(stats)
+        assert "stored rankings" in backfilled[method]["list_stats_source"]
+    # --datasets loads another file for that name: here one whose split is not the record's, which is refused
+    (tmp_path / "Gone.txt").write_text("u1 a b c d\nu2 b c d e\n")
+    assert main(["list-stats", "--out", str(tmp_path), "--datasets", f"seq:{tmp_path / 'Gone.txt'}"]) == 0
+    err = capsys.readouterr().err
+    assert "filled 0 records, skipped 1" in err and "the split here has fingerprint" in err
