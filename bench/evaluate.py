@@ -123,4 +123,3 @@ def list_stats(topk: np.ndarray, histories: Sequence[np.ndarray], n_items: int) 
     in_history = [np.isin(row, history).mean() for row, history in zip(topk, histories)]
     return {f"coverage@{k}": len(np.unique(topk)) / n_items,
             f"history@{k}": float(np.mean(in_history)) if in_history else 0.0}
-

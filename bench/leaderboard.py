@@ -104,8 +104,7 @@ def dataset_table(rows: dict[tuple[str, str, str], list[dict]]) -> str:
             _joined(hardware_label(r) for r in runs),
         ])
     headers = ["Method", "Family", *(METRIC_TITLES[m] for m in METRICS), *LIST_STATS.values(), "Train GPU-h",
-               "Train wall (s)",
-               "Latency (ms/user)", "Seeds", "Test users", "Profile", "Hardware"]
+               "Train wall (s)", "Latency (ms/user)", "Seeds", "Test users", "Profile", "Hardware"]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
