@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True, help="method spec, as given to `python -m bench run`")
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--profile", default="small")
+    parser.add_argument("--profile", default="quick", help="as for `python -m bench run` (default quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results"),
                         help="results folder whose record of this run the 'ours' row is checked against")
