@@ -148,7 +148,10 @@ def render_dataset_tables(records: list[dict], datasets: set[str] | None = None)
 
 def _stage_text(stage: dict) -> str:
     text = f"{stage['name']} {stage['wall_s']:.1f}s/{stage['gpu_hours']:.4f} GPU-h"
-    mfu = stage.get("extra", {}).get("mfu")
+    extra = stage.get("extra", {})
+    if extra.get("cached") and extra.get("trained_on"):
+        text += f" (cached, trained on {extra['trained_on']})"
+    mfu = extra.get("mfu")
     return f"{text} (MFU {100 * mfu:.1f}%)" if mfu is not None else text
 
 

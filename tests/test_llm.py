@@ -14,10 +14,12 @@ import torch
 import bench.sid as sid
 import methods.llm.stages as stages
 from bench.cli import main
+from bench.costs import hardware
 from bench.data import load_dataset
 from bench.data.base import Dataset, make_catalog, make_interactions
 from bench.errors import GRBenchError
 from bench.evaluate import per_user_metrics
+from bench.leaderboard import _stage_text
 from bench.registry import RunContext
 from bench.sid import SidConfig, build_semantic_ids
 from bench.split import TrainData, leave_last_out
@@ -280,6 +282,10 @@ def test_stages_are_cached_reused_and_redone_when_their_inputs_change(tmp_path, 
     np.testing.assert_array_equal(second.recommend(data.train_sequences[:3], 10, np.arange(3)), topk)
     cpt_cost = second.context.costs.stages[1]
     assert cpt_cost.name == "cpt" and cpt_cost.carried_wall_s > 0 and cpt_cost.extra["cached"]
+    # where a reused stage trained is kept: a stage folder can be carried to another machine
+    assert cpt_cost.extra["trained_on"] == hardware()["label"]
+    assert "(cached, trained on CPU" in _stage_text({"name": "cpt", "wall_s": 1.0, "gpu_hours": 0.0,
+                                                     "extra": cpt_cost.extra})
     assert second.report()["stages"]["sft"]["cached"]
 
     fit(tmp_path, data, sft_lr="0.002")  # a new SFT setting: SFT again, from the cached CPT rows

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.costs import bf16_matmul_tflops, gpu_count, model_flops_utilisation, training_flops_per_token
+from bench.costs import bf16_matmul_tflops, gpu_count, hardware, model_flops_utilisation, training_flops_per_token
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.registry import RunContext
@@ -609,6 +609,9 @@ class LLMRecipe:
                 upstream_costs.update({**dict(info["upstream"]), stage.name: info["cost"]})
             carried = run.report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
             cost = {key: value + carried[key] for key, value in _cost(started).items()}
+            # where it trained: a stage folder may be carried to another machine and reused there
+            # (scripts/device/ brings CPT and pause rows back from the GPU and sends them to the next GPU run)
+            cost["hardware"] = hardware()["label"]
             self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
             cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
                           "original_rows": run.vocab.original_rows})
@@ -627,6 +630,8 @@ class LLMRecipe:
         with self.context.stage(name) as record:
             self.context.carry_over(cost["wall_s"], cost["gpu_hours"])
             record.extra.update(cached=True)
+            if "hardware" in cost:  # stages cached before it was recorded have none
+                record.extra.update(trained_on=cost["hardware"])
             if report is not None:
                 self.reports[name] = {**report, "cached": True, "folder": str(folder)}
             yield

@@ -8,6 +8,7 @@
 #                    sentence encoder need not travel (SIDs are cached by a fingerprint of split, encoder,
 #                    quantiser and seed; the GPU run finds them and builds nothing)
 #   .device/data/    the shared Amazon sequence files (never committed)
+#   .device/stages/  CPT and pause stages (trained rows, a few MB) that earlier GPU runs brought back (.device-stages/)
 # Then follow scripts/device/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,11 +49,14 @@ for seed in 0 1 2; do
     GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset ml-100k --quantizer rqvae --epochs 200 \
         --seed $seed --examples 0
 done
+# CPT and pause stages that earlier GPU runs trained and brought back (README step 3): the next run reuses them
+mkdir -p .device/stages
+[ -d .device-stages ] && cp -r .device-stages/. .device/stages/
 du -sh .device/*
 # each call of scripts/device/README.md carries the tree (tracked and untracked files) and its parts: 64 MiB at most
 tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 cat | wc -c)
 for carry in ".device/wheels .device/gguf/part00 .device/cache .device/meta" .device/gguf/part01 \
-             ".device/gguf/part02 .device/meta .device/data"; do
+             ".device/gguf/part02 .device/meta .device/data .device/stages"; do
     # shellcheck disable=SC2086  # the carry list is words on purpose
     size=$(( tree + $(du -cb $carry | tail -1 | cut -f1) ))
     echo "call carrying $carry: $((size / 1048576)) MiB with the tree"

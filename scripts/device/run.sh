@@ -6,7 +6,7 @@
 #       seconds each) of the methods no earlier GPU run has run (SMOKE, default below; SMOKE= skips it), so that
 #       a CUDA-only bug shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01)  keep the second GGUF part
-#   bash scripts/device/run.sh start   (carry .device/gguf/part02 .device/meta .device/data)
+#   bash scripts/device/run.sh start   (carry .device/gguf/part02 .device/meta .device/data .device/stages)
 #       join and check the GGUF, run the decoder benchmark (decode.txt) and a short SFT for its MFU (mfu.txt)
 #       alone on the GPU, then start the streams below in their own sessions (they outlive the call) and wait
 #       WAIT seconds (default 480)
@@ -79,8 +79,20 @@ stream() {  # name: runs its cells one after the other, then once more those tha
 
 running() { pgrep -f "run.sh stream" > /dev/null; }
 
+finished_row_stages() {  # the finished stage folders that hold trained rows only (CPT, pause: a few MB, no model),
+    # relative to the cache: they come back with the results, and the next GPU run reuses them (carried in .device/stages)
+    (cd "$GRBENCH_CACHE" 2>/dev/null && find . -path "*/llm-stages/*" -name DONE -printf "%h\n" | while read -r stage; do
+        [ -f "$stage/rows.safetensors" ] && [ ! -f "$stage/model.safetensors" ] && echo "$stage"
+    done)
+}
+
 collect() {  # the leaderboards are regenerated after `bench merge` here (on the device it took over a minute)
-    tar czf "$OUT/results.tgz" -C "$REPO" results -C "$STATE" logs  # the streams' whole logs too
+    rm -rf "$STATE/back" && mkdir -p "$STATE/back/stages"
+    finished_row_stages | while read -r stage; do
+        mkdir -p "$STATE/back/stages/$stage" && cp -r "$GRBENCH_CACHE/$stage/." "$STATE/back/stages/$stage/"
+    done
+    # the streams' whole logs too, and the stages above
+    tar czf "$OUT/results.tgz" -C "$REPO" results -C "$STATE" logs -C "$STATE/back" stages
     for log in "$STATE"/logs/*.log; do
         [ -f "$log" ] || continue
         echo "##### $(basename "$log") $([ -f "${log%.log}.done" ] && echo done)"
@@ -132,6 +144,8 @@ case "${1:-}" in
         --datasets synthetic --out "$STATE/smoke" 2>&1 | grep -vE "^\s*$" | tail -40 ;;
   start)
     cat "$STATE/part00" "$STATE/part01" .device/gguf/part02 > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
+    # CPT and pause stages an earlier GPU run trained (their rows; scripts/device/README.md step 3 keeps them)
+    [ -d .device/stages ] && mkdir -p "$GRBENCH_CACHE" && cp -rn .device/stages/. "$GRBENCH_CACHE/"
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
     install_tree || exit 1
     # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
@@ -142,6 +156,10 @@ case "${1:-}" in
     # MFU_PROFILE=smoke runs it on the tiny model: with DECODE_BENCH=0, WAIT=20 and a `stop` after it, a check of
     # this script's start on a CPU (part00 and part01 copied to /tmp/grbench by hand first)
     if [ "${MFU_BENCH:-1}" != 0 ]; then
+        # a cache of its own (with the SIDs): its stages always train, and never come back as reusable stages
+        rm -rf "$STATE/mfu-cache"; mkdir -p "$STATE/mfu-cache"
+        [ -d "$GRBENCH_CACHE/sids" ] && cp -r "$GRBENCH_CACHE/sids" "$STATE/mfu-cache/"
+        GRBENCH_CACHE=$STATE/mfu-cache \
         python3 -m bench run --profile "${MFU_PROFILE:-small}" --methods "sft:cpt_max_steps=40,sft_max_steps=40" \
             --datasets "$ml" \
             --out "$STATE/mfu" > "$STATE/logs/mfu-bench.txt" 2>&1 \
