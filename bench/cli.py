@@ -264,8 +264,13 @@ def command_merge(args: argparse.Namespace) -> int:
             store.add(record)  # a record with the same key is replaced, never duplicated
             merged += 1
     with store.locked():
-        paths = write_leaderboards(store.load(), _leaderboard_dir(args), args.out)
+        records = store.load()
+        paths = write_leaderboards(records, _leaderboard_dir(args), args.out)
     print(f"merged {merged} records into {store.path}; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    without = sum("list_stats" not in record for record in records)
+    if without:
+        print(f"{without} records have no Coverage@10/History@10 (made before runs computed them): "
+              f"`python -m bench list-stats --out {args.out}` adds them", file=sys.stderr)
     return 0
 
 

@@ -132,6 +132,12 @@ def test_merge_adds_another_runs_records_and_rankings_and_replaces_same_keys(tmp
     for record in records:
         assert (tmp_path / "a" / record["rankings"]).is_file()
     assert (tmp_path / "a" / "leaderboards" / "synthetic.md").is_file()
+    assert "list-stats" not in capsys.readouterr().err  # records of this code have their list stats
+    old = ResultStore(tmp_path / "b").load()[0]
+    old.pop("list_stats")
+    ResultStore(tmp_path / "b").add(old)  # as a record stored before runs computed them
+    assert main(["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 0
+    assert "1 records have no Coverage@10/History@10" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 2
     assert "no results at" in capsys.readouterr().err
     (tmp_path / "b" / records[1]["rankings"]).unlink()
