@@ -79,11 +79,12 @@ stream() {  # name: runs its cells one after the other, then once more those tha
 
 running() { pgrep -f "run.sh stream" > /dev/null; }
 
-finished_row_stages() {  # the finished stage folders that hold trained rows only (CPT, pause: a few MB, no model),
-    # relative to the cache: they come back with the results, and the next GPU run reuses them (carried in .device/stages)
-    (cd "$GRBENCH_CACHE" 2>/dev/null && find . -path "*/llm-stages/*" -name DONE -printf "%h\n" | while read -r stage; do
-        [ -f "$stage/rows.safetensors" ] && [ ! -f "$stage/model.safetensors" ] && echo "$stage"
-    done)
+finished_row_stages() {  # the finished stage folders that hold trained rows only (CPT, pause: a few MB, no
+    # model), relative to the cache: they come back with the results, and the next GPU run reuses them
+    (cd "$GRBENCH_CACHE" 2>/dev/null && find . -path "*/llm-stages/*" -name DONE -printf "%h\n" |
+        while read -r stage; do
+            [ -f "$stage/rows.safetensors" ] && [ ! -f "$stage/model.safetensors" ] && echo "$stage"
+        done)
 }
 
 collect() {  # the leaderboards are regenerated after `bench merge` here (on the device it took over a minute)
@@ -149,8 +150,8 @@ case "${1:-}" in
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
     install_tree || exit 1
     # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
-    [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 --beams 10 \
-        --k 10 2>&1 | tee "$OUT/decode.txt"
+    [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
+        --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
     # MFU_BENCH=0 skips it: SFT's stages with 40 steps each, alone on the GPU, for their tokens/s and MFU (issue 7's
     # training target; the streams' own numbers are measured on a shared GPU). About a minute; not merged.
     # MFU_PROFILE=smoke runs it on the tiny model: with DECODE_BENCH=0, WAIT=20 and a `stop` after it, a check of
