@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     args = parser.parse_args(argv)
+    if max(args.batch) > args.users:
+        parser.error(f"--batch {max(args.batch)} is larger than --users {args.users}: every batch size must fit")
     k = args.beams if args.k is None else args.k
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -207,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {args.model} ({parameters / 1e6:.1f} M parameters, vocabulary {base_vocab} + "
           f"{SID_LEVELS * args.codes} SID tokens), device {next(model.parameters()).device}, "
           f"torch threads: {torch.get_num_threads()}")
-    if max(args.batch) > args.users:
-        parser.error(f"--batch {max(args.batch)} is larger than --users {args.users}: every batch size must fit")
     print(f"{args.items} items (level sizes {[len(t) for t in trie.level_tokens]}), {args.users} users, "
           f"prompts {low}-{high - 1} tokens, batch {','.join(map(str, args.batch))}, {args.beams} beams, top {k}")
 
