@@ -59,19 +59,28 @@ DROPOUT_KEYS = {
     "GRU4Rec": ("dropout_prob",),
 }
 
+# Models whose training reads only the history column: RecBole's BERT4Rec masks random items of `item_id_list` and
+# learns to restore them; it never reads the target column (`item_id`). Fed the usual rows (a history and its next
+# item), it would never learn a user's last training item, the one nearest to the validation and test targets.
+# So their rows' histories end with the row's target, and a row holds nothing beyond the user's training items.
+HISTORY_ONLY_MODELS = ("BERT4Rec",)
+
 # loss option -> (RecBole loss_type, negatives sampled per example). CE is every model's standard config.
 # `bce-all` samples its own negatives inside the loss (one per position), so RecBole samples none.
 LOSSES = {"ce": ("CE", 0), "bpr": ("BPR", 1), "bce": ("BPR", 1), "ce-all": ("CE", 0), "bce-all": ("CE", 0)}
 EVERY_POSITION_LOSSES = ("ce-all", "bce-all")
 
 
-def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str = "prefixes") -> None:
+def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str = "prefixes",
+                          history_ends_with_target: bool = False) -> None:
     """Writes RecBole atomic files: training rows, validation rows, and every item (so all are rankable).
 
     Training rows: every prefix of a user's training sequence and its next item (``rows="prefixes"``, RecBole's
     augmentation), or one row per user, the sequence's last ``max_len + 1`` items (``rows="users"``, the
-    original SASRec's one sequence per user, for a loss at every position). RecBole needs a test file too; it
-    gets the validation rows, and RecBole never evaluates anything.
+    original SASRec's one sequence per user, for a loss at every position). With ``history_ends_with_target``
+    each training row's history (``item_id_list``) ends with the row's own target, for models that learn from
+    masked history items and never read the target column (BERT4Rec; see ``HISTORY_ONLY_MODELS``). RecBole needs
+    a test file too; it gets the validation rows, and RecBole never evaluates anything.
     """
     folder.mkdir(parents=True, exist_ok=True)
     header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
@@ -79,10 +88,12 @@ def write_benchmark_files(data: TrainData, folder: Path, max_len: int, rows: str
     def row(user: int, history: np.ndarray, target: int) -> str:
         return f"{user}\t{' '.join(map(str, history[-max_len:]))}\t{target}\n"
 
+    end = 1 if history_ends_with_target else 0  # the history is seq[:i + end] for the target seq[i]
     if rows == "users":
-        train_rows = [row(u, seq[:-1], seq[-1]) for u, seq in enumerate(data.train_sequences) if len(seq) > 1]
+        train_rows = [row(u, seq[:len(seq) - 1 + end], seq[-1]) for u, seq in enumerate(data.train_sequences)
+                      if len(seq) > 1]
     else:
-        train_rows = [row(u, seq[:i], seq[i]) for u, seq in enumerate(data.train_sequences)
+        train_rows = [row(u, seq[:i + end], seq[i]) for u, seq in enumerate(data.train_sequences)
                       for i in range(1, len(seq))]
     valid_rows = [row(u, seq, target) for u, (seq, target) in enumerate(zip(data.train_sequences, data.valid_targets))]
     for name, rows in (("train", train_rows), ("valid", valid_rows), ("test", valid_rows)):
@@ -181,9 +192,10 @@ def check_one_item_id_space(dataset: Any) -> None:
                            "(item_id); the config needs alias_of_item_id = ['item_id_list']")
 
 
-def recbole_training_rows(dataset: Any, train_dataset: Any) -> list[tuple[int, list[int]]]:
+def recbole_training_rows(dataset: Any, train_dataset: Any, history_only: bool = False) -> list[tuple[int, list[int]]]:
     """RecBole's loaded training interactions as ``(user, history items + target item)`` in our ids, decoded
-    with the item-id map that inference uses (``dataset.field2id_token['item_id']``)."""
+    with the item-id map that inference uses (``dataset.field2id_token['item_id']``); ``(user, history items)``
+    with ``history_only``, for a model that never reads the target column (its history ends with the target)."""
     item_token = dataset.field2id_token["item_id"]
     user_token = dataset.field2id_token["user_id"]
     features = train_dataset.inter_feat
@@ -191,7 +203,8 @@ def recbole_training_rows(dataset: Any, train_dataset: Any) -> list[tuple[int, l
     lengths = features["item_length"].numpy()
     targets = features["item_id"].numpy()
     users = features["user_id"].numpy()
-    return [(int(user_token[user]), [int(item_token[i]) for i in history[:length]] + [int(item_token[target])])
+    return [(int(user_token[user]), [int(item_token[i]) for i in history[:length]]
+             + ([] if history_only else [int(item_token[target])]))
             for user, history, length, target in zip(users, histories, lengths, targets)]
 
 
@@ -213,6 +226,11 @@ class RecBoleSequential(Method):
         return f"loss {LOSS_LABELS.get(settings['loss'], settings['loss'].upper())}{dropout}{rows}"
 
     @classmethod
+    def history_only(cls) -> bool:
+        """True for a model that learns from the history column alone (see ``HISTORY_ONLY_MODELS``)."""
+        return cls.recbole_model in HISTORY_ONLY_MODELS
+
+    @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         loss = settings["loss"]
         if loss not in LOSSES:
@@ -222,9 +240,10 @@ class RecBoleSequential(Method):
                                "forward(item_seq, item_seq_len) (sasrec, gru4rec)")
         if settings["rows"] not in ("prefixes", "users"):
             raise GRBenchError(f"{cls.name}: rows {settings['rows']!r} unknown; expected prefixes or users")
-        if settings["rows"] == "users" and loss not in EVERY_POSITION_LOSSES:
+        if settings["rows"] == "users" and loss not in EVERY_POSITION_LOSSES and not cls.history_only():
             raise GRBenchError(f"{cls.name}: rows=users (one row per user) needs a loss at every position "
-                               f"({' or '.join(f'loss={name}' for name in EVERY_POSITION_LOSSES)}); "
+                               f"({' or '.join(f'loss={name}' for name in EVERY_POSITION_LOSSES)}) or a "
+                               f"masked-item model ({', '.join(m.lower() for m in HISTORY_ONLY_MODELS)}); "
                                "the other losses score a row's last position only")
         dropout = settings["dropout"]
         if dropout is not None:
@@ -278,7 +297,7 @@ class RecBoleSequential(Method):
         from recbole.data import create_dataset, data_preparation
         from recbole.utils import init_seed
 
-        write_benchmark_files(data, folder, self.settings["max_len"], self.settings["rows"])
+        write_benchmark_files(data, folder, self.settings["max_len"], self.settings["rows"], self.history_only())
         config = recbole_config(self.recbole_model, RECBOLE_DATASET, self.recbole_config(folder, context))
         init_seed(context.seed, True)
         dataset = create_dataset(config)
@@ -300,7 +319,7 @@ class RecBoleSequential(Method):
         loss_func = None if custom_loss is None else (lambda interaction: custom_loss(self.model, interaction))
 
         self.training_report = train_with_early_stopping(
-            context, name=self.name, key={"settings": self.settings, "split": data.fingerprint, "seed": context.seed},
+            context, name=self.name, key=self.checkpoint_key(data, context),
             model=self.model, optimizer=trainer.optimizer, epochs=self.settings["epochs"],
             patience=self.settings["patience"],
             train_epoch=lambda epoch: float(np.sum(
@@ -309,13 +328,21 @@ class RecBoleSequential(Method):
             extra_state=(train_loader.generator.get_state, train_loader.generator.set_state),  # shuffling order
         )
 
+    def checkpoint_key(self, data: TrainData, context: RunContext) -> dict[str, Any]:
+        """What an epoch checkpoint must match to be resumed. History-only models say that their rows end with
+        the target: their checkpoints from before that feed (rows without the last training item) are not resumed."""
+        key = {"settings": self.settings, "split": data.fingerprint, "seed": context.seed}
+        if self.history_only():
+            key["history_ends_with_target"] = True
+        return key
+
     def training_inputs(self, data: TrainData) -> TrainingInputs:
         """What RecBole trains on: its loaded training interactions (its validation and test files hold
         validation rows only and are never trained on), built by ``fit``'s own loader in a scratch folder and
         decoded back to our items through the id map that inference uses, so that a remapping fault shows too."""
         with tempfile.TemporaryDirectory() as scratch:
             _, dataset, train_loader = self.load_recbole_data(data, self.context, Path(scratch) / RECBOLE_DATASET)
-            return {"recbole train rows": recbole_training_rows(dataset, train_loader._dataset)}
+            return {"recbole train rows": recbole_training_rows(dataset, train_loader._dataset, self.history_only())}
 
     def _map_ids(self, dataset: Any, data: TrainData) -> None:
         """Our dense ids -> RecBole's internal ids (RecBole remaps tokens in order of appearance)."""

@@ -56,6 +56,43 @@ def test_benchmark_files_hold_training_events_only(tmp_path):
 
 
 @pytest.mark.parametrize("rows", ["prefixes", "users"])
+def test_history_only_rows_end_with_their_target_and_hold_training_items_only(tmp_path, rows):
+    """BERT4Rec reads only the history column: each row's history ends with its target, so every training item
+    (the user's last one too) is in some history, and still no validation or test item is."""
+    split = leave_last_out(load_dataset("synthetic:users=60,items=40,seed=1"))
+    data = split.train_view()
+    write_benchmark_files(data, tmp_path, max_len=50, rows=rows, history_ends_with_target=True)
+    seen: dict[int, set[str]] = {}
+    for user, history, target in read_rows(tmp_path / "grbench.train.inter"):
+        assert history[-1] == target
+        full = [str(i) for i in split.sequences[int(user)]]
+        assert any(full[:i] == history for i in range(2, len(full) - 1))  # a prefix of items[:-2] only
+        seen.setdefault(int(user), set()).update(history)
+    for user, seq in enumerate(data.train_sequences):
+        if len(seq) > 1:
+            assert seen[user] == {str(i) for i in seq}  # the last training item included
+
+
+def test_bert4rec_is_fed_history_only_rows_and_its_old_checkpoints_are_not_resumed(tmp_path):
+    split = leave_last_out(load_dataset("synthetic:users=60,items=40,seed=1"))
+    data = split.train_view()
+    keys = {}
+    for name in ("bert4rec", "sasrec"):
+        method_class = methods()[name]
+        context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path / name)
+        method = method_class(method_class.settings_for("smoke", {}), context)
+        _, dataset, train_loader = method.load_recbole_data(data, context, tmp_path / name / "grbench")
+        last_items_in_histories = {(user, items[-1]) for user, items in
+                                   recbole_models.recbole_training_rows(dataset, train_loader._dataset, True)}
+        last_training_items = {(u, int(seq[-1])) for u, seq in enumerate(data.train_sequences) if len(seq) > 1}
+        # BERT4Rec's histories reach each user's last training item; SASRec's stop before their target
+        assert (last_training_items <= last_items_in_histories) == (name == "bert4rec")
+        keys[name] = method.checkpoint_key(data, context)
+    assert keys["bert4rec"]["history_ends_with_target"] and "history_ends_with_target" not in keys["sasrec"]
+    methods()["bert4rec"].check_settings(methods()["bert4rec"].settings_for("smoke", {"rows": "users"}))
+
+
+@pytest.mark.parametrize("rows", ["prefixes", "users"])
 def test_recbole_trains_on_our_rows_in_the_item_ids_that_inference_uses(tmp_path, rows):
     """RecBole's loaded training interactions, decoded through the id map ``recommend`` uses, are exactly the
     rows we wrote: histories and targets share one id space (a history item is the same item at inference)."""
