@@ -63,6 +63,8 @@ DROPOUT_KEYS = {
 # learns to restore them; it never reads the target column (`item_id`). Fed the usual rows (a history and its next
 # item), it would never learn a user's last training item, the one nearest to the validation and test targets.
 # So their rows' histories end with the row's target, and a row holds nothing beyond the user's training items.
+# BERT4Rec's fine-tuning batches (`ft_ratio`, half of them by default) mask a row's last history item; with this
+# feed that is the row's target, predicted from the items before it, as inference predicts the next item.
 HISTORY_ONLY_MODELS = ("BERT4Rec",)
 
 # loss option -> (RecBole loss_type, negatives sampled per example). CE is every model's standard config.
