@@ -84,9 +84,9 @@ PAUSEREC_DEFAULTS = {"pauses": 5, "pause_init": "pretrained", "pause_insert_rate
 # What determines each stage besides the stages it starts from.
 PAUSE_SETTINGS = ("pause_insert_rate", "pause_seed", "pause_epochs", "pause_lr", "pause_batch_size",
                   "pause_max_steps")
-IMPLICIT_SFT_SETTINGS = ("max_history", "pauses", "pause_init", "sft_loss_tokens", "isft_epochs", "isft_lr",
-                         "isft_batch_size", "isft_max_steps", "isft_weight_decay", "lora", "lora_r", "lora_alpha",
-                         "lora_dropout")
+IMPLICIT_SFT_SETTINGS = ("max_history", "pauses", "pause_init", "sft_loss_tokens", "sft_targets", "isft_epochs",
+                         "isft_lr", "isft_batch_size", "isft_max_steps", "isft_weight_decay", "lora", "lora_r",
+                         "lora_alpha", "lora_dropout")
 
 
 def insert_pauses(line: str, rate: float, rng: np.random.Generator) -> str:
@@ -234,9 +234,10 @@ class PauseRec(NextItemSFT):
         return model, tokenizer, vocab
 
     def implicit_sft_examples(self, data: TrainData) -> list[Example]:
-        """One per user with a training history: :meth:`prompt` + the target's SID (needs tokenizer and vocab)."""
+        """SFT's (history, target) pairs (``sft_targets`` a user): :meth:`prompt` + the target's SID (needs
+        tokenizer and vocab)."""
         return [answer_example(self.prompt(history), self.vocab, target, self.settings["sft_loss_tokens"])
-                for history, target in next_item_pairs(data)]
+                for history, target in next_item_pairs(data, self.settings["sft_targets"])]
 
     def training_inputs(self, data: TrainData) -> TrainingInputs:
         self.catalog = data.catalog
@@ -248,7 +249,7 @@ class PauseRec(NextItemSFT):
         if self.settings["pause_init"] == "pretrained":
             users = [user for user, _ in recipe.cpt_rows()]
             inputs["pause corpus"] = self.decoded(users, pause_corpus(recipe, self.tokenizer, self.vocab))
-        pair_users = [user for user, _, _ in user_next_item_pairs(recipe.data)]
+        pair_users = [user for user, _, _ in user_next_item_pairs(recipe.data, self.settings["sft_targets"])]
         inputs["implicit sft examples"] = self.decoded(pair_users, self.implicit_sft_examples(recipe.data))
         return inputs
 

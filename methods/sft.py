@@ -51,11 +51,13 @@ SFT_PROFILES: dict[str, dict[str, Any]] = {
     "small": {"sft_epochs": 5, "sft_lr": 5e-5, "sft_batch_size": 16, "sft_max_steps": 0},
     "paper": {"sft_epochs": 5, "sft_lr": 5e-5, "sft_batch_size": 16, "sft_max_steps": 0},
 }
-SFT_DEFAULTS = {"sft_weight_decay": 0.01, "sft_warmup": 0.0, "sft_loss_tokens": "sid",
+# sft_targets: (history, target) examples per user; 1 is the study's recipe (its last training item), more adds
+# the items before it as targets (next_item_pairs), for a dataset with few users such as ml-100k (943)
+SFT_DEFAULTS = {"sft_weight_decay": 0.01, "sft_warmup": 0.0, "sft_loss_tokens": "sid", "sft_targets": 1,
                 "lora": False, "lora_r": 128, "lora_alpha": 128, "lora_dropout": 0.05}
 # What determines the SFT checkpoint besides the CPT stage it starts from.
-SFT_SETTINGS = ("max_history", "sft_loss_tokens", "sft_epochs", "sft_lr", "sft_batch_size", "sft_max_steps",
-                "sft_weight_decay", "sft_warmup", "lora", "lora_r", "lora_alpha", "lora_dropout")
+SFT_SETTINGS = ("max_history", "sft_loss_tokens", "sft_targets", "sft_epochs", "sft_lr", "sft_batch_size",
+                "sft_max_steps", "sft_weight_decay", "sft_warmup", "lora", "lora_r", "lora_alpha", "lora_dropout")
 
 
 @register_method
@@ -73,6 +75,10 @@ class NextItemSFT(Method):
         if settings["sft_loss_tokens"] not in ("sid", "codes"):
             raise GRBenchError(f"sft: sft_loss_tokens {settings['sft_loss_tokens']!r}: expected sid (markers and "
                                "codes of the target SID) or codes")
+        if isinstance(settings["sft_targets"], bool) or not isinstance(settings["sft_targets"], int) \
+                or settings["sft_targets"] < 1:
+            raise GRBenchError(f"{cls.name}: sft_targets is the number of examples per user, a whole number >= 1 (the "
+                               f"study's recipe: 1); got {settings['sft_targets']!r}")
         if not 0 <= settings["sft_warmup"] < 1:
             raise GRBenchError(f"sft: sft_warmup is a fraction of the steps, in [0, 1); got {settings['sft_warmup']}")
 
@@ -109,7 +115,7 @@ class NextItemSFT(Method):
     def stage_inputs(self, recipe: LLMRecipe) -> TrainingInputs:
         """Each training stage's examples, decoded (a subclass adds its own stages' after these)."""
         cpt_users = [user for user, _ in recipe.cpt_rows()]
-        sft_users = [user for user, _, _ in user_next_item_pairs(recipe.data)]
+        sft_users = [user for user, _, _ in user_next_item_pairs(recipe.data, self.settings["sft_targets"])]
         return {"cpt corpus": self.decoded(cpt_users, recipe.cpt_training_examples(self.tokenizer)),
                 "sft examples": self.decoded(sft_users, recipe.sft_examples(self.tokenizer, self.vocab,
                                                                             self.settings["sft_loss_tokens"]))}

@@ -47,6 +47,18 @@ def test_llm_methods_show_every_stage_they_train():
     assert "pause corpus" not in [s.name for s in no_pause_pretraining.sets]
 
 
+def test_several_sft_targets_a_user_stay_clean_and_count_every_example():
+    """``sft_targets=3``: SFT and implicit SFT train on up to three (history, target) pairs a user, all of them
+    inside the training sequence; the audit reads every one (one user per example)."""
+    (one,) = audit("pauserec").methods
+    report = audit("pauserec:sft_targets=3")
+    (three,) = report.methods
+    assert all(s.status == "clean" and s.foreign_items == 0 for s in three.sets), render(report)
+    rows = {s.name: s.rows for s in one.sets}, {s.name: s.rows for s in three.sets}
+    for stage in ("sft examples", "implicit sft examples"):
+        assert rows[0][stage] < rows[1][stage] <= 3 * rows[0][stage]
+
+
 @pytest.mark.parametrize("target", ["test", "validation"])
 def test_a_planted_leak_names_method_input_set_and_user(monkeypatch, capsys, target):
     split = leave_last_out(load_dataset(SYNTHETIC))

@@ -34,6 +34,7 @@ from methods.llm.stages import (
     only_rows_trainable,
     sft_example,
     train,
+    user_next_item_pairs,
 )
 from methods.sft import NextItemSFT
 from tests.test_sid import fake_embed
@@ -248,6 +249,19 @@ def test_corpora_hold_no_test_target_and_validation_items_only_in_the_study_corp
                  (sft_example(tokenizer, sids, vocab, h, t, 50) for h, t in next_item_pairs(data))]
     assert len(sft_texts) == 6 and mentioned(sft_texts, valid + test) == set()
     assert all(t == int(seq[-1]) for (_, t), seq in zip(next_item_pairs(data), data.train_sequences))
+
+
+def test_next_item_pairs_take_the_last_training_items_as_targets():
+    """One pair a user by default (the study's: the last training item); ``targets_per_user`` = n takes the last
+    n, each with the items before it as history, and never a validation or test item."""
+    data = leave_last_out(load_dataset("synthetic:users=40,items=30,seed=3")).train_view()
+    assert [(h.tolist(), t) for _, h, t in user_next_item_pairs(data)] == [
+        (seq[:-1].tolist(), int(seq[-1])) for seq in data.train_sequences if len(seq) >= 2]
+    pairs = user_next_item_pairs(data, 3)
+    for user, seq in enumerate(data.train_sequences):
+        mine = [(h.tolist(), t) for u, h, t in pairs if u == user]
+        assert mine == [(seq[:j].tolist(), int(seq[j])) for j in range(len(seq) - 1, max(0, len(seq) - 4), -1)]
+    assert len(pairs) > len(user_next_item_pairs(data)) and all(len(h) >= 1 for _, h, _ in pairs)
 
 
 # --- stages: caching, reuse, invalidation ------------------------------------------------------------------------

@@ -111,4 +111,6 @@ def shared_variant(settings: dict[str, Any], stage_steps: tuple[str, ...]) -> li
         words.append(" + ".join(capped) + " steps")
     if settings["cpt_corpus"] == "paper":
         words.append("study's CPT corpus (sees validation items)")
+    if settings["sft_targets"] != 1:
+        words.append(f"{settings['sft_targets']} SFT targets a user")
     return words

@@ -254,15 +254,18 @@ def sft_example(tokenizer: Any, sids: SemanticIds, vocab: SidVocabulary, history
     return answer_example(sft_prompt_ids(tokenizer, sids, vocab, history, max_history), vocab, target, loss_tokens)
 
 
-def next_item_pairs(data: TrainData) -> list[tuple[np.ndarray, int]]:
-    """One (history, target) per user: target = last training item (the study's third-to-last), history = the
-    items before it. Users with a single training item have no history and give no example."""
-    return [(history, target) for _, history, target in user_next_item_pairs(data)]
+def next_item_pairs(data: TrainData, targets_per_user: int = 1) -> list[tuple[np.ndarray, int]]:
+    """(history, target) pairs: by default one per user, target = last training item (the study's
+    third-to-last), history = the items before it. ``targets_per_user`` = n also takes each of the n - 1
+    training items before it as a target, with the items before that one as its history (a variant for
+    datasets with few users; the study's recipe is 1). Users with a single training item give no example."""
+    return [(history, target) for _, history, target in user_next_item_pairs(data, targets_per_user)]
 
 
-def user_next_item_pairs(data: TrainData) -> list[tuple[int, np.ndarray, int]]:
+def user_next_item_pairs(data: TrainData, targets_per_user: int = 1) -> list[tuple[int, np.ndarray, int]]:
     """:func:`next_item_pairs` with each pair's user index, in the same order (for the leakage audit)."""
-    return [(user, seq[:-1], int(seq[-1])) for user, seq in enumerate(data.train_sequences) if len(seq) >= 2]
+    return [(user, seq[:position], int(seq[position])) for user, seq in enumerate(data.train_sequences)
+            for position in range(len(seq) - 1, max(0, len(seq) - 1 - targets_per_user), -1)]
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -702,7 +705,7 @@ class LLMRecipe:
 
     def sft_examples(self, tokenizer: Any, vocab: SidVocabulary, loss_tokens: str) -> list[Example]:
         return [sft_example(tokenizer, self.sids, vocab, history, target, self.settings["max_history"], loss_tokens)
-                for history, target in next_item_pairs(self.data)]
+                for history, target in next_item_pairs(self.data, self.settings["sft_targets"])]
 
 
 def with_lora(model: Any, settings: dict[str, Any]) -> Any:
