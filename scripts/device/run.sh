@@ -44,8 +44,10 @@ cells() {  # dataset seed methods...: one cell per method
 # stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
 # in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
 declare -A STREAMS=(
-    # PauseRec and OneRec-Think seed 0 first (they reuse seed 0's CPT and SFT), their analyses, then seeds 1-2
-    [llm]="$(cells $ml 0 sft pauserec onerec_think) analyze $(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
+    # PauseRec and OneRec-Think seed 0 first (they reuse seed 0's CPT and SFT), their analyses, then SFT and PauseRec
+    # on each user's last 10 training items (does more SFT data lift the collapse?), then the recipe's seeds 1-2
+    [llm]="$(cells $ml 0 sft pauserec onerec_think) analyze $(cells $ml 0 sft:sft_targets=10 pauserec:sft_targets=10) \
+        $(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
