@@ -90,7 +90,10 @@ class Method(ABC):
             raise GRBenchError(f"method {cls.name!r} has no option {unknown[0]!r}; "
                                f"its options are: {', '.join(sorted(base)) or 'none'}")
         for key, value in options.items():
-            base[key] = _coerce(value, base[key])
+            try:
+                base[key] = _coerce(value, base[key])
+            except GRBenchError as error:
+                raise GRBenchError(f"method {cls.name!r}, option {key}: {error}") from None
         cls.check_settings(base)
         return base
 

@@ -76,6 +76,7 @@ def test_leaderboard_is_regenerated_from_results_alone(tmp_path):
     [
         (["run", "--methods", "nope"], "unknown method 'nope'; known methods: "),
         (["run", "--methods", "pop:depth=3"], "method 'pop' has no option 'depth'"),
+        (["run", "--methods", "sasrec:epochs=2.5"], "method 'sasrec', option epochs: option value '2.5': expected int"),
         (["run", "--datasets", "imdb"], "unknown dataset 'imdb'"),
         (["run", "--profile", "huge"], "unknown profile 'huge'"),
         (["leaderboard", "--out", "no-such-folder"], "no results at no-such-folder"),
