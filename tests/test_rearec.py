@@ -17,7 +17,7 @@ from bench.registry import RunContext, methods, seed_everything
 from bench.results import ResultStore
 from bench.split import leave_last_out
 from bench.training import validation_score
-from methods.rearec import ReaRec, ReaRecEncoder, reasoning_mask
+from methods.rearec import ReaRec, ReaRecEncoder, erl_loss, prl_loss, reasoning_mask
 from tests.resume import check_resume_after_kill
 from tests.test_hstu import sequences_dataset
 
@@ -400,3 +400,38 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
     so that the noise of the contrastive pass (after the 1-epoch warm-up) must be drawn again identically."""
     check_resume_after_kill(tmp_path, monkeypatch, "rearec:scheme=prl", sequential)
 
+
+
+@pytest.mark.parametrize(("scheme", "diversity_weight", "steps"), [("erl", 0.3, 3), ("erl", 0.0, 3), ("erl", 0.3, 1),
+                                                                    ("prl", 0.3, 3)])
+def test_the_fused_loss_has_the_readable_losss_value_and_gradients(scheme, diversity_weight, steps):
+    from methods.rearec import fused_reasoning_loss
+
+    torch.manual_seed(0)
+    states, items = torch.randn(11, steps, 8), torch.randn(23, 8)
+    positives = torch.randint(0, 23, (11,))
+    settings = {"scheme": scheme, "temperature": 0.3, "temperature_decay": 2.0, "diversity_weight": diversity_weight}
+
+    def value_and_gradients(loss_of):
+        leaves = states.clone().requires_grad_(True), items.clone().requires_grad_(True)
+        loss = loss_of(*leaves)
+        (2.5 * loss).backward()  # a scaled upstream gradient reaches both inputs
+        return loss.detach(), leaves[0].grad, leaves[1].grad
+
+    if scheme == "erl":
+        readable = value_and_gradients(lambda s, e: erl_loss(s, e, positives, 0.3, diversity_weight, "official"))
+    else:
+        readable = value_and_gradients(lambda s, e: prl_loss(s, e, positives, 0.3, 2.0))
+    fused = value_and_gradients(lambda s, e: fused_reasoning_loss(s, e, positives, settings, chunk=4))  # 3 chunks
+    for expected, actual in zip(readable, fused):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fused_loss_survives_a_target_whose_probability_underflows():
+    from methods.rearec import fused_reasoning_loss
+
+    states, items = torch.zeros(1, 3, 2), torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    states[0, :, 0] = 100.0  # the target (item 1) scores 200 / 0.07 below item 0
+    settings = {"scheme": "erl", "temperature": 0.07, "temperature_decay": 5.0, "diversity_weight": 0.05}
+    loss = fused_reasoning_loss(states, items, torch.tensor([1]), settings)
+    assert torch.isfinite(loss) and loss > 1000
