@@ -144,7 +144,7 @@ class ReaRecEncoder(SequenceEncoder):
     """SASRec layers that reason ``steps`` times at every position; ``forward`` gives the ranking state."""
 
     def __init__(self, n_items: int, dim: int, layers: int, heads: int, ffn: int, max_len: int, dropout: float,
-                 steps: int, combine: str) -> None:
+                 steps: int, combine: str | int) -> None:
         super().__init__(n_items, dim)
         self.steps, self.combine = steps, combine
         self.position_embedding = torch.nn.Embedding(max_len, dim)
@@ -197,8 +197,11 @@ class ReaRecEncoder(SequenceEncoder):
         return torch.stack(states, dim=2)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """The state that ranks items: the mean of all steps (ERL) or the last step (PRL)."""
+        """The state that ranks items: the mean of all steps (``combine="mean"``, ERL), the last step (``"last"``,
+        PRL) or step ``k`` alone (an int ``k``, for ``benchmarks/rearec_steps.py``; 0 is the SASRec state)."""
         states, _ = self.reason(items)
+        if isinstance(self.combine, int):
+            return states[:, :, self.combine]
         return states.mean(dim=2) if self.combine == "mean" else states[:, :, -1]
 
 
