@@ -28,13 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.errors import GRBenchError  # noqa: E402
-from benchmarks.finished_run import (  # noqa: E402
-    METRICS,
-    add_run_arguments,
-    load_finished_run,
-    metric_means,
-    stored_record_check,
-)
+from benchmarks import finished_run  # noqa: E402
 
 BATCH = 256
 
@@ -60,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench.runner import TOP_K, make_progress
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser, None, "'ours'")
+    finished_run.add_run_arguments(parser, None, "'ours'")
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
     with make_progress(console) as progress:
-        finished = load_finished_run(args.method, args.dataset, args.profile, args.seed, args.max_test_users,
-                                     console, progress, "masking needs each user's ranking deeper than 10 + the "
-                                     "history's length, which a beam search of width 10 does not give")
+        finished = finished_run.load_finished_run(
+            args.method, args.dataset, args.profile, args.seed, args.max_test_users, console, progress,
+            "masking needs each user's ranking deeper than 10 + the history's length, which a beam search of "
+            "width 10 does not give")
         method, split, users = finished.method, finished.split, finished.users
         histories = split.test_histories(users)
         targets = split.test_targets(users)
@@ -86,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     target_in_history = sum(int(t in h) for t, h in zip(targets, histories))
     rows, means = [], {}
     for protocol, topk in (("ours: history items are candidates", ours), ("history masked", masked)):
-        means[protocol] = metric_means(targets, topk)
+        means[protocol] = finished_run.metric_means(targets, topk)
         rows.append([protocol, *(f"{value:.4f}" for value in means[protocol].values())])
     print(finished.heading(args.seed))
-    print(tabulate(rows, headers=["protocol", *METRICS.values()], tablefmt="github"))
-    print(stored_record_check(args.out, finished, args.seed, means["ours: history items are candidates"]["ndcg@10"],
-                              "ours"))
+    print(tabulate(rows, headers=["protocol", *finished_run.METRICS.values()], tablefmt="github"))
+    ours_ndcg = means["ours: history items are candidates"]["ndcg@10"]
+    print(finished_run.stored_record_check(args.out, finished, args.seed, ours_ndcg, "ours"))
     print(f"our top {TOP_K} held history items for {int((in_history > 0).sum())} of {len(users)} users "
           f"({in_history.mean():.2f} a user on average); {target_in_history} test targets are history items")
     return 0

@@ -25,13 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.errors import GRBenchError  # noqa: E402
-from benchmarks.finished_run import (  # noqa: E402
-    METRICS,
-    add_run_arguments,
-    load_finished_run,
-    metric_means,
-    stored_record_check,
-)
+from benchmarks import finished_run  # noqa: E402
 
 BATCH = 256
 
@@ -43,15 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench.runner import TOP_K, make_progress
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser, "rearec", "run's own")
+    finished_run.add_run_arguments(parser, "rearec", "run's own")
     args = parser.parse_args(argv)
     if args.method.split(":")[0] != "rearec":
         raise GRBenchError(f"{args.method}: this script ranks with ReaRec's reasoning steps; give a rearec spec")
 
     console = Console(stderr=True)
     with make_progress(console) as progress:
-        finished = load_finished_run(args.method, args.dataset, args.profile, args.seed, args.max_test_users,
-                                     console, progress)
+        finished = finished_run.load_finished_run(args.method, args.dataset, args.profile, args.seed,
+                                                  args.max_test_users, console, progress)
         method, split, users = finished.method, finished.split, finished.users
         encoder = method.encoder
         own = "mean of all steps (ERL)" if encoder.combine == "mean" else "last step (PRL)"
@@ -72,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     rows, means = [], {}
     first = rankings[next(iter(states))]
     for label, topk in rankings.items():
-        means[label] = metric_means(targets, topk)
+        means[label] = finished_run.metric_means(targets, topk)
         shared = np.mean([len(np.intersect1d(a, b)) for a, b in zip(topk, first)])
         rows.append([label, *(f"{value:.4f}" for value in means[label].values()), f"{shared:.2f}"])
     print(finished.heading(args.seed))
-    print(tabulate(rows, headers=["ranked with", *METRICS.values(), f"items shared with step 0's top {TOP_K}"],
-                   tablefmt="github"))
+    headers = ["ranked with", *finished_run.METRICS.values(), f"items shared with step 0's top {TOP_K}"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
     own_label = list(states)[-1]
-    print(stored_record_check(args.out, finished, args.seed, means[own_label]["ndcg@10"], own_label.split(":")[0]))
+    own_ndcg = means[own_label]["ndcg@10"]
+    print(finished_run.stored_record_check(args.out, finished, args.seed, own_ndcg, own_label.split(":")[0]))
     return 0
 
 
