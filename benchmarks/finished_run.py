@@ -9,9 +9,11 @@ checks a re-computed leaderboard row against the stored record.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -116,3 +118,12 @@ def stored_record_check(out: Path, finished: FinishedRun, seed: int, ndcg_at_10:
     stored = ", ".join(f"{r['id']} ({r['device']}) {r['metrics']['ndcg@10']['mean']:.4f}" for r in records)
     return (f"WARNING: the {row!r} NDCG@10 {ndcg_at_10:.4f} differs from every stored record of this cell "
             f"({stored}): this cache holds another training run of it than the ones stored")
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """Run an analysis script's ``main`` and exit with its status; a GRBenchError ends it with its message
+    instead of a traceback, as ``python -m bench`` does."""
+    try:
+        sys.exit(main())
+    except GRBenchError as error:
+        sys.exit(f"error: {error}")

@@ -27,7 +27,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.errors import GRBenchError  # noqa: E402
 from benchmarks import finished_run  # noqa: E402
 
 BATCH = 256
@@ -93,7 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRBenchError as error:
-        sys.exit(f"error: {error}")
+    finished_run.run_main(main)

@@ -79,7 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GRBenchError as error:
-        sys.exit(f"error: {error}")
+    finished_run.run_main(main)

@@ -401,10 +401,9 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
     check_resume_after_kill(tmp_path, monkeypatch, "rearec:scheme=prl", sequential)
 
 
-
 @pytest.mark.parametrize(("scheme", "diversity_weight", "steps"), [("erl", 0.3, 3), ("erl", 0.0, 3), ("erl", 0.3, 1),
                                                                     ("prl", 0.3, 3)])
-def test_the_fused_loss_has_the_readable_losss_value_and_gradients(scheme, diversity_weight, steps):
+def test_the_fused_loss_has_the_readable_losses_value_and_gradients(scheme, diversity_weight, steps):
     from methods.rearec import fused_reasoning_loss
 
     torch.manual_seed(0)
