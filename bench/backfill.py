@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import load_dataset
+from bench.data import dataset_name, load_dataset
 from bench.errors import DataError, GRBenchError
 from bench.evaluate import list_stats
 from bench.rerun import dataset_spec
@@ -46,7 +46,7 @@ def backfill_list_stats(store: ResultStore, datasets: Sequence[str] = (),
     why). ``datasets``: specs to load instead of those in the records' commands, matched by dataset name
     (``seq:<path>`` is named ``seq:<file stem>``), e.g. where a GPU run read the files from another folder.
     Takes the store's lock itself (reentrant), so a run cannot add a record in between."""
-    given = {(f"seq:{Path(spec[4:]).stem}" if spec.startswith("seq:") else spec): spec for spec in datasets}
+    given = {dataset_name(spec): spec for spec in datasets}
     splits: dict[str, Split | str] = {}  # dataset spec -> its split, or why it could not be loaded
     filled, skipped = 0, []
     with store.locked():

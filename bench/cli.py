@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "seeds both ran, how many seeds A won, and each seed's difference.")
     compare.add_argument("a", help="method spec A, as in the leaderboard (e.g. pauserec)")
     compare.add_argument("b", help="method spec B (e.g. sft)")
-    compare.add_argument("--dataset", required=True, help="dataset as in the leaderboard (e.g. ml-100k, seq:Beauty)")
+    compare.add_argument("--dataset", required=True,
+                         help="dataset as in the leaderboard (ml-100k, seq:Beauty) or as given to run (seq:<path>)")
     compare.add_argument("--profile", default=None, help="profile (default: the one both have, if only one)")
     compare.add_argument("--device", default=None, choices=("cpu", "gpu"),
                          help="device (default: the one both have, if only one)")
@@ -276,8 +277,10 @@ def command_merge(args: argparse.Namespace) -> int:
 
 def command_compare(args: argparse.Namespace) -> int:
     from bench.compare import compare_records, comparison_table
+    from bench.data import dataset_name
     from bench.results import ResultStore, record_device
 
+    args.dataset = dataset_name(args.dataset)  # seq:<path> as given to `run` names the same results as seq:<stem>
     records = [r for r in ResultStore(args.out).load() if r["dataset"] == args.dataset]
     if not records:
         datasets = sorted({r["dataset"] for r in ResultStore(args.out).load()})

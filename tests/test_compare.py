@@ -72,3 +72,17 @@ def test_compare_command_and_comparisons_page(two_seeds, capsys):
     page = (out / "leaderboards" / "comparisons.md").read_text()
     assert "No pair of the study has results for a common seed yet." in page
     assert "[comparisons](comparisons.md)" in (out / "leaderboards" / "index.md").read_text()
+
+
+def test_compare_takes_a_sequence_file_dataset_as_run_was_given_it(two_seeds, tmp_path, capsys):
+    import json
+    import shutil
+
+    out, records = two_seeds
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps({**r, "dataset": "seq:Tiny"}) + "\n" for r in records))
+    assert main(["compare", "pop", "random", "--dataset", "seq:/elsewhere/Tiny.txt", "--out", str(copy)]) == 0
+    assert "| seq:Tiny " in capsys.readouterr().out
+    assert main(["compare", "pop", "random", "--dataset", "seq:/elsewhere/Other.txt", "--out", str(copy)]) == 2
+    assert "no results of dataset 'seq:Other'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
+from pathlib import PurePath
 
 from bench.data.base import Dataset, SourceInfo
 from bench.errors import GRBenchError, UnknownNameError
@@ -60,10 +61,18 @@ def parse_spec(spec: str) -> tuple[SourceInfo, str | None]:
     return source, argument or None
 
 
+def dataset_name(spec: str) -> str:
+    """The name results and leaderboards carry for ``spec``: ``seq:<path>`` is named ``seq:<file stem>`` (so a
+    run that read the file from another folder lands in the same leaderboard); every other spec is its name."""
+    if spec.startswith("seq:"):
+        return f"seq:{PurePath(spec[4:]).stem}"
+    return spec
+
+
 def load_dataset(spec: str) -> Dataset:
     """Loads the dataset named by ``spec``."""
     source, argument = parse_spec(spec)
     return source.loader(argument)
 
 
-__all__ = ["Dataset", "load_dataset", "parse_spec", "register_source", "sources"]
+__all__ = ["Dataset", "dataset_name", "load_dataset", "parse_spec", "register_source", "sources"]

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.data import register_source
+from bench.data import dataset_name, register_source
 from bench.data.base import ID_FORMAT, Dataset, id_problem, make_catalog, make_interactions
 from bench.errors import DataError
 
@@ -156,5 +156,5 @@ def load_sequence_file(argument: str | None) -> Dataset:
     catalog = make_catalog(metadata) if metadata else make_catalog([{"item": i} for i in dict.fromkeys(items)])
     if "attributes" not in catalog.columns:
         catalog["attributes"] = None
-    return Dataset(f"seq:{path.stem}", make_interactions(users, items, positions), catalog,
+    return Dataset(dataset_name(f"seq:{path}"), make_interactions(users, items, positions), catalog,
                    source=f"sequence file {path.resolve()}")
