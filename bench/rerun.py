@@ -21,7 +21,7 @@ from rich.console import Console
 from tabulate import tabulate
 
 from bench.costs import hardware
-from bench.data import load_dataset
+from bench.data import dataset_name, load_dataset
 from bench.errors import GRBenchError
 from bench.profiles import get_profile
 from bench.provenance import git_commit, versions
@@ -58,7 +58,7 @@ def dataset_spec(record: dict) -> str:
         words += word.split("=", 1) if word.startswith("--datasets=") else [word]
     specs = [spec for flag, value in zip(words, words[1:]) if flag == "--datasets" for spec in split_specs(value)]
     for spec in specs:
-        if spec.startswith("seq:") and Path(spec[4:]).stem == name[4:]:
+        if dataset_name(spec) == name:
             return spec
     raise GRBenchError(f"dataset {name!r}: its file's path is not in the record's command "
                        f"({record.get('command')!r}); pass --dataset seq:PATH")

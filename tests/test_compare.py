@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -75,9 +78,6 @@ def test_compare_command_and_comparisons_page(two_seeds, capsys):
 
 
 def test_compare_takes_a_sequence_file_dataset_as_run_was_given_it(two_seeds, tmp_path, capsys):
-    import json
-    import shutil
-
     out, records = two_seeds
     copy = tmp_path / "results"
     shutil.copytree(out, copy)
