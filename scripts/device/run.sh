@@ -49,7 +49,7 @@ declare -A STREAMS=(
     [llm]="$(cells $ml 0 sft pauserec onerec_think) analyze $(cells $ml 0 sft:sft_targets=10 pauserec:sft_targets=10) \
         $(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
-    [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec sasrec:loss=bce-all,rows=users bert4rec) \
+    [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
 
