@@ -3,15 +3,16 @@
 Why: ReaRec's claim is that thinking ``K`` latent steps after the last item ranks better than SASRec's single
 state. A trained ReaRec model holds both: step 0 is the SASRec state of the same encoder, steps ``1..K`` are
 its thoughts, and the run ranks with their mean (ERL) or the last one (PRL). Ranking the test users with each
-state alone shows whether the thoughts add to step 0 or merely repeat it, which a leaderboard row cannot. It
+state alone shows whether the thoughts add to step 0 or merely repeat it, which a leaderboard row cannot; for
+ERL, the mean of all steps but one shows what each step adds to the ensemble. It
 does not replace a control trained without reasoning (``rearec:reasoning_steps=0``): step 0 here was trained
 beside the thoughts. It reads the model from the run's epoch checkpoint (it never trains) and writes nothing.
 
     GRBENCH_CACHE=/path/to/cache python benchmarks/rearec_steps.py \\
         --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt --profile small
 
-Prints Hit@5/10 and NDCG@5/10 for each state, how many of each state's top 10 items step 0's top 10 shares on
-average, and checks the run's own row against its stored record.
+Prints Hit@5/10 and NDCG@5/10 for each state (and, for ERL, each leave-one-step-out mean), how many of each
+state's top 10 items step 0's top 10 shares on average, and checks the run's own row against its stored record.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         method, split, users = finished.method, finished.split, finished.users
         encoder = method.encoder
         own = "mean of all steps (ERL)" if encoder.combine == "mean" else "last step (PRL)"
-        states: dict[str, str | int] = {f"step {k}" + (" (SASRec state)" if k == 0 else ""): k
-                                        for k in range(encoder.steps + 1)}
+        every_step = range(encoder.steps + 1)
+        states: dict[str, str | int | tuple[int, ...]] = {f"step {k}" + (" (SASRec state)" if k == 0 else ""): k
+                                                          for k in every_step}
+        if encoder.combine == "mean" and encoder.steps > 0:  # what each step adds to ERL's ensemble
+            states |= {f"mean without step {k}": tuple(j for j in every_step if j != k) for k in every_step}
         states[f"{own}: the run's ranking"] = encoder.combine
         histories, targets = split.test_histories(users), split.test_targets(users)
         rankings = {}
