@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         encoder = method.encoder
         own = "mean of all steps (ERL)" if encoder.combine == "mean" else "last step (PRL)"
         every_step = range(encoder.steps + 1)
-        states: dict[str, str | int | tuple[int, ...]] = {f"step {k}" + (" (SASRec state)" if k == 0 else ""): k
-                                                          for k in every_step}
+        states: dict[str, str | tuple[int, ...]] = {f"step {k}" + (" (SASRec state)" if k == 0 else ""): (k,)
+                                                    for k in every_step}
         if encoder.combine == "mean" and encoder.steps > 0:  # what each step adds to ERL's ensemble
             states |= {f"mean without step {k}": tuple(j for j in every_step if j != k) for k in every_step}
         states[f"{own}: the run's ranking"] = encoder.combine

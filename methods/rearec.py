@@ -144,7 +144,7 @@ class ReaRecEncoder(SequenceEncoder):
     """SASRec layers that reason ``steps`` times at every position; ``forward`` gives the ranking state."""
 
     def __init__(self, n_items: int, dim: int, layers: int, heads: int, ffn: int, max_len: int, dropout: float,
-                 steps: int, combine: str | int | tuple[int, ...]) -> None:
+                 steps: int, combine: str | tuple[int, ...]) -> None:
         super().__init__(n_items, dim)
         self.steps, self.combine = steps, combine
         self.position_embedding = torch.nn.Embedding(max_len, dim)
@@ -198,13 +198,12 @@ class ReaRecEncoder(SequenceEncoder):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """The state that ranks items: the mean of all steps (``combine="mean"``, ERL), the last step (``"last"``,
-        PRL), or, for ``benchmarks/rearec_steps.py``, step ``k`` alone (an int; 0 is the SASRec state) or the mean
-        of some steps (a tuple of step numbers)."""
+        PRL), or, for ``benchmarks/rearec_steps.py``, the mean of the steps a tuple names (``(0,)``: the SASRec
+        state alone)."""
         states, _ = self.reason(items)
         if isinstance(self.combine, str):
             return states.mean(dim=2) if self.combine == "mean" else states[:, :, -1]
-        chosen = [self.combine] if isinstance(self.combine, int) else list(self.combine)
-        return states[:, :, chosen].mean(dim=2)
+        return states[:, :, list(self.combine)].mean(dim=2)
 
 
 def _initialise(module: torch.nn.Module) -> None:
