@@ -32,15 +32,18 @@ RECBOLE_DATASET = "grbench"
 # (recbole/properties/model/<Model>.yaml), except in `smoke`, where they are shrunk (TINY_MODELS).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 2, "patience": 2, "batch_size": 64, "learning_rate": 0.001, "max_len": 10,
-              "loss": "ce", "tiny": True, "eval_batch_size": 512, "dropout": None, "rows": "prefixes"},
+              "loss": "ce", "tiny": True, "eval_batch_size": 512, "dropout": None, "rows": "prefixes",
+              "positions": "from-start"},
     # CPU budget: an epoch of SASRec over ml-100k's ~98k training prefixes at length 20, with validation, takes
     # about 50 s on 2 cores, so `quick` trains two epochs on shorter histories (the main job: under 30 minutes).
     "quick": {"epochs": 2, "patience": 2, "batch_size": 256, "learning_rate": 0.001, "max_len": 20,
-              "loss": "ce", "tiny": False, "eval_batch_size": 512, "dropout": None, "rows": "prefixes"},
+              "loss": "ce", "tiny": False, "eval_batch_size": 512, "dropout": None, "rows": "prefixes",
+              "positions": "from-start"},
     # The settings the TIGER and RecBole papers report for Amazon: max length 50, up to 200 epochs,
     # early stopping with patience 10 on validation NDCG@10.
     "small": {"epochs": 200, "patience": 10, "batch_size": 256, "learning_rate": 0.001, "max_len": 50,
-              "loss": "ce", "tiny": False, "eval_batch_size": 2048, "dropout": None, "rows": "prefixes"},
+              "loss": "ce", "tiny": False, "eval_batch_size": 2048, "dropout": None, "rows": "prefixes",
+              "positions": "from-start"},
 }
 PROFILES["paper"] = dict(PROFILES["small"])
 
@@ -186,6 +189,33 @@ def all_positions_bce_loss(model: Any, interaction: Any) -> Any:
     return bce_pair_loss(output, model, targets, sample_negatives(targets, model.n_items))
 
 
+def count_positions_from_end(model: Any) -> None:
+    """Numbers a RecBole SASRec's positions as a left-padded SASRec does: the most recent item at ``max_len - 1``.
+
+    RecBole pads on the right, so position ``p`` of a history of length ``L`` is ``p``; the original SASRec and
+    S3-Rec code pad on the left, which puts it at ``max_len - L + p``. Shifting the position ids so gives, at
+    every real position, exactly the left-padded model's output (padding is masked out of attention either way),
+    with RecBole's weights and state dict unchanged. RecBole has no such option, hence the two hooks: the model's
+    ``forward`` (shadowed on the instance, as ``every_position`` does) notes each row's length, and a pre-hook on
+    the position embedding shifts the ids it receives.
+    """
+    original_forward = model.forward
+    lengths: list[Any] = [None]
+
+    def forward(item_seq: Any, *args: Any, **kwargs: Any) -> Any:
+        lengths[0] = (item_seq != 0).sum(-1)  # right-padded with 0: the count of real items
+        return original_forward(item_seq, *args, **kwargs)
+
+    def shift_positions(module: Any, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+        (position_ids,) = inputs
+        width = position_ids.shape[-1]
+        # padding positions (p >= L) would pass max_len - 1; clamped, they stay masked and unread
+        return ((position_ids + (width - lengths[0])[:, None]).clamp_max(width - 1),)
+
+    model.forward = forward
+    model.position_embedding.register_forward_pre_hook(shift_positions)
+
+
 def check_one_item_id_space(dataset: Any) -> None:
     """Fails when RecBole gave histories (``item_id_list``) and targets (``item_id``) different item ids."""
     items, histories = dataset.field2token_id["item_id"], dataset.field2token_id.get("item_id_list")
@@ -211,6 +241,12 @@ def recbole_training_rows(dataset: Any, train_dataset: Any, history_only: bool =
 
 
 CUSTOM_LOSSES = {"bce": bce_loss, "ce-all": all_positions_ce_loss, "bce-all": all_positions_bce_loss}
+# `positions` option -> variant label. RecBole pads histories on the right and numbers positions from the first
+# item; the original SASRec code (and the S3-Rec code behind the TIGER paper's SASRec row) pads on the left, so
+# the most recent item always sits at the last position. `from-end` reproduces that (count_positions_from_end).
+POSITION_SCHEMES = {"from-start": "", "from-end": ", positions counted from the last item"}
+POSITION_EMBEDDING_MODELS = ("SASRec",)  # causal models with a learned absolute position embedding
+
 LOSS_LABELS = {"ce-all": "CE at every position", "bce-all": "BCE at every position, one negative each"}
 
 
@@ -225,7 +261,8 @@ class RecBoleSequential(Method):
     def variant(cls, settings: dict[str, Any]) -> str:
         dropout = "" if settings["dropout"] is None else f", dropout {settings['dropout']}"
         rows = ", one row per user" if settings["rows"] == "users" else ""
-        return f"loss {LOSS_LABELS.get(settings['loss'], settings['loss'].upper())}{dropout}{rows}"
+        positions = POSITION_SCHEMES.get(settings["positions"], "")
+        return f"loss {LOSS_LABELS.get(settings['loss'], settings['loss'].upper())}{dropout}{rows}{positions}"
 
     @classmethod
     def history_only(cls) -> bool:
@@ -247,6 +284,12 @@ class RecBoleSequential(Method):
                                f"({' or '.join(f'loss={name}' for name in EVERY_POSITION_LOSSES)}) or a "
                                f"masked-item model ({', '.join(m.lower() for m in HISTORY_ONLY_MODELS)}); "
                                "the other losses score a row's last position only")
+        if settings["positions"] not in POSITION_SCHEMES:
+            raise GRBenchError(f"{cls.name}: positions {settings['positions']!r} unknown; expected "
+                               f"{' or '.join(POSITION_SCHEMES)}")
+        if settings["positions"] != "from-start" and cls.recbole_model not in POSITION_EMBEDDING_MODELS:
+            raise GRBenchError(f"{cls.name}: positions={settings['positions']} works for "
+                               f"{', '.join(m.lower() for m in POSITION_EMBEDDING_MODELS)} only")
         dropout = settings["dropout"]
         if dropout is not None:
             if cls.recbole_model not in DROPOUT_KEYS:
@@ -313,6 +356,8 @@ class RecBoleSequential(Method):
         data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
         config, dataset, train_loader = self.load_recbole_data(data, context, data_folder)
         self.model = get_model(self.recbole_model)(config, train_loader._dataset).to(config["device"])
+        if self.settings["positions"] == "from-end":
+            count_positions_from_end(self.model)
         self.device = config["device"]
         with silence_recbole_tensorboard():
             trainer = get_trainer(config["MODEL_TYPE"], self.recbole_model)(config, self.model)

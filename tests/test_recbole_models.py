@@ -141,6 +141,8 @@ def test_separate_history_and_target_item_ids_are_refused(tmp_path, monkeypatch)
     ("sasrec:dropout=1.5", "sasrec: dropout must be a number in [0, 1)"),
     ("sasrec:rows=users", "sasrec: rows=users (one row per user) needs a loss at every position"),
     ("sasrec:rows=windows", "sasrec: rows 'windows' unknown"),
+    ("sasrec:positions=middle", "sasrec: positions 'middle' unknown; expected from-start or from-end"),
+    ("gru4rec:positions=from-end", "gru4rec: positions=from-end works for sasrec only"),
 ])
 def test_unknown_or_unsupported_loss_fails_before_any_work(tmp_path, capsys, spec, message):
     assert main(["run", "--profile", "smoke", "--methods", f"pop,{spec}", "--out", str(tmp_path)]) == 2
@@ -163,7 +165,7 @@ def test_dropout_option_reaches_the_recbole_model(tmp_path, name, keys):
 
 def test_smoke_runs_of_every_recbole_model(tmp_path):
     specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all", "sasrec:loss=ce-all,rows=users",
-             "sasrec:loss=bce-all,rows=users"]
+             "sasrec:loss=bce-all,rows=users", "sasrec:loss=bce-all,rows=users,positions=from-end"]
     assert main(["run", "--profile", "smoke", "--methods", ",".join(specs), "--out", str(tmp_path)]) == 0
     records = {r["method"]: r for r in ResultStore(tmp_path).load()}
     assert set(records) == set(specs)
@@ -269,6 +271,35 @@ def test_every_position_bce_loss_scores_each_prefix_against_its_next_item_and_on
         expected = F.binary_cross_entropy_with_logits(positive, torch.ones(4)) + \
             F.binary_cross_entropy_with_logits(negative, torch.zeros(4))
     assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_positions_from_end_give_a_left_padded_sasrec(trained_smoke_sasrec):
+    """``positions=from-end``: on RecBole's right-padded rows, the output at each history's last item is the plain
+    model's on the same history padded on the left (the original SASRec's layout), and differs from RecBole's own
+    numbering unless the history fills the row."""
+    import copy
+
+    import torch
+
+    model, max_len = trained_smoke_sasrec
+    shifted = copy.deepcopy(model)
+    recbole_models.count_positions_from_end(shifted)
+    histories = [ROW_ITEMS[:1], ROW_ITEMS[:3], ROW_ITEMS, [item % 9 + 1 for item in range(max_len)]]
+    lengths = torch.tensor([len(history) for history in histories])
+    right, left = torch.zeros(2, len(histories), max_len, dtype=torch.long)
+    for row, history in enumerate(histories):
+        right[row, : len(history)] = torch.tensor(history)
+        left[row, max_len - len(history):] = torch.tensor(history)
+    with torch.no_grad():
+        ours = shifted.forward(right, lengths)
+        recbole_numbering = model.forward(right, lengths)
+        with recbole_models.every_position(model):
+            left_padded = model.forward(left, lengths)[:, -1]
+    assert torch.allclose(ours, left_padded, atol=1e-5)
+    assert not torch.allclose(ours[:-1], recbole_numbering[:-1], atol=1e-3)
+    assert torch.allclose(ours[-1], recbole_numbering[-1], atol=1e-5)  # a full row: the numberings agree
+    assert methods()["sasrec"].variant(methods()["sasrec"].settings_for("small", {"positions": "from-end"})) == \
+        "loss CE, positions counted from the last item"
 
 
 def test_sampled_negatives_are_real_items_and_never_the_positive():
