@@ -314,3 +314,59 @@ def test_sampled_negatives_are_real_items_and_never_the_positive():
         drawn = negatives[positives == item]
         shares = [float((drawn == other).float().mean()) for other in others]
         assert all(0.43 < share < 0.57 for share in shares), (item, shares)
+
+
+@pytest.mark.parametrize("spec", ["sasrec", "sasrec:loss=ce-all", "sasrec:loss=bpr", "sasrec:positions=from-end",
+                                  "gru4rec", "bert4rec", "bert4rec:loss=bpr"])
+def test_padding_free_loss_equals_the_full_width_loss_and_gradient(tmp_path, spec):
+    """A training batch's loss computed on groups of rows cut to their longest row is RecBole's full-width loss,
+    with the same gradient for every parameter (dropout off, so both are deterministic)."""
+    import torch
+
+    from bench.registry import parse_method_spec
+
+    method_class, options = parse_method_spec(spec)
+    settings = method_class.settings_for("smoke", options)
+    context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path)
+    method = method_class(settings, context)
+    data = leave_last_out(load_dataset("synthetic:users=120,items=40,seed=2")).train_view()
+    method.fit(data, context)
+    model = method.model.eval()
+    _, _, train_loader = method.load_recbole_data(data, context, tmp_path / "again" / "grbench")
+    torch.manual_seed(0)
+    batch = next(iter(train_loader))
+    widths = []
+    original = method.model_loss
+
+    def recording(interaction):
+        widths.append(interaction[model.ITEM_SEQ].shape[1])
+        return original(interaction)
+
+    def loss_and_gradients(loss_of):
+        model.zero_grad()
+        loss = loss_of(batch)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full_gradients = loss_and_gradients(method.model_loss)
+    method.model_loss = recording
+    free_loss, free_gradients = loss_and_gradients(method.training_loss)
+    assert len(widths) > 1 and min(widths) < settings["max_len"]  # it did cut the batch into narrower groups
+    assert torch.allclose(free_loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert free_gradients.keys() == full_gradients.keys()
+    for name, gradient in full_gradients.items():
+        assert torch.allclose(free_gradients[name], gradient, rtol=1e-4, atol=1e-6), name
+
+
+def test_padding_free_loss_is_used_only_for_models_whose_outputs_ignore_trailing_padding(tmp_path):
+    from bench.registry import parse_method_spec
+
+    def averages_over(spec):
+        method_class, options = parse_method_spec(spec)
+        context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path)
+        return method_class(method_class.settings_for("smoke", options), context).loss_averages_over()
+
+    assert {spec: averages_over(spec) for spec in ("sasrec", "sasrec:loss=bce-all", "gru4rec:loss=ce-all",
+                                                   "bert4rec", "hgn")} == {
+        "sasrec": "rows", "sasrec:loss=bce-all": "positions", "gru4rec:loss=ce-all": "positions",
+        "bert4rec": "masked items", "hgn": None}
