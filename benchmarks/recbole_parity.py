@@ -25,12 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from baselines.recbole_models import PROFILES, RECBOLE_MODELS  # noqa: E402
-from bench.compat import (  # noqa: E402
-    import_recbole,
-    recbole_config,
-    recbole_model_class,
-    silence_recbole_tensorboard,
-)
+from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard  # noqa: E402
 from bench.data.base import Dataset, make_catalog, make_interactions  # noqa: E402
 from bench.data.movielens import ml100k_dir, read_atomic_file  # noqa: E402
 from bench.evaluate import per_user_metrics  # noqa: E402
@@ -88,7 +83,7 @@ def recbole_pipeline(model: str, dataset_name: str, data_root: Path, base_config
 
     import_recbole()
     from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_trainer, init_seed
+    from recbole.utils import get_model, get_trainer, init_seed
 
     config_dict = {
         # RecBole's own files have no item_id_list column: its augmentation builds one in the item_id space
@@ -104,7 +99,7 @@ def recbole_pipeline(model: str, dataset_name: str, data_root: Path, base_config
     ours, dataset = dataset, create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     same, users = same_test_rows(ours, recbole_test_rows(dataset, test), config["MAX_ITEM_LIST_LENGTH"])
-    network = recbole_model_class(model)(config, train._dataset).to(config["device"])
+    network = get_model(model)(config, train._dataset).to(config["device"])
     with silence_recbole_tensorboard():
         trainer = get_trainer(config["MODEL_TYPE"], model)(config, network)
     trainer.fit(train, valid, saved=True, show_progress=False, verbose=False)
