@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from baselines.sequential import mean_over_length_groups
 from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
@@ -221,11 +222,10 @@ def count_positions_from_end(model: Any) -> None:
 # a row's last item), or per masked item (BERT4Rec's MASK_INDEX > 0). Losses at every position (ce-all, bce-all)
 # average over a row's real positions instead. Models absent here train on RecBole's full-width rows.
 PADDING_FREE_MODELS = {"SASRec": "rows", "GRU4Rec": "rows", "BERT4Rec": "masked items"}
-WIDTH_GROUPS = (2, 4, 8, 16, 32)  # a training batch is split into rows of length <= 2, <= 4, ..., and the rest
 
 
 def padding_free_loss(loss: Callable[[Any], Any], model: Any, interaction: Any, averages_over: str) -> Any:
-    """``loss(interaction)`` computed on groups of rows of similar length, each group cut to its longest row.
+    """``loss(interaction)`` computed on the batch's length groups, each cut to its longest row.
 
     RecBole pads every training history to ``MAX_ITEM_LIST_LENGTH``; on the Amazon files a training row holds six
     items on average against 50 columns, and the padding took about two thirds of a SASRec step on Sports. In the
@@ -247,15 +247,10 @@ def padding_free_loss(loss: Callable[[Any], Any], model: Any, interaction: Any, 
     else:
         mask_fields, sequence_fields = (), (model.ITEM_SEQ,)
         weights = lengths if averages_over == "positions" else torch.ones_like(lengths)
-    total = weights.sum()
-    if total == 0:  # nothing to average (RecBole's loss is then NaN, and its trainer says so)
+    if weights.sum() == 0:  # nothing to average (RecBole's loss is then NaN, and its trainer says so)
         return loss(interaction)
-    result, shorter = 0, 0
-    for longest in (*WIDTH_GROUPS, lengths.max()):
-        rows = torch.nonzero((lengths > shorter) & (lengths <= longest) & (weights > 0)).squeeze(1)
-        shorter = longest
-        if len(rows) == 0:
-            continue
+
+    def group_loss(rows: Any) -> Any:
         group = interaction[rows]
         width = int(group[model.ITEM_SEQ_LEN].max())
         for field in sequence_fields:
@@ -264,8 +259,9 @@ def padding_free_loss(loss: Callable[[Any], Any], model: Any, interaction: Any, 
             masked = int((group[model.POS_ITEMS] != 0).sum(1).max())
             for field in mask_fields:
                 group.interaction[field] = group[field][:, -masked:]
-        result = result + loss(group) * (weights[rows].sum() / total)
-    return result
+        return loss(group)
+
+    return mean_over_length_groups(lengths, weights, group_loss)
 
 
 def check_one_item_id_space(dataset: Any) -> None:

@@ -29,7 +29,7 @@ that changes over training (e.g. a warm-up) learns the epoch from :meth:`Sequent
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,6 +76,41 @@ def left_aligned(sequences: Sequence[np.ndarray], width: int) -> np.ndarray:
     for row, seq in enumerate(sequences):
         rows[row, : len(seq)] = seq
     return rows
+
+
+# Rows of length <= 2, 3-4, 5-8, 9-16, 17-32 and longer form the groups of `length_groups`.
+WIDTH_GROUPS = (2, 4, 8, 16, 32)
+
+
+def length_groups(lengths: torch.Tensor, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Indices of the rows of each length group (:data:`WIDTH_GROUPS`; empty groups left out), optionally only of
+    rows where ``keep`` is True.
+
+    Written by hand because the libraries' length bucketing (e.g. a bucketing sampler) regroups rows *across*
+    batches, which changes what a training step sees; these groups split one batch, so that each group cut to
+    its longest row carries little padding while the step's rows stay the same. On the Amazon files a training
+    sequence holds five or six items and a batch of 256 nearly always one of 50.
+    """
+    groups, shorter = [], -1
+    for longest in (*WIDTH_GROUPS, int(lengths.max())):
+        chosen = (lengths > shorter) & (lengths <= longest)
+        shorter = longest
+        rows = torch.nonzero(chosen if keep is None else chosen & keep).squeeze(1)
+        if len(rows):
+            groups.append(rows)
+    return groups
+
+
+def mean_over_length_groups(lengths: torch.Tensor, weights: torch.Tensor,
+                            group_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A batch's mean loss from the mean losses of its :func:`length_groups`: ``sum_g group_loss(rows_g) W_g / W``,
+    where ``W_g`` sums the ``weights`` of group g's rows (what its mean is over: rows, positions, ...) and ``W``
+    those of the batch; rows of weight 0 are left out. Equal to the whole batch's mean where each row's terms do
+    not depend on the other rows or on the padding."""
+    total, loss = weights.sum(), 0
+    for rows in length_groups(lengths, keep=weights > 0):
+        loss = loss + group_loss(rows) * (weights[rows].sum() / total)
+    return loss
 
 
 def next_item_examples(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,8 +176,7 @@ class SequentialRecommender(Method):
             losses = []
             for start in range(0, len(order), settings["batch_size"]):
                 batch = order[start:start + settings["batch_size"]]
-                width = int((inputs[batch] != PADDING_ITEM).sum(1).max())  # trailing padding is dead weight
-                loss = self.loss(inputs[batch, :width].to(self.device), targets[batch, :width].to(self.device))
+                loss = self.batch_loss(inputs[batch], targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -164,6 +198,30 @@ class SequentialRecommender(Method):
         return {f"{self.name} {part}": [(int(user), row[row != PADDING_ITEM].tolist())
                                         for user, row in zip(users, rows)]
                 for part, rows in (("inputs", inputs), ("targets", targets))}
+
+    def batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` of a training batch ``(B, max_len)``, without computing on its padding.
+
+        Where the loss is a mean of per-position terms (:meth:`loss_is_per_position`), it is computed on the
+        batch's :func:`length_groups`, each cut to its longest row, and the groups' means are weighted by their
+        real positions: the same loss and gradient as the whole batch at once (a position's state depends on
+        its own prefix only; tested), in about half the time of a ReaRec step on Sports. Otherwise the batch is
+        cut to its longest row only.
+        """
+        lengths = (targets != PADDING_ITEM).sum(1)
+
+        def group_loss(rows: torch.Tensor) -> torch.Tensor:
+            width = int(lengths[rows].max())
+            return self.loss(inputs[rows, :width].to(self.device), targets[rows, :width].to(self.device))
+
+        if not self.loss_is_per_position():
+            return group_loss(torch.arange(len(lengths)))
+        return mean_over_length_groups(lengths, lengths, group_loss)
+
+    def loss_is_per_position(self) -> bool:
+        """Whether :meth:`loss` is a mean over real positions of terms that each read one position's state (a
+        subclass whose loss compares sequences within a batch says no)."""
+        return True
 
     def begin_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based, also after a resume); a no-op unless a loss has a schedule."""
@@ -198,10 +256,17 @@ class SequentialRecommender(Method):
         """Hidden state after each history's last item, ``(len(histories), D)``, histories cut to ``max_len``."""
         max_len = self.settings["max_len"]
         recent = [np.asarray(h[-max_len:], dtype=np.int64) for h in histories]
-        lengths = torch.tensor([len(h) for h in recent], device=self.device)
-        items = torch.from_numpy(left_aligned(recent, max(1, int(lengths.max())))).to(self.device)
-        hidden = self.encoder(items)
-        return hidden[torch.arange(len(recent), device=self.device), (lengths - 1).clamp(min=0)]
+        lengths = torch.tensor([len(h) for h in recent])
+        groups = length_groups(lengths)  # histories of similar length together: little padding computed
+        states = []
+        for rows in groups:
+            items = torch.from_numpy(left_aligned([recent[row] for row in rows], max(1, int(lengths[rows].max()))))
+            last = (lengths[rows] - 1).clamp(min=0).to(self.device)
+            states.append(self.encoder(items.to(self.device))[torch.arange(len(rows), device=self.device), last])
+        grouped = torch.cat(states)
+        hidden = torch.empty_like(grouped)
+        hidden[torch.cat(groups).to(self.device)] = grouped  # back in the order of `histories`
+        return hidden
 
     @torch.no_grad()
     def scores(self, histories: Sequence[np.ndarray]) -> torch.Tensor:

@@ -450,6 +450,10 @@ class ReaRec(SequentialRecommender):
         return (s["scheme"] == "prl" and s["reasoning_steps"] > 0 and s["noise"] > 0 and s["contrastive_weight"] > 0
                 and self.epoch >= s["warmup"])
 
+    def loss_is_per_position(self) -> bool:
+        """PRL's contrastive term takes its negatives from the batch's other sequences, so its batch stays whole."""
+        return not self.contrastive()
+
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """ERL's or PRL's loss over the real positions of a ``(B, L)`` batch (targets 0 are padding)."""
         s = self.settings

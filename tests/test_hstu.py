@@ -220,3 +220,49 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
     """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
     check_resume_after_kill(tmp_path, monkeypatch, "hstu", sequential)
 
+
+
+@pytest.mark.parametrize("spec", ["hstu:loss=ce", "rearec", "rearec:scheme=prl,warmup=5", "rearec:diversity=paper"])
+def test_a_batch_loss_from_its_length_groups_equals_the_whole_batch_loss(tmp_path, spec):
+    """SequentialRecommender.batch_loss computes each length group at its own width and weights it by its
+    positions: the same loss and gradient as the batch at full width (dropout off, so both are deterministic)."""
+    from bench.registry import parse_method_spec
+
+    method_class, options = parse_method_spec(spec)
+    run = context(tmp_path)
+    method = method_class(method_class.settings_for("smoke", options), run)
+    data = leave_last_out(load_dataset("synthetic:users=80,items=40,seed=3")).train_view()
+    method.device = torch.device("cpu")
+    method.encoder = method.build_encoder(data.n_items).eval()
+    _, inputs, targets = (torch.from_numpy(a) for a in next_item_examples(data.train_sequences, 10))
+    widths = []
+    original = method.loss
+
+    def recording(batch_inputs, batch_targets):
+        widths.append(batch_inputs.shape[1])
+        return original(batch_inputs, batch_targets)
+
+    def loss_and_gradients(loss_of):
+        method.encoder.zero_grad()
+        loss = loss_of(inputs, targets)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in method.encoder.parameters() if p.grad is not None]
+
+    whole_loss, whole_gradients = loss_and_gradients(method.loss)
+    method.loss = recording
+    grouped_loss, grouped_gradients = loss_and_gradients(method.batch_loss)
+    assert len(widths) > 1 and min(widths) < inputs.shape[1]  # several groups, narrower than the batch
+    torch.testing.assert_close(grouped_loss, whole_loss, rtol=1e-5, atol=1e-6)
+    assert len(grouped_gradients) == len(whole_gradients)
+    for grouped, whole in zip(grouped_gradients, whole_gradients):
+        torch.testing.assert_close(grouped, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_prl_with_its_contrastive_term_keeps_the_batch_whole(tmp_path):
+    """PRL's contrastive negatives are the batch's other sequences: after the warm-up its batch is not split."""
+    method_class = methods()["rearec"]
+    method = method_class(method_class.settings_for("smoke", {"scheme": "prl"}), context(tmp_path))
+    method.begin_epoch(0)
+    assert method.loss_is_per_position()  # warm-up: the ranking term alone
+    method.begin_epoch(method.settings["warmup"])
+    assert not method.loss_is_per_position()
