@@ -254,11 +254,11 @@ def padding_free_loss(loss: Callable[[Any], Any], model: Any, interaction: Any, 
         group = interaction[rows]
         width = int(group[model.ITEM_SEQ_LEN].max())
         for field in sequence_fields:
-            group.interaction[field] = group[field][:, :width]
+            group.interaction[field] = group[field][:, :width].contiguous()  # RecBole's models .view() some
         if mask_fields:
             masked = int((group[model.POS_ITEMS] != 0).sum(1).max())
             for field in mask_fields:
-                group.interaction[field] = group[field][:, -masked:]
+                group.interaction[field] = group[field][:, -masked:].contiguous()
         return loss(group)
 
     return mean_over_length_groups(lengths, weights, group_loss)

@@ -317,7 +317,7 @@ def test_sampled_negatives_are_real_items_and_never_the_positive():
 
 
 @pytest.mark.parametrize("spec", ["sasrec", "sasrec:loss=ce-all", "sasrec:loss=bpr", "sasrec:positions=from-end",
-                                  "gru4rec", "bert4rec", "bert4rec:loss=bpr"])
+                                  "gru4rec", "bert4rec", "bert4rec:loss=bpr", "bert4rec:max_len=30"])
 def test_padding_free_loss_equals_the_full_width_loss_and_gradient(tmp_path, spec):
     """A training batch's loss computed on groups of rows cut to their longest row is RecBole's full-width loss,
     with the same gradient for every parameter (dropout off, so both are deterministic)."""
