@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from benchmarks.padding_free import main
+
+
+@pytest.mark.parametrize("method", ["bert4rec", "hstu:loss=ce"])
+def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys):
+    main(["--method", method, "--dataset", "synthetic", "--profile", "smoke", "--steps", "2", "--rank-users", "50"])
+    out = capsys.readouterr().out
+    assert re.search(r"full width [\d.]+, padding-free [\d.]+ \(equal\)", out)
+    assert re.search(r"full width +[\d.]+ ms/step +[\d.]+x the padding-free step", out)
+    assert ("ranking 50 validation histories" in out) == method.startswith("hstu")
+
+
+def test_the_benchmark_refuses_a_method_without_training_batches(capsys):
+    with pytest.raises(SystemExit):
+        main(["--method", "pop", "--dataset", "synthetic", "--profile", "smoke"])
+    assert "pop: not a RecBole or sequential model" in capsys.readouterr().err
