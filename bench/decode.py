@@ -26,6 +26,7 @@ Memory: level ``l`` of the trie is an ``(n_prefixes_l, n_level_tokens_l)`` int32
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -214,6 +215,18 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int, side: str, 
     return input_ids.to(device), attention_mask.to(device)
 
 
+# transformers 5.24 renamed the KV cache of every forward and output from ``past_key_values`` to ``cache`` (the
+# old name still works there, with a deprecation warning on each run); 5.23, which the GPU image has, knows
+# only the old name. These two helpers pick whichever the installed version has.
+def _cache_keyword(model: PreTrainedModel) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output: Any) -> Any:
+    return output.cache if "cache" in getattr(output, "__dataclass_fields__", {}) else output.past_key_values
+
+
 def _reorder_cache(cache: Any, parent_rows: torch.Tensor) -> None:
     if not hasattr(cache, "reorder_cache"):
         raise GRBenchError(f"the model returned a {type(cache).__name__} as its cache, which cannot be reordered "
@@ -227,6 +240,7 @@ class _CausalLMSteps:
     def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_token_id: int,
                  device: torch.device):
         self.model = model
+        self.cache_keyword = _cache_keyword(model)
         self.input_ids, self.attention_mask = pad_prompts(prompts, pad_token_id, "left", device)
         # Left padding shifts each prompt: positions count real tokens only, as generate() computes them.
         self.positions = (self.attention_mask.cumsum(-1) - 1).clamp_min(0)
@@ -235,7 +249,7 @@ class _CausalLMSteps:
     def first_logits(self) -> torch.Tensor:
         output = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask,
                             position_ids=self.positions, use_cache=True, logits_to_keep=1)
-        self.cache = output.past_key_values
+        self.cache = _returned_cache(output)
         self.positions = self.positions[:, -1:]
         return output.logits[:, -1]
 
@@ -245,8 +259,8 @@ class _CausalLMSteps:
         self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(parent_rows), 1)], 1)
         self.positions = self.positions.index_select(0, parent_rows) + 1
         output = self.model(input_ids=tokens[:, None], attention_mask=self.attention_mask,
-                            position_ids=self.positions, past_key_values=self.cache, use_cache=True)
-        self.cache = output.past_key_values
+                            position_ids=self.positions, use_cache=True, **{self.cache_keyword: self.cache})
+        self.cache = _returned_cache(output)
         return output.logits[:, -1]
 
 
@@ -256,6 +270,7 @@ class _EncoderDecoderSteps:
     def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_token_id: int,
                  device: torch.device):
         self.model = model
+        self.cache_keyword = _cache_keyword(model)
         input_ids, self.attention_mask = pad_prompts(prompts, pad_token_id, "right", device)
         self.encoder_states = model.get_encoder()(input_ids=input_ids, attention_mask=self.attention_mask)[0]
         start = model.config.decoder_start_token_id
@@ -269,8 +284,8 @@ class _EncoderDecoderSteps:
 
         output = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoder_states),
                             attention_mask=self.attention_mask, decoder_input_ids=decoder_input_ids,
-                            past_key_values=self.cache, use_cache=True)
-        self.cache = output.past_key_values
+                            use_cache=True, **{self.cache_keyword: self.cache})
+        self.cache = _returned_cache(output)
         return output.logits[:, -1]
 
     def first_logits(self) -> torch.Tensor:

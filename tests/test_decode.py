@@ -276,3 +276,31 @@ def test_the_benchmark_refuses_a_bad_batch_list(text: str) -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match="positive integers"):
         batch_sizes(text)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_decoding_passes_the_cache_under_the_installed_transformers_name(kind):
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` and warns on every run given the old name."""
+    import logging
+    import warnings
+
+    class Messages(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.texts: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.texts.append(record.getMessage())
+
+    model = MODELS[kind]()
+    trie = SIDTrie.from_item_tokens(random_sids(40, seed=3))
+    handler = Messages()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            constrained_beam_search(model, random_prompts([4, 2], seed=4), trie, k=3, beam_width=4)
+    finally:
+        logger.removeHandler(handler)
+    assert not [text for text in handler.texts if "past_key_values" in text], handler.texts
