@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from baselines.sequential import mean_over_length_groups
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
@@ -201,18 +202,21 @@ class Tiger(Method):
         return SidConfig(**{name: settings[option] for option, name in SID_OPTIONS.items()})
 
     def fit(self, data: TrainData, context: RunContext) -> None:
-        settings = self.settings
-        self.sids = semantic_ids_stage(data, self.sid_config(settings), context)
-        self.table = item_token_table(self.sids)
-        user_offset = SID_OFFSET + self.sids.n_tokens
-        self.user_token = user_tokens(data.user_ids, settings["user_buckets"], user_offset)
-        self.trie = SIDTrie.from_item_tokens(self.table[1:], np.arange(1, data.n_items + 1))
-        self.device = torch.device(context.device)
-
+        self.prepare(data, context)
         with context.stage("seq2seq"):
             torch.manual_seed(context.seed)  # the same initial weights whether the SIDs came from the cache or not
-            self.model = build_model(settings, user_offset + settings["user_buckets"]).to(self.device)
+            self.model = build_model(self.settings, self.vocab_size).to(self.device)
             self.training_report = self._train(data, context)
+
+    def prepare(self, data: TrainData, context: RunContext) -> None:
+        """Everything but the model: the SIDs (a cached stage), their token table, the user tokens and the trie."""
+        self.sids = semantic_ids_stage(data, self.sid_config(self.settings), context)
+        self.table = item_token_table(self.sids)
+        user_offset = SID_OFFSET + self.sids.n_tokens
+        self.user_token = user_tokens(data.user_ids, self.settings["user_buckets"], user_offset)
+        self.vocab_size = user_offset + self.settings["user_buckets"]
+        self.trie = SIDTrie.from_item_tokens(self.table[1:], np.arange(1, data.n_items + 1))
+        self.device = torch.device(context.device)
 
     def _train(self, data: TrainData, context: RunContext) -> dict[str, Any]:
         settings = self.settings
@@ -232,8 +236,7 @@ class Tiger(Method):
                        for start in range(0, len(order), settings["batch_size"])]
             total = 0.0
             for batch in context.progress(batches, f"tiger epoch {epoch + 1}", total=len(batches)):
-                loss = self.model(**self._batch(users[batch], windows[batch]),
-                                  labels=torch.from_numpy(self.table[targets[batch]]).to(self.device)).loss
+                loss = self.batch_loss(users[batch], windows[batch], targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -270,6 +273,24 @@ class Tiger(Method):
     def validation_users(self, n_users: int) -> np.ndarray:
         """The users validation scores: all, or ``valid_users`` of them drawn once with a fixed seed."""
         return fixed_subset(n_users, self.settings["valid_users"] or None, VALID_SUBSET_SEED)
+
+    def batch_loss(self, users: np.ndarray, windows: np.ndarray, targets: np.ndarray) -> torch.Tensor:
+        """Mean next-SID cross-entropy of a training batch, computed on its length groups.
+
+        A batch of random prefixes nearly always holds one of ``max_items`` items, so cut to its longest row
+        the encoder ran on ~81 tokens where most rows hold a few items. Each group of
+        :func:`baselines.sequential.length_groups` is cut to its own longest row and weighted by its rows
+        (every target has L tokens): the same loss and gradient as the whole batch (right padding is masked,
+        and T5's relative positions count from the left; tested with dropout off).
+        """
+        lengths = torch.from_numpy((windows != PADDING_ITEM).sum(1))
+
+        def group_loss(rows: torch.Tensor) -> torch.Tensor:
+            chosen = rows.numpy()
+            labels = torch.from_numpy(self.table[targets[chosen]]).to(self.device)
+            return self.model(**self._batch(users[chosen], windows[chosen]), labels=labels).loss
+
+        return mean_over_length_groups(lengths, torch.ones(len(lengths)), group_loss)
 
     def _batch(self, users: np.ndarray, windows: np.ndarray) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(encoder_inputs(self.user_token[users], windows, self.table)).to(self.device)

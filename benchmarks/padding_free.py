@@ -11,6 +11,10 @@ RecBole's ``sine.py`` used to switch on for the whole process (``bench.compat.im
     python benchmarks/padding_free.py --method sasrec --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
     python benchmarks/padding_free.py --method bert4rec --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
     python benchmarks/padding_free.py --method rearec --anomaly --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
+    python benchmarks/padding_free.py --method tiger --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
+
+TIGER builds its semantic IDs first (a cached stage under ``$GRBENCH_CACHE``: point it at a run's cache to
+reuse them).
 
 On a machine shared with other jobs, run it under ``taskset`` with ``--threads 1`` for steadier timings.
 """
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from baselines import sequential  # noqa: E402
 from baselines.recbole_models import RecBoleSequential  # noqa: E402
+from baselines.tiger import Tiger, build_model, training_examples  # noqa: E402
 from bench.data import load_dataset  # noqa: E402
 from bench.registry import RunContext, parse_method_spec  # noqa: E402
 from bench.split import TrainData, leave_last_out  # noqa: E402
@@ -78,6 +83,26 @@ def sequential_losses(method: sequential.SequentialRecommender, data: TrainData,
     return method.encoder, torch.optim.Adam(method.encoder.parameters()), batches, losses
 
 
+def tiger_losses(method: Tiger, data: TrainData, context: RunContext, steps: int
+                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Any], dict[str, Callable]]:
+    """TIGER's T5 (SIDs from the cache or built now), AdamW, ``steps`` random batches of training prefixes, and
+    both losses: the batch cut to its longest row (as before) and :meth:`Tiger.batch_loss`."""
+    method.prepare(data, context)
+    method.model = build_model(method.settings, method.vocab_size)
+    users, windows, targets = training_examples(data, method.settings["max_items"])
+    order = torch.randperm(len(targets)).numpy()
+    size = method.settings["batch_size"]
+    batches = [order[start:start + size] for start in range(0, min(len(order), steps * size), size)]
+
+    def whole(rows: Any) -> torch.Tensor:
+        labels = torch.from_numpy(method.table[targets[rows]])
+        return method.model(**method._batch(users[rows], windows[rows]), labels=labels).loss
+
+    losses = {"full width": whole, "padding-free": lambda rows: method.batch_loss(users[rows], windows[rows],
+                                                                                  targets[rows])}
+    return method.model, torch.optim.AdamW(method.model.parameters()), batches, losses
+
+
 def ranking_ms(method: sequential.SequentialRecommender, data: TrainData, users: int) -> dict[str, float]:
     """Milliseconds to rank ``users`` validation histories in one padded batch and in length groups."""
     histories = data.valid_histories()[:users]
@@ -97,7 +122,7 @@ def ranking_ms(method: sequential.SequentialRecommender, data: TrainData, users:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", default="sasrec", help="a method spec: sasrec, bert4rec, gru4rec, hstu, rearec")
+    parser.add_argument("--method", default="sasrec", help="a method spec: sasrec, bert4rec, gru4rec, hstu, rearec, tiger")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--profile", default="small")
     parser.add_argument("--steps", type=int, default=10, help="training batches timed per variant")
@@ -117,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
             model, optimizer, batches, losses = recbole_losses(method, data, context, args.steps, Path(scratch))
         elif isinstance(method, sequential.SequentialRecommender):
             model, optimizer, batches, losses = sequential_losses(method, data, args.steps)
+        elif isinstance(method, Tiger):
+            model, optimizer, batches, losses = tiger_losses(method, data, context, args.steps)
         else:
-            parser.error(f"{args.method}: not a RecBole or sequential model")
+            parser.error(f"{args.method}: not a RecBole, sequential or TIGER model")
 
         model.eval()  # dropout off: both ways must give the same loss
         with torch.no_grad():

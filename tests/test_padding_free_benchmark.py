@@ -4,11 +4,14 @@ import re
 
 import pytest
 
+import bench.sid as sid
 from benchmarks.padding_free import main
+from tests.test_sid import fake_embed
 
 
-@pytest.mark.parametrize("method", ["bert4rec", "hstu:loss=ce"])
-def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys):
+@pytest.mark.parametrize("method", ["bert4rec", "hstu:loss=ce", "tiger"])
+def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys, monkeypatch):
+    monkeypatch.setattr(sid, "embed_texts", lambda texts, *args, **kwargs: fake_embed(texts))  # TIGER's SIDs
     main(["--method", method, "--dataset", "synthetic", "--profile", "smoke", "--steps", "2", "--rank-users", "50"])
     out = capsys.readouterr().out
     assert re.search(r"full width [\d.]+, padding-free [\d.]+ \(equal\)", out)
@@ -19,4 +22,4 @@ def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys):
 def test_the_benchmark_refuses_a_method_without_training_batches(capsys):
     with pytest.raises(SystemExit):
         main(["--method", "pop", "--dataset", "synthetic", "--profile", "smoke"])
-    assert "pop: not a RecBole or sequential model" in capsys.readouterr().err
+    assert "pop: not a RecBole, sequential or TIGER model" in capsys.readouterr().err

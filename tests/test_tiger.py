@@ -252,3 +252,39 @@ def test_model_has_tigers_shape_in_the_paper_profile():
             config.d_ff, config.dropout_rate) == (4, 4, 128, 6, 64, 1024, 0.1)
     assert config.decoder_start_token_id == config.pad_token_id == PAD
     assert isinstance(model, torch.nn.Module)
+
+
+def test_a_batch_loss_from_its_length_groups_equals_the_whole_batch_loss(tmp_path, fake_encoder):
+    """Tiger.batch_loss runs each length group at its own width: with dropout off, the same loss and gradient
+    as the batch cut to its longest row."""
+    data = leave_last_out(load_dataset("synthetic:users=80,items=40,seed=3")).train_view()
+    method = fitted(data, {**PROFILES["smoke"], "epochs": 1, "max_items": 12}, tmp_path)
+    method.model.eval()
+    users, windows, targets = tiger.training_examples(data, method.settings["max_items"])
+    widths = []
+    original = method._batch
+
+    def recording(batch_users, batch_windows):
+        batch = original(batch_users, batch_windows)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    def whole(batch_users, batch_windows, batch_targets):
+        labels = torch.from_numpy(method.table[batch_targets])
+        return method.model(**original(batch_users, batch_windows), labels=labels).loss
+
+    def loss_and_gradients(loss_of):
+        method.model.zero_grad()
+        loss = loss_of(users, windows, targets)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in method.model.parameters() if p.grad is not None]
+
+    whole_loss, whole_gradients = loss_and_gradients(whole)
+    method._batch = recording
+    grouped_loss, grouped_gradients = loss_and_gradients(method.batch_loss)
+    full_width = 1 + method.table.shape[1] * int((windows > 0).sum(1).max())
+    assert len(widths) > 1 and min(widths) < full_width  # several groups, narrower than the batch
+    torch.testing.assert_close(grouped_loss, whole_loss, rtol=1e-5, atol=1e-6)
+    assert len(grouped_gradients) == len(whole_gradients)
+    for grouped, whole_gradient in zip(grouped_gradients, whole_gradients):
+        torch.testing.assert_close(grouped, whole_gradient, rtol=1e-4, atol=1e-6)
