@@ -122,7 +122,8 @@ def ranking_ms(method: sequential.SequentialRecommender, data: TrainData, users:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", default="sasrec", help="a method spec: sasrec, bert4rec, gru4rec, hstu, rearec, tiger")
+    parser.add_argument("--method", default="sasrec",
+                        help="a method spec: sasrec, bert4rec, gru4rec, hstu, rearec, tiger")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--profile", default="small")
     parser.add_argument("--steps", type=int, default=10, help="training batches timed per variant")
