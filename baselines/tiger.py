@@ -287,10 +287,14 @@ class Tiger(Method):
 
         def group_loss(rows: torch.Tensor) -> torch.Tensor:
             chosen = rows.numpy()
-            labels = torch.from_numpy(self.table[targets[chosen]]).to(self.device)
-            return self.model(**self._batch(users[chosen], windows[chosen]), labels=labels).loss
+            return self.rows_loss(users[chosen], windows[chosen], targets[chosen])
 
         return mean_over_length_groups(lengths, torch.ones(len(lengths)), group_loss)
+
+    def rows_loss(self, users: np.ndarray, windows: np.ndarray, targets: np.ndarray) -> torch.Tensor:
+        """Mean next-SID cross-entropy of these rows in one forward pass, cut to their longest row."""
+        labels = torch.from_numpy(self.table[targets]).to(self.device)
+        return self.model(**self._batch(users, windows), labels=labels).loss
 
     def _batch(self, users: np.ndarray, windows: np.ndarray) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(encoder_inputs(self.user_token[users], windows, self.table)).to(self.device)

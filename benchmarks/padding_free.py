@@ -94,12 +94,8 @@ def tiger_losses(method: Tiger, data: TrainData, context: RunContext, steps: int
     size = method.settings["batch_size"]
     batches = [order[start:start + size] for start in range(0, min(len(order), steps * size), size)]
 
-    def whole(rows: Any) -> torch.Tensor:
-        labels = torch.from_numpy(method.table[targets[rows]])
-        return method.model(**method._batch(users[rows], windows[rows]), labels=labels).loss
-
-    losses = {"full width": whole, "padding-free": lambda rows: method.batch_loss(users[rows], windows[rows],
-                                                                                  targets[rows])}
+    losses = {name: lambda rows, loss=loss: loss(users[rows], windows[rows], targets[rows])
+              for name, loss in (("full width", method.rows_loss), ("padding-free", method.batch_loss))}
     return method.model, torch.optim.AdamW(method.model.parameters()), batches, losses
 
 

@@ -269,17 +269,13 @@ def test_a_batch_loss_from_its_length_groups_equals_the_whole_batch_loss(tmp_pat
         widths.append(batch["input_ids"].shape[1])
         return batch
 
-    def whole(batch_users, batch_windows, batch_targets):
-        labels = torch.from_numpy(method.table[batch_targets])
-        return method.model(**original(batch_users, batch_windows), labels=labels).loss
-
     def loss_and_gradients(loss_of):
         method.model.zero_grad()
         loss = loss_of(users, windows, targets)
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in method.model.parameters() if p.grad is not None]
 
-    whole_loss, whole_gradients = loss_and_gradients(whole)
+    whole_loss, whole_gradients = loss_and_gradients(method.rows_loss)  # the batch cut to its longest row
     method._batch = recording
     grouped_loss, grouped_gradients = loss_and_gradients(method.batch_loss)
     full_width = 1 + method.table.shape[1] * int((windows > 0).sum(1).max())
