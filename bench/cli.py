@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="paired comparison of two methods from their stored rankings (per seed and over seeds)",
         description="Scores both methods' stored top-10 lists again, user by user, on the users both ranked, and "
-        "prints A - B of every metric: a paired bootstrap over users of each user's metric averaged over the "
-        "seeds both ran, how many seeds A won, and each seed's difference.")
+        "prints A - B of every metric: a paired bootstrap over users of each user's metric averaged over every "
+        "seed each method ran, how many seeds A won, and each seed's difference (against B's same seed when "
+        "both ran the same seeds, else against B's mean).")
     compare.add_argument("a", help="method spec A, as in the leaderboard (e.g. pauserec)")
     compare.add_argument("b", help="method spec B (e.g. sft)")
     compare.add_argument("--dataset", required=True,

@@ -5,9 +5,13 @@ default), and a difference between two leaderboard means says nothing about its 
 top-10 lists are scored by :mod:`bench.evaluate` again, user by user, and the difference A - B gets:
 
 - per seed: the paired bootstrap over the users both methods ranked (:func:`bench.evaluate.paired_bootstrap`);
-- over seeds: each user's metric averaged over the seeds both methods ran, then the same paired bootstrap over
+- over seeds: each user's metric averaged over every seed each method ran, then the same paired bootstrap over
   users, and how many seeds A won. Seeds are few (3 in the study), so the spread between them is shown as the
   per-seed differences rather than summarised by an interval of its own.
+
+When both methods ran the same seeds, seed s of A is set against seed s of B. When they did not (five ReaRec
+seeds against one SASRec run), each seed of A is set against B's mean over its seeds: pairing only the seeds
+both happen to share would drop runs, and seed s of two different models shares nothing but its number.
 
 Only records of the same dataset split, profile and device are paired; the rankings files are the source, so a
 comparison can be recomputed from ``results/`` alone (``python -m bench compare``, and ``comparisons.md`` beside
@@ -32,9 +36,11 @@ from bench.results import ResultKey, read_rankings, record_device
 REDUCED_NOTE = (f"{REDUCED_MARK} reduced schedule (CPU profile) on either side: a pipeline check, not evidence for "
                 "or against a claim.")
 
-# (A, B) pairs of the study, compared wherever both have rankings; every ``pauserec:<options>`` ablation row is
-# also compared with ``pauserec`` (see study_pairs)
-STUDY_PAIRS = (("pauserec", "sft"), ("pauserec", "onerec_think"))
+# (A, B) pairs compared wherever both have rankings: the study's claims (PauseRec above SFT and OneRec-Think),
+# then ReaRec's (its latent reasoning above SASRec, and above its own encoder without reasoning steps); every
+# ``pauserec:<options>`` ablation row is also compared with ``pauserec`` (see study_pairs)
+STUDY_PAIRS = (("pauserec", "sft"), ("pauserec", "onerec_think"),
+               ("rearec", "sasrec"), ("rearec", "rearec:reasoning_steps=0"))
 
 
 @dataclass
@@ -46,12 +52,25 @@ class Comparison:
     dataset: str
     profile: str
     device: str
-    seeds: list[int]
+    a_seeds: list[int]
+    b_seeds: list[int]
     users: int
     reduced: bool  # either side trained on a reduced CPU schedule: a pipeline check, not evidence for a claim
-    per_seed: dict[str, list[float]] = field(default_factory=dict)  # metric -> A - B of each seed, in seed order
+    # metric -> A - B of each seed of A, in seed order (against B's same seed when matched, else B's seed mean)
+    per_seed: dict[str, list[float]] = field(default_factory=dict)
     pooled: dict[str, PairedComparison] = field(default_factory=dict)  # metric -> over seeds, paired over users
     per_seed_tests: dict[str, list[PairedComparison]] = field(default_factory=dict)
+
+    @property
+    def matched(self) -> bool:
+        """Both methods ran the same seeds, so seed s of A is paired with seed s of B."""
+        return self.a_seeds == self.b_seeds
+
+    def seeds_text(self) -> str:
+        seeds = lambda ss: ", ".join(map(str, ss))  # noqa: E731
+        if self.matched:
+            return seeds(self.a_seeds)
+        return f"A {seeds(self.a_seeds)}; B {seeds(self.b_seeds)} (each A seed against B's mean)"
 
 
 def user_metrics(results_folder: Path, record: dict) -> dict[str, dict[str, float]]:
@@ -67,31 +86,31 @@ def user_metrics(results_folder: Path, record: dict) -> dict[str, dict[str, floa
 
 
 def compare_records(results_folder: Path, a_records: Iterable[dict], b_records: Iterable[dict]) -> Comparison:
-    """Pairs the records of A and B by seed (one dataset split, profile and device) and compares them."""
+    """Compares every seed of A with every seed of B (one dataset split, profile and device), paired over users."""
     by_seed_a = {r["seed"]: r for r in a_records}
     by_seed_b = {r["seed"]: r for r in b_records}
-    seeds = sorted(set(by_seed_a) & set(by_seed_b))
-    if not seeds:
-        raise GRBenchError(f"the two methods share no seed (A has seeds {sorted(by_seed_a)}, B {sorted(by_seed_b)}); "
-                           "nothing to pair")
-    first = by_seed_a[seeds[0]]
-    keys = {(ResultKey.of(r).dataset, r["split_fingerprint"], r["profile"], record_device(r))
-            for s in seeds for r in (by_seed_a[s], by_seed_b[s])}
+    if not by_seed_a or not by_seed_b:
+        raise GRBenchError(f"nothing to pair: A has {len(by_seed_a)} records, B {len(by_seed_b)}")
+    a_seeds, b_seeds = sorted(by_seed_a), sorted(by_seed_b)
+    records = [by_seed_a[s] for s in a_seeds] + [by_seed_b[s] for s in b_seeds]
+    keys = {(ResultKey.of(r).dataset, r["split_fingerprint"], r["profile"], record_device(r)) for r in records}
     if len(keys) != 1:
         raise GRBenchError(f"records of different splits, profiles or devices cannot be paired: {sorted(keys)}")
-    a_users = [user_metrics(results_folder, by_seed_a[s]) for s in seeds]
-    b_users = [user_metrics(results_folder, by_seed_b[s]) for s in seeds]
+    a_users = [user_metrics(results_folder, by_seed_a[s]) for s in a_seeds]
+    b_users = [user_metrics(results_folder, by_seed_b[s]) for s in b_seeds]
     common = sorted(set.intersection(*(set(u) for u in a_users + b_users)))
     if not common:
         raise GRBenchError("the two methods ranked no user in common")
-    reduced = any(r.get("reduced_schedule") for s in seeds for r in (by_seed_a[s], by_seed_b[s]))
-    result = Comparison(first["method"], by_seed_b[seeds[0]]["method"], first["dataset"], first["profile"],
-                        record_device(first), seeds, len(common), reduced)
+    first = records[0]
+    result = Comparison(first["method"], by_seed_b[b_seeds[0]]["method"], first["dataset"], first["profile"],
+                        record_device(first), a_seeds, b_seeds, len(common),
+                        reduced=any(r.get("reduced_schedule") for r in records))
     for metric in METRICS:
-        a = np.array([[users[u][metric] for u in common] for users in a_users])  # (seeds, users)
-        b = np.array([[users[u][metric] for u in common] for users in b_users])
-        result.per_seed[metric] = [float(x) for x in (a - b).mean(axis=1)]
-        result.per_seed_tests[metric] = [paired_bootstrap(a[n], b[n]) for n in range(len(seeds))]
+        a = np.array([[users[u][metric] for u in common] for users in a_users])  # (A's seeds, users)
+        b = np.array([[users[u][metric] for u in common] for users in b_users])  # (B's seeds, users)
+        against = b if result.matched else np.broadcast_to(b.mean(axis=0), a.shape)
+        result.per_seed[metric] = [float(x) for x in (a - against).mean(axis=1)]
+        result.per_seed_tests[metric] = [paired_bootstrap(a[n], against[n]) for n in range(len(a_seeds))]
         result.pooled[metric] = paired_bootstrap(a.mean(axis=0), b.mean(axis=0))
     return result
 
@@ -106,7 +125,7 @@ def _groups(records: Iterable[dict]) -> dict[tuple, dict[str, list[dict]]]:
 
 
 def study_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
-    """The study's pairs present among ``methods``, then every pauserec ablation against pauserec."""
+    """The pairs of :data:`STUDY_PAIRS` present among ``methods``, then every pauserec ablation against pauserec."""
     present = set(methods)
     pairs = [(a, b) for a, b in STUDY_PAIRS if a in present and b in present]
     if "pauserec" in present:
@@ -115,14 +134,14 @@ def study_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def study_comparisons(results_folder: Path, records: list[dict]) -> list[Comparison]:
-    """Every study pair wherever both methods have records with rankings for a common seed."""
+    """Every study pair wherever both methods have records with rankings on one split, profile and device."""
     comparisons = []
     for _, by_method in sorted(_groups(records).items()):
         for a, b in study_pairs(by_method):
             try:
                 comparisons.append(compare_records(results_folder, by_method[a], by_method[b]))
             except GRBenchError:
-                continue  # no common seed, or no rankings: nothing to say about this pair here
+                continue  # no rankings, or no user in common: nothing to say about this pair here
     return comparisons
 
 
@@ -138,10 +157,10 @@ def comparison_table(comparisons: list[Comparison], metrics: Iterable[str] = MET
             won = sum(d > 0 for d in c.per_seed[metric])
             mark = f" {REDUCED_MARK}" if c.reduced else ""
             rows.append([c.dataset, f"{c.profile}, {c.device}{mark}", f"{c.a} - {c.b}", metric, _cell(c.pooled[metric]),
-                         f"{won} of {len(c.seeds)}", ", ".join(f"{d:+.4f}" for d in c.per_seed[metric]),
-                         ", ".join(map(str, c.seeds)), c.users])
+                         f"{won} of {len(c.a_seeds)}", ", ".join(f"{d:+.4f}" for d in c.per_seed[metric]),
+                         c.seeds_text(), c.users])
     if not rows:
-        return "No pair of the study has results for a common seed yet.\n"
+        return "No pair of the study has results on one split, profile and device yet.\n"
     headers = ["Dataset", "Profile, device", "A - B", "Metric", "Mean A - B [95% CI], p (users, seeds averaged)",
                "Seeds A > B", "A - B per seed", "Seeds", "Users"]
     note = f"\n{REDUCED_NOTE}\n" if any(c.reduced for c in comparisons) else ""
@@ -149,8 +168,10 @@ def comparison_table(comparisons: list[Comparison], metrics: Iterable[str] = MET
 
 
 COMPARISONS_LEGEND = (
-    "Paired comparisons of the study's claims, recomputed from the stored rankings: PauseRec against SFT and "
-    "OneRec-Think, and every PauseRec ablation row against the default PauseRec, on the same users, dataset "
-    "split, profile and device. Each user's metric is averaged over the seeds both methods ran; the interval "
-    "and the two-sided p-value are a paired bootstrap over users (1,000 resamples). 'A - B per seed' shows "
-    "the spread between seeds. Generated by `python -m bench leaderboard`: do not edit by hand.")
+    "Paired comparisons of the claims under test, recomputed from the stored rankings: PauseRec against SFT and "
+    "OneRec-Think, ReaRec against SASRec and against its own encoder without reasoning steps, and every PauseRec "
+    "ablation row against the default PauseRec, on the same users, dataset split, profile and device. Each "
+    "user's metric is averaged over every seed each method ran; the interval and the two-sided p-value are a "
+    "paired bootstrap over users (1,000 resamples). 'A - B per seed' shows the spread between seeds: seed "
+    "against seed where both ran the same seeds, else each seed of A against B's mean. Generated by "
+    "`python -m bench leaderboard`: do not edit by hand.")

@@ -26,7 +26,7 @@ def of(records, method):
 def test_per_seed_differences_are_the_stored_means_and_the_pooled_one_their_mean(two_seeds):
     out, records = two_seeds
     comparison = compare_records(out, of(records, "pop"), of(records, "random"))
-    assert comparison.seeds == [0, 1] and comparison.users == records[0]["eval_users"]
+    assert comparison.a_seeds == comparison.b_seeds == [0, 1] and comparison.users == records[0]["eval_users"]
     for metric in ("hit@5", "hit@10", "ndcg@5", "ndcg@10"):
         stored = [next(r for r in of(records, m) if r["seed"] == seed)["metrics"][metric]["mean"]
                   for seed in (0, 1) for m in ("pop", "random")]
@@ -38,25 +38,43 @@ def test_per_seed_differences_are_the_stored_means_and_the_pooled_one_their_mean
     assert itself.pooled["ndcg@10"].mean_difference == 0 and itself.pooled["ndcg@10"].p_value == 1.0
 
 
-def test_only_records_of_a_common_seed_and_split_are_paired(two_seeds):
+def test_unmatched_seeds_set_each_seed_of_a_against_the_mean_of_b(two_seeds):
     out, records = two_seeds
-    with pytest.raises(GRBenchError, match=r"share no seed \(A has seeds \[0\], B \[1\]\)"):
-        compare_records(out, [r for r in of(records, "pop") if r["seed"] == 0],
-                        [r for r in of(records, "random") if r["seed"] == 1])
+    pop, random = of(records, "pop"), of(records, "random")
+    comparison = compare_records(out, pop, [r for r in random if r["seed"] == 1])
+    assert not comparison.matched and (comparison.a_seeds, comparison.b_seeds) == ([0, 1], [1])
+    assert "A 0, 1; B 1 (each A seed against B's mean)" in comparison_table([comparison])
+    fewer = compare_records(out, [r for r in pop if r["seed"] == 0], random)
+    for metric in ("hit@10", "ndcg@10"):
+        mean = {(r["method"], r["seed"]): r["metrics"][metric]["mean"] for r in records}
+        assert comparison.per_seed[metric] == pytest.approx(
+            [mean["pop", 0] - mean["random", 1], mean["pop", 1] - mean["random", 1]])
+        # over seeds: every seed of each side averaged, not only the seeds both ran
+        assert fewer.pooled[metric].mean_difference == pytest.approx(
+            mean["pop", 0] - (mean["random", 0] + mean["random", 1]) / 2)
+        assert fewer.per_seed[metric] == pytest.approx([fewer.pooled[metric].mean_difference])
+
+
+def test_only_records_of_one_split_are_paired(two_seeds):
+    out, records = two_seeds
     other_split = [{**r, "split_fingerprint": "0" * 16} for r in of(records, "random")]
     with pytest.raises(GRBenchError, match="different splits, profiles or devices"):
         compare_records(out, of(records, "pop"), other_split)
+    with pytest.raises(GRBenchError, match="nothing to pair: A has 2 records, B 0"):
+        compare_records(out, of(records, "pop"), [])
 
 
 def test_the_study_pairs_and_the_pause_ablations_against_pauserec(two_seeds):
     assert study_pairs(["sft", "pauserec", "pauserec:pauses=1", "onerec_think", "pop"]) == [
         ("pauserec", "sft"), ("pauserec", "onerec_think"), ("pauserec:pauses=1", "pauserec")]
+    assert study_pairs(["sasrec", "rearec", "rearec:reasoning_steps=0"]) == [
+        ("rearec", "sasrec"), ("rearec", "rearec:reasoning_steps=0")]
     assert study_pairs(["sft", "onerec_think"]) == []
     out, records = two_seeds
     renamed = [{**r, "method": "pauserec"} for r in of(records, "pop")] + \
         [{**r, "method": "sft"} for r in of(records, "random")]
     (comparison,) = study_comparisons(out, renamed)
-    assert (comparison.a, comparison.b, comparison.seeds) == ("pauserec", "sft", [0, 1])
+    assert (comparison.a, comparison.b, comparison.a_seeds, comparison.matched) == ("pauserec", "sft", [0, 1], True)
     table = comparison_table([comparison])
     won = sum(d > 0 for d in comparison.per_seed["ndcg@10"])
     pooled = comparison.pooled["ndcg@10"].mean_difference
@@ -73,7 +91,7 @@ def test_compare_command_and_comparisons_page(two_seeds, capsys):
     assert "no results of 'hstu' on synthetic" in capsys.readouterr().err
     assert main(["leaderboard", "--out", str(out)]) == 0
     page = (out / "leaderboards" / "comparisons.md").read_text()
-    assert "No pair of the study has results for a common seed yet." in page
+    assert "No pair of the study has results on one split, profile and device yet." in page
     assert "[comparisons](comparisons.md)" in (out / "leaderboards" / "index.md").read_text()
 
 
