@@ -104,3 +104,19 @@ def test_compare_takes_a_sequence_file_dataset_as_run_was_given_it(two_seeds, tm
     assert "| seq:Tiny " in capsys.readouterr().out
     assert main(["compare", "pop", "random", "--dataset", "seq:/elsewhere/Other.txt", "--out", str(copy)]) == 2
     assert "no results of dataset 'seq:Other'" in capsys.readouterr().err
+
+
+def test_the_index_names_the_best_row_by_its_seed_mean_not_its_luckiest_seed(two_seeds, tmp_path):
+    from bench.leaderboard import write_leaderboards
+
+    out, records = two_seeds
+
+    def scored(record, method, ndcg):
+        metrics = {**record["metrics"], "ndcg@10": {**record["metrics"]["ndcg@10"], "mean": ndcg}}
+        return {**record, "method": method, "metrics": metrics}
+
+    pop, random = of(records, "pop"), of(records, "random")
+    lucky = [scored(pop[0], "lucky", 0.9), scored(pop[1], "lucky", 0.1)]  # one lucky seed, mean 0.5
+    steady = [scored(random[0], "steady", 0.6)]
+    write_leaderboards(lucky + steady, tmp_path, out)
+    assert "best NDCG@10 0.6000 (steady, smoke)" in (tmp_path / "index.md").read_text()
