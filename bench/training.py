@@ -82,7 +82,8 @@ def train_with_early_stopping(
     remaining = range(resumed_after, epochs) if not state["stopped"] else range(0)
     for epoch in context.progress(remaining, f"{name} epochs", total=len(remaining)):
         loss = train_epoch(epoch)
-        if epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:
+        validated = epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs
+        if validated:
             score = validate()
             state["validated_epochs"].append(epoch)
         else:
@@ -90,7 +91,8 @@ def train_with_early_stopping(
         history.append({"epoch": epoch, "loss": float(loss), VALID_METRIC: score})
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
-        context.log(f"{name} epoch {epoch + 1}/{epochs}: loss {float(loss):.4g}, valid {VALID_METRIC} {score:.4f} "
+        measured = f"valid {VALID_METRIC} {score:.4f}" if validated else "not validated this epoch"
+        context.log(f"{name} epoch {epoch + 1}/{epochs}: loss {float(loss):.4g}, {measured} "
                     f"(best {state['best_score']:.4f} at epoch {state['best_epoch'] + 1})")
         state["stopped"] = epoch - state["best_epoch"] >= patience
         elapsed = time.perf_counter() - started

@@ -238,11 +238,17 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
 
 def test_validation_between_eval_epochs_repeats_the_last_score(tmp_path, fake_encoder):
     data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
-    method = fitted(data, {**PROFILES["smoke"], "epochs": 5, "patience": 10, "eval_every": 2}, tmp_path)
+    lines: list[str] = []
+    context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path / "run", log=lines.append)
+    method = Tiger({**PROFILES["smoke"], "epochs": 5, "patience": 10, "eval_every": 2}, context)
+    method.fit(data, context)
     report = method.report()
     assert report["validated_epochs"] == [0, 1, 3, 4]  # the first, every second, and the last
     scores = [epoch["ndcg@10"] for epoch in report["history"]]
     assert scores[2] == scores[1] and report["best_epoch"] in report["validated_epochs"]
+    # the log does not pass the repeated score off as a measurement
+    epoch_lines = [line for line in lines if " epoch " in line]
+    assert ["not validated" in line for line in epoch_lines] == [False, False, True, False, False]
 
 
 def test_model_has_tigers_shape_in_the_paper_profile():
