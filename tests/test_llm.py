@@ -508,3 +508,21 @@ def test_a_diverged_stage_stops_at_its_first_non_finite_loss():
                                            r"\(last finite loss: 2.5; last steps 6: 2.5 \(gradient norm 40\); "
                                            r"7: nan\)"):
         guard.on_log(None, state, None, logs={"loss": float("nan")})
+
+
+def test_liger_kernels_are_asked_for_on_a_gpu_only_and_a_missing_package_is_named(tmp_path, monkeypatch):
+    """liger=true turns on Trainer's Liger kernels on CUDA; a CPU ignores it (Triton kernels), as it ignores bf16."""
+    import importlib.util
+
+    on = smoke_settings(liger="true")
+    assert stages.use_liger(on, torch.device("cpu")) is False
+    assert stages.use_liger(smoke_settings(), torch.device("cuda")) is False
+    arguments = stages.trainer_arguments(Schedule(lr=1e-3, epochs=1, batch_size=4), on, context(tmp_path), tmp_path)
+    assert arguments["use_liger_kernel"] is False  # the test context trains on the CPU
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    with pytest.raises(GRBenchError, match="liger=true needs the liger-kernel package"):
+        stages.use_liger(on, torch.device("cuda"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else None)
+    assert stages.use_liger(on, torch.device("cuda")) is True

@@ -10,9 +10,13 @@ under ``accelerate launch`` on eight. ``*_max_steps`` > 0 caps a stage's optimiz
 ``quick``); 0 trains the full ``*_epochs``. ``group_by_length`` batches examples of similar length together
 (Trainer's length-grouped sampler; random order otherwise), which cuts the compute spent on padding.
 ``dtype`` is the weights' dtype; ``bf16`` adds bf16 mixed precision
-where the GPU supports it (never on a CPU, where it is slower). ``checkpoint_epochs`` saves the whole training
-state after every epoch, so that a stage killed mid-way resumes there (GPU profiles; on a CPU a SmolLM2
-checkpoint, weights and AdamW state, costs more than the few steps it protects).
+where the GPU supports it (never on a CPU, where it is slower). ``liger`` swaps the backbone's normalisation,
+rotary, MLP and output-layer-plus-loss for Liger's fused Triton kernels (``liger-kernel``; on a CUDA GPU only,
+ignored on a CPU like ``bf16``): the same computation up to rounding, without the full-vocabulary logits in
+memory, for throughput (issue 7's MFU target); off by default until a GPU run has compared it.
+``checkpoint_epochs`` saves the whole training state after every epoch, so that a stage killed mid-way resumes
+there (GPU profiles; on a CPU a SmolLM2 checkpoint, weights and AdamW state, costs more than the few steps it
+protects).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": TINY, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rkmeans", "sid_codebook_size": 256, "sid_epochs": 5,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
-        "group_by_length": True,
+        "group_by_length": True, "liger": False,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 256,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 3,
         "beam_width": 10, "infer_batch_size": 16,
@@ -41,7 +45,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
-        "group_by_length": True,
+        "group_by_length": True, "liger": False,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 160,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 30,
         "beam_width": 10, "infer_batch_size": 16,
@@ -51,7 +55,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": True,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 50, "micro_batch_size": 16, "gradient_checkpointing": False, "checkpoint_epochs": True,
-        "group_by_length": True,
+        "group_by_length": True, "liger": False,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 20, "cpt_max_length": 1024,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 32, "cpt_max_steps": 0,
         "beam_width": 10, "infer_batch_size": 16,
@@ -62,7 +66,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": PAPER_BACKBONE, "dtype": "float32", "bf16": True,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 50, "micro_batch_size": 4, "gradient_checkpointing": True, "checkpoint_epochs": True,
-        "group_by_length": True,
+        "group_by_length": True, "liger": False,
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 0, "cpt_max_length": 4096,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 64, "cpt_max_steps": 0,
         "beam_width": 10, "infer_batch_size": 16,

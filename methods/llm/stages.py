@@ -314,6 +314,19 @@ def _accumulation(schedule: Schedule, micro_batch_size: int) -> int:
     return schedule.batch_size // per_step
 
 
+def use_liger(settings: dict[str, Any], device: torch.device) -> bool:
+    """Whether a stage trains with Liger's fused kernels: ``liger=true`` on a CUDA device (Triton kernels; a CPU
+    ignores the setting, as it does ``bf16``). Fails before training where the package is missing."""
+    if not settings.get("liger") or device.type != "cuda":
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise GRBenchError("liger=true needs the liger-kernel package on the GPU machine: "
+                           "pip install liger-kernel==0.8.5 (or set liger=false)")
+    return True
+
+
 def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: RunContext, output_dir: Path, *,
                       checkpoints: bool = False) -> dict[str, Any]:
     """The Hugging Face training arguments of every LLM stage, for ``TrainingArguments`` and TRL's configs alike:
@@ -322,6 +335,7 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
     device = device_of(context)
     return dict(
         output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
+        use_liger_kernel=use_liger(settings, device),
         data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
         max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
         per_device_train_batch_size=settings["micro_batch_size"],

@@ -26,18 +26,14 @@ pinned=()
 for name in "${packages[@]}"; do
     pinned+=("$name==$(python3 -c "from importlib.metadata import version; print(version('$name'))")")
 done
+# liger-kernel (the MFU benchmark's fused kernels, liger=true) is pure Python and GPU-only: not installed here
+pinned+=("liger-kernel==0.8.5")
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .device/wheels "${pinned[@]}"
 
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
-# three parts (64 MiB a call, the tree of about 13 MiB included): 16 MiB with the 30 MiB of wheels, 44 MiB, the rest
-# with the data
 mkdir -p .device/meta
-# (dd, not tail | head: under pipefail, tail's SIGPIPE when head has its part would end the script here)
-dd if="$gguf" of=.device/gguf/part00 bs=1M count=16 status=none
-dd if="$gguf" of=.device/gguf/part01 bs=1M skip=16 count=44 status=none
-dd if="$gguf" of=.device/gguf/part02 bs=1M skip=60 status=none
 sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"
@@ -52,13 +48,28 @@ done
 # CPT and pause stages that earlier GPU runs trained and brought back (README step 3): the next run reuses them
 mkdir -p .device/stages
 [ -d .device-stages ] && cp -r .device-stages/. .device/stages/
-du -sh .device/*
-# each call of scripts/device/README.md carries the tree (tracked and untracked files) and its parts: 64 MiB at most
+
+# The GGUF in as many parts as the calls need: each call carries the tree (tracked and untracked files) and its
+# paths, 64 MiB at most. The first part rides with the wheels, the last with the data, the others alone.
 tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 cat | wc -c)
-for carry in ".device/wheels .device/gguf/part00 .device/cache .device/meta" .device/gguf/part01 \
-             ".device/gguf/part02 .device/meta .device/data .device/stages"; do
-    # shellcheck disable=SC2086  # the carry list is words on purpose
-    size=$(( tree + $(du -cb $carry | tail -1 | cut -f1) ))
-    echo "call carrying $carry: $((size / 1048576)) MiB with the tree"
-    [ "$size" -le $((64 * 1048576)) ] || echo "WARNING: over the 64 MiB a call may carry; move the GGUF split points"
+limit=$(( 64 * 1048576 - tree - 1048576 ))  # a MiB of margin
+size_of() { du -cb "$@" | tail -1 | cut -f1; }
+first_room=$(( limit - $(size_of .device/wheels .device/cache .device/meta) ))
+last_room=$(( limit - $(size_of .device/data .device/stages .device/meta) ))
+total=$(stat -c %s "$gguf")
+[ "$first_room" -gt 0 ] && [ "$last_room" -gt 0 ] || { echo "ERROR: the tree and wheels leave no room for the GGUF"; exit 1; }
+offset=0 part=0
+while [ "$offset" -lt "$total" ]; do
+    if [ "$part" = 0 ]; then room=$first_room; elif [ $(( total - offset )) -le "$last_room" ]; then room=$last_room
+    else room=$(( limit < total - offset - last_room ? limit : total - offset - last_room )); fi
+    name=$(printf ".device/gguf/part%02d" "$part")
+    # (dd, not tail | head: under pipefail, tail's SIGPIPE when head has its part would end the script here)
+    dd if="$gguf" of="$name" bs=64K iflag=skip_bytes,count_bytes skip="$offset" count="$room" status=none
+    offset=$(( offset + $(stat -c %s "$name") )) part=$(( part + 1 ))
 done
+last=$(printf "part%02d" $(( part - 1 )))
+du -sh .device/*
+echo "tree: $((tree / 1048576)) MiB; the GGUF in $part parts. The calls of scripts/device/README.md, in order:"
+echo "  setup: carry .device/wheels .device/gguf/part00 .device/cache .device/meta"
+for ((n = 1; n < part - 1; n++)); do printf "  part:  carry .device/gguf/part%02d\n" "$n"; done
+echo "  start: carry .device/gguf/$last .device/meta .device/data .device/stages"

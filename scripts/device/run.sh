@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine of the `device` tool, from the repository root (see scripts/device/README.md). What one
 # call leaves in /tmp survives while the machine stays warm (30 s after each call), so the steps are calls in a row:
-#   bash scripts/device/run.sh setup   (carry .device/wheels .device/gguf/part00 .device/cache .device/meta)
+#   bash scripts/device/run.sh setup   (carry .device/wheels .device/gguf/part00 .device/cache .device/meta; prepare.sh
+#       prints each call's carry list)
 #       install the carried wheels, keep the first GGUF part, check the imports, and a smoke run (tiny models,
 #       seconds each) of the methods no earlier GPU run has run (SMOKE, default below; SMOKE= skips it), so that
 #       a CUDA-only bug shows before the long runs start
-#   bash scripts/device/run.sh part    (carry .device/gguf/part01)  keep the second GGUF part
-#   bash scripts/device/run.sh start   (carry .device/gguf/part02 .device/meta .device/data .device/stages)
+#   bash scripts/device/run.sh part    (carry .device/gguf/part01; then part02 ... but the last)  keep a GGUF part
+#   bash scripts/device/run.sh start   (carry the last GGUF part, .device/meta .device/data .device/stages)
 #       join and check the GGUF, run the decoder benchmark (decode.txt) and a short SFT for its MFU (mfu.txt)
 #       alone on the GPU, then start the streams below in their own sessions (they outlive the call) and wait
 #       WAIT seconds (default 480)
@@ -44,14 +45,21 @@ cells() {  # dataset seed methods...: one cell per method
 # stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
 # in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
 declare -A STREAMS=(
-    # PauseRec and OneRec-Think seed 0 first (they reuse seed 0's CPT and SFT), their analyses, then SFT and PauseRec
-    # on each user's last 10 training items (does more SFT data lift the collapse?), then the recipe's seeds 1-2
-    [llm]="$(cells $ml 0 sft pauserec onerec_think) analyze $(cells $ml 0 sft:sft_targets=10 pauserec:sft_targets=10) \
-        $(cells $ml 1 sft pauserec) $(cells $ml 2 sft pauserec)"
+    # one stream a seed of the study's comparison, PauseRec first (it trains the seed's CPT and SFT, which the SFT
+    # cell then reuses): a 135M model leaves most of the GPU idle, so three seeds side by side finish about as
+    # soon as one. Seed 0 goes on to OneRec-Think (it reuses CPT and SFT), the analyses, and SFT and PauseRec on
+    # each user's last 10 training items (does more SFT data lift the collapse?)
+    [llm0]="$(cells $ml 0 pauserec sft onerec_think) analyze $(cells $ml 0 sft:sft_targets=10 pauserec:sft_targets=10)"
+    [llm1]="$(cells $ml 1 pauserec sft)"
+    [llm2]="$(cells $ml 2 pauserec sft)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
+# the streams a launch starts (STREAMS_ON="llm0 ids-ml100k" picks others): by default the LLM seeds alone, since
+# RecBole's small kernels starve beside the LLM trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon
+# epochs outlast a session's device time while its checkpoint is too large to come back and resume
+STREAMS_ON=${STREAMS_ON:-llm0 llm1 llm2}
 
 stream() {  # name: runs its cells one after the other, then once more those that failed, then marks itself done
     local name=$1 cell methods datasets seeds failed=""
@@ -90,12 +98,22 @@ finished_row_stages() {  # the finished stage folders that hold trained rows onl
 }
 
 collect() {  # the leaderboards are regenerated after `bench merge` here (on the device it took over a minute)
-    rm -rf "$STATE/back" && mkdir -p "$STATE/back/stages"
+    rm -rf "$STATE/back" && mkdir -p "$STATE/back/stages" "$STATE/back/results"
     finished_row_stages | while read -r stage; do
         mkdir -p "$STATE/back/stages/$stage" && cp -r "$GRBENCH_CACHE/$stage/." "$STATE/back/stages/$stage/"
     done
+    # what this GPU run added to results/ and nothing else: the records not in the tree it was sent, and the
+    # rankings files the tree lacks (the whole folder, over 20 MB, is more than a returned file may hold, 16 MiB)
+    [ -f "$RESULTS/results.jsonl" ] && { grep -vxFf "$STATE/tree-results.jsonl" "$RESULTS/results.jsonl" \
+        > "$STATE/back/results/results.jsonl" || true; }
+    (cd "$REPO" && find results/rankings -type f 2>/dev/null | sort) > "$STATE/rankings-now.txt"
+    comm -13 "$STATE/tree-rankings.txt" "$STATE/rankings-now.txt" | while read -r file; do
+        mkdir -p "$STATE/back/$(dirname "$file")" && cp "$REPO/$file" "$STATE/back/$file"
+    done
+    [ -d "$RESULTS/analysis" ] && cp -r "$RESULTS/analysis" "$STATE/back/results/"
     # the streams' whole logs too, and the stages above
-    tar czf "$OUT/results.tgz" -C "$REPO" results -C "$STATE" logs -C "$STATE/back" stages
+    tar czf "$OUT/results.tgz" -C "$STATE/back" results stages -C "$STATE" logs
+    ls -la "$OUT"
     for log in "$STATE"/logs/*.log; do
         [ -f "$log" ] || continue
         echo "##### $(basename "$log") $([ -f "${log%.log}.done" ] && echo done)"
@@ -107,7 +125,10 @@ collect() {  # the leaderboards are regenerated after `bench merge` here (on the
 }
 
 install_tree() {  # the tree sent with this call becomes $REPO, the streams' copy; the results they stored on this
-    # machine (a superset of the tree's) and the Amazon files (carried by start alone) survive the replacement
+    # machine (a superset of the tree's) and the Amazon files (carried by start alone) survive the replacement.
+    # What the tree holds of results/ is written down, so that collect returns only what the run added
+    cp results/results.jsonl "$STATE/tree-results.jsonl" 2>/dev/null || : > "$STATE/tree-results.jsonl"
+    (find results/rankings -type f 2>/dev/null | sort) > "$STATE/tree-rankings.txt"
     rm -rf "$STATE/keep" && mkdir -p "$STATE/keep" || return 1
     [ -d "$REPO/results" ] && cp -r "$REPO/results" "$STATE/keep/"
     [ -d "$REPO/.device/data" ] && cp -r "$REPO/.device/data" "$STATE/keep/"
@@ -116,8 +137,12 @@ install_tree() {  # the tree sent with this call becomes $REPO, the streams' cop
     if [ ! -d .device/data ] && [ -d "$STATE/keep/data" ]; then cp -r "$STATE/keep/data" "$REPO/.device/" || return 1; fi
 }
 
-launch() {  # starts every stream in its own session (they outlive the call), waits WAIT seconds, collects
-    for name in "${!STREAMS[@]}"; do
+launch() {  # starts the STREAMS_ON streams in their own sessions (they outlive the call), waits WAIT seconds, collects
+    local name
+    for name in $STREAMS_ON; do
+        [ -n "${STREAMS[$name]+set}" ] || { echo "unknown stream $name (known: ${!STREAMS[*]})"; return 1; }
+    done
+    for name in $STREAMS_ON; do
         (cd "$REPO" && setsid nohup bash scripts/device/run.sh stream "$name" > "$STATE/logs/$name.log" 2>&1 \
             < /dev/null &)
     done
@@ -135,7 +160,8 @@ case "${1:-}" in
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
         .device/wheels/*.whl || exit 1
-    cp .device/gguf/part00 "$STATE/" && mkdir -p "$GRBENCH_CACHE" && cp -rn .device/cache/. "$GRBENCH_CACHE/"
+    rm -f "$STATE"/part* && cp .device/gguf/part* "$STATE/" && mkdir -p "$GRBENCH_CACHE" \
+        && cp -rn .device/cache/. "$GRBENCH_CACHE/"
     cp .device/meta/commit "$STATE/commit"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers, trl, recbole, gguf, peft; print(torch.__version__, transformers.__version__, trl.__version__, torch.cuda.is_available())" || exit 1
@@ -146,7 +172,8 @@ case "${1:-}" in
     [ -z "$smoke" ] || timeout 150 python3 -m bench run --profile smoke --methods "$smoke" \
         --datasets synthetic --out "$STATE/smoke" 2>&1 | grep -vE "^\s*$" | tail -40 ;;
   start)
-    cat "$STATE/part00" "$STATE/part01" .device/gguf/part02 > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
+    # the GGUF's parts: those of setup and part, and the last, carried by this call (the checksum tells a missing one)
+    cp .device/gguf/part* "$STATE/" && cat "$STATE"/part* > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
     # CPT and pause stages an earlier GPU run trained (their rows; scripts/device/README.md step 3 keeps them)
     [ -d .device/stages ] && mkdir -p "$GRBENCH_CACHE" && cp -rn .device/stages/. "$GRBENCH_CACHE/"
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
@@ -154,20 +181,31 @@ case "${1:-}" in
     # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
     [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
         --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
-    # MFU_BENCH=0 skips it: SFT's stages with 40 steps each, alone on the GPU, for their tokens/s and MFU (issue 7's
-    # training target; the streams' own numbers are measured on a shared GPU). About a minute; not merged.
+    # MFU_BENCH=0 skips it: SFT's two stages with a few steps each, alone on the GPU, for their tokens/s and MFU
+    # (issue 7's training target; the streams' own numbers are measured on a shared GPU), once per MFU_VARIANTS
+    # entry: the recipe as the streams run it, then Liger's fused kernels with 64-example batches (hardware
+    # efficiency at a larger batch; not the recipe, and not merged). About 40 s each.
     # MFU_PROFILE=smoke runs it on the tiny model: with DECODE_BENCH=0, WAIT=20 and a `stop` after it, a check of
-    # this script's start on a CPU (part00 and part01 copied to /tmp/grbench by hand first)
+    # this script's start on a CPU (all GGUF parts but the last copied to /tmp/grbench by hand first)
     if [ "${MFU_BENCH:-1}" != 0 ]; then
-        # a cache of its own (with the SIDs): its stages always train, and never come back as reusable stages
-        rm -rf "$STATE/mfu-cache"; mkdir -p "$STATE/mfu-cache"
-        [ -d "$GRBENCH_CACHE/sids" ] && cp -r "$GRBENCH_CACHE/sids" "$STATE/mfu-cache/"
-        GRBENCH_CACHE=$STATE/mfu-cache \
-        python3 -m bench run --profile "${MFU_PROFILE:-small}" --methods "sft:cpt_max_steps=40,sft_max_steps=40" \
-            --datasets "$ml" \
-            --out "$STATE/mfu" > "$STATE/logs/mfu-bench.txt" 2>&1 \
-            && python3 -m bench leaderboard --out "$STATE/mfu" --leaderboards "$STATE/mfu/leaderboards" > /dev/null \
-            && grep -E "^\| (Dataset|ml-100k)" "$STATE/mfu/leaderboards/costs.md" | tee "$OUT/mfu.txt"
+        steps="cpt_max_steps=${MFU_CPT_STEPS:-30},sft_max_steps=${MFU_SFT_STEPS:-40}"
+        big="liger=true,micro_batch_size=64,cpt_batch_size=64,sft_batch_size=64"
+        variants=("" ",$big")
+        [ -n "${MFU_VARIANTS+set}" ] && read -ra variants <<< "$MFU_VARIANTS"  # e.g. MFU_VARIANTS=",liger=true"
+        for variant in "${!variants[@]}"; do
+            options=${variants[$variant]}
+            # a cache of its own (with the SIDs): its stages always train, and never come back as reusable stages
+            mfu=$STATE/mfu$variant
+            rm -rf "$mfu" && mkdir -p "$mfu/cache"
+            [ -d "$GRBENCH_CACHE/sids" ] && cp -r "$GRBENCH_CACHE/sids" "$mfu/cache/"
+            echo "== sft:$steps$options" | tee -a "$OUT/mfu.txt"
+            GRBENCH_CACHE=$mfu/cache timeout 240 \
+            python3 -m bench run --profile "${MFU_PROFILE:-small}" --methods "sft:$steps$options" --datasets "$ml" \
+                --max-test-users 32 --out "$mfu/results" > "$STATE/logs/mfu-bench-$variant.txt" 2>&1 \
+                && python3 -m bench leaderboard --out "$mfu/results" --leaderboards "$mfu/leaderboards" > /dev/null \
+                && grep -E "^\| (Dataset|ml-100k)" "$mfu/leaderboards/costs.md" | tee -a "$OUT/mfu.txt" \
+                || tail -20 "$STATE/logs/mfu-bench-$variant.txt" | tee -a "$OUT/mfu.txt"
+        done
     fi
     launch ;;
   relaunch)  # after start, with a mended tree (and wheels in .whl2, if carried): the streams again, no benchmark
@@ -177,7 +215,7 @@ case "${1:-}" in
     rm -f "$STATE"/logs/*  # the last call collected them
     launch ;;
   part)
-    cp .device/gguf/part01 "$STATE/" && ls -la "$STATE" ;;
+    cp .device/gguf/part* "$STATE/" && ls -la "$STATE" ;;
   stream)
     stream "$2" ;;
   wait)
