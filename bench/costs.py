@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+BF16_RATE_VARIABLE = "GRBENCH_BF16_MATMUL_TFLOPS"  # a rate measured alone on this GPU (bf16_matmul_tflops)
 LATENCY_BATCH_SIZE = 16
 THROUGHPUT_BATCH_SIZES = (16, 64, 128)  # users per decoding batch tried for the best throughput (GPU only)
 
@@ -71,10 +72,25 @@ def cpu_label(cores: int) -> str:
 def bf16_matmul_tflops() -> float | None:
     """This GPU's measured bf16 matrix-product rate in TFLOP/s (an 8192^3 product, mean of ten after three
     warm-ups), the denominator of model FLOPs utilisation: measured rather than the datasheet's peak, so that MFU
-    says how much of what the chip really delivers a stage used. None without a GPU. Measured once a process."""
+    says how much of what the chip really delivers a stage used. None without a GPU. Measured once a process, or
+    read from ``GRBENCH_BF16_MATMUL_TFLOPS``: runs that share a GPU each measure a share of it, so one measurement
+    alone must serve them all (in GPU run 3 three CPT trainers at 29-30k tokens/s each reported 2.2% to 6.3% MFU);
+    ``scripts/device/run.sh`` sets it."""
     torch = _torch()
     if torch is None or not torch.cuda.is_available():
         return None
+    configured = os.environ.get(BF16_RATE_VARIABLE)
+    if configured:
+        try:
+            rate = float(configured)
+        except ValueError:
+            rate = 0.0
+        if not rate > 0:
+            from bench.errors import GRBenchError
+
+            raise GRBenchError(f"{BF16_RATE_VARIABLE}={configured!r}: expected this GPU's measured bf16 matrix rate "
+                               "in TFLOP/s, a positive number (unset it to measure it in this process)")
+        return rate
     n, repeats = 8192, 10
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)

@@ -141,3 +141,23 @@ def test_cpu_labels_count_cores_in_the_right_number_even_for_stored_records():
     assert hardware_label(stored_before_the_fix) == "CPU 1 core"
     gpu = {"hardware": {"label": "1x NVIDIA H100", "cpu_cores": 16, "gpus": ["NVIDIA H100"], "gpu_processes_max": 2}}
     assert hardware_label(gpu) == "1x NVIDIA H100, shared by 2 runs"
+
+
+def test_a_shared_gpu_takes_the_matmul_rate_measured_alone_from_the_environment(monkeypatch):
+    """Runs sharing a GPU would each measure a share of it; the rate set by scripts/device/run.sh serves them all."""
+    from types import SimpleNamespace
+
+    from bench.errors import GRBenchError
+
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True))
+    monkeypatch.setattr(costs, "_torch", lambda: fake_torch)  # a measurement would fail on this fake: none is made
+    monkeypatch.setenv(costs.BF16_RATE_VARIABLE, "790.5")
+    costs.bf16_matmul_tflops.cache_clear()
+    try:
+        assert costs.bf16_matmul_tflops() == 790.5
+        costs.bf16_matmul_tflops.cache_clear()
+        monkeypatch.setenv(costs.BF16_RATE_VARIABLE, "fast")
+        with pytest.raises(GRBenchError, match="GRBENCH_BF16_MATMUL_TFLOPS='fast': expected"):
+            costs.bf16_matmul_tflops()
+    finally:
+        costs.bf16_matmul_tflops.cache_clear()

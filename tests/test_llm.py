@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -27,6 +28,7 @@ from methods.llm.backbone import PAUSE, embedding_weights, expand_vocabulary, lo
 from methods.llm.prompts import chat_prompt, cpt_corpus, item_description, sid_history
 from methods.llm.stages import (
     IGNORE,
+    Example,
     LLMRecipe,
     PaddingCollator,
     Schedule,
@@ -526,3 +528,51 @@ def test_liger_kernels_are_asked_for_on_a_gpu_only_and_a_missing_package_is_name
         stages.use_liger(on, torch.device("cuda"))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else None)
     assert stages.use_liger(on, torch.device("cuda")) is True
+
+
+def test_micro_batches_cap_what_a_device_takes_at_once_and_reject_a_remainder(monkeypatch):
+    assert stages.micro_batches(Schedule(lr=1e-3, epochs=1, batch_size=32), 16) == (16, 2)
+    assert stages.micro_batches(Schedule(lr=1e-3, epochs=1, batch_size=16), 64) == (16, 1)  # the whole batch at once
+    with pytest.raises(GRBenchError, match="not a multiple of micro_batch_size"):
+        stages.micro_batches(Schedule(lr=1e-3, epochs=1, batch_size=24), 16)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert stages.micro_batches(Schedule(lr=1e-3, epochs=1, batch_size=64), 32) == (16, 1)
+    with pytest.raises(GRBenchError, match="not a multiple of the 4 processes"):
+        stages.micro_batches(Schedule(lr=1e-3, epochs=1, batch_size=6), 2)
+
+
+def test_a_liger_stage_keeps_every_label_and_asks_for_no_logit_slice():
+    """Liger's fused loss cannot view logits_to_keep's slice of the hidden states (GPU run 3): for it the left-padded
+    collator keeps the position ids and full-width labels, whose last columns are the trimmed batch's labels."""
+    examples = [Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 8, 9]), Example([5, 6, 9], [IGNORE, IGNORE, 9])]
+    trimmed = PaddingCollator(0, left=True)(examples)
+    whole = stages.for_liger(PaddingCollator(0, left=True))(examples)
+    assert "logits_to_keep" in trimmed and "logits_to_keep" not in whole
+    assert whole["labels"].shape == whole["input_ids"].shape
+    torch.testing.assert_close(whole["labels"][:, -trimmed["logits_to_keep"]:], trimmed["labels"])
+    torch.testing.assert_close(whole["position_ids"], trimmed["position_ids"])
+    assert (whole["labels"][:, :-trimmed["logits_to_keep"]] == IGNORE).all()  # nothing labelled was cut
+    unchanged = object()
+    assert stages.for_liger(unchanged) is unchanged
+
+
+def test_micro_batch_size_is_a_hardware_knob_that_changes_training_only_by_rounding(tmp_path):
+    """micro_batch_size stays out of every stage's cache key: Trainer orders examples by the global batch and takes
+    the token mean over accumulated micro-batches, so two forwards of 4 train as one of 8 does (AdamW's first steps
+    move each weight by about the learning rate, so a different loss weighting would show at that scale)."""
+    model, _ = load_backbone("tiny", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for n in (3, 9, 5, 12, 4, 7, 8, 2):  # unequal lengths and label counts: a per-micro-batch mean would differ
+        ids = torch.randint(5, 200, (n,), generator=generator).tolist()
+        examples.append(Example(ids, [IGNORE] * (n - 2) + ids[-2:]) if n % 2 else Example(ids, ids))
+    trained = {}
+    for micro in (2, 8):
+        copy_of = copy.deepcopy(model)
+        train(copy_of, examples, PaddingCollator(0, left=True), Schedule(lr=1e-2, epochs=1, batch_size=8, max_steps=3),
+              settings=smoke_settings(micro_batch_size=str(micro)), context=context(tmp_path),
+              folder=tmp_path / str(micro), description="SFT steps")
+        trained[micro] = torch.cat([p.detach().flatten() for p in copy_of.parameters()])
+    moved = (trained[8] - torch.cat([p.detach().flatten() for p in model.parameters()])).abs().max()
+    assert moved > 1e-2  # three steps at lr 1e-2 moved the weights
+    assert (trained[2] - trained[8]).abs().max() < 1e-3

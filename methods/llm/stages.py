@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +167,13 @@ class Examples(torch.utils.data.Dataset):
 @dataclass(frozen=True)
 class PaddingCollator:
     """Pads a batch. ``left=True`` left-pads (with explicit position ids, as decoding does) so that every row's
-    labelled tokens sit at the end, and asks the model for logits of those last positions only: the output layer
-    over the whole vocabulary is a fifth of SmolLM2's compute, wasted on positions without loss."""
+    labelled tokens sit at the end, and (``trim_logits``) asks the model for logits of those last positions only:
+    the output layer over the whole vocabulary is a fifth of SmolLM2's compute, wasted on positions without loss.
+    Liger's fused loss computes no logits to save and cannot take that slice (:func:`for_liger`)."""
 
     pad_token_id: int
     left: bool = False
+    trim_logits: bool = True
 
     def __call__(self, examples: Sequence[Example | Mapping[str, list[int]]]) -> dict[str, Any]:
         examples = [Example(e["input_ids"], e["labels"]) if isinstance(e, Mapping) else e for e in examples]
@@ -186,12 +188,19 @@ class PaddingCollator:
             mask[row, span] = 1
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
         if self.left:
+            batch.update(position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
+        if self.left and self.trim_logits:
             labelled = (labels != IGNORE).long()
             first = torch.where(labelled.any(1), labelled.argmax(1), width - 1)
             keep = int(width - first.min()) + 1  # logits from the position before the first labelled token
-            batch.update(position_ids=(mask.cumsum(-1) - 1).clamp_min(0), labels=labels[:, -keep:],
-                         logits_to_keep=keep)
+            batch.update(labels=labels[:, -keep:], logits_to_keep=keep)
         return batch
+
+
+def for_liger(collator: Any) -> Any:
+    """The collator a Liger-kernel stage uses: without ``logits_to_keep``, whose slice of the hidden states Liger's
+    fused loss cannot view (GPU run 3 failed on it); that loss keeps no logits in memory anyway."""
+    return replace(collator, trim_logits=False) if isinstance(collator, PaddingCollator) else collator
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -306,12 +315,20 @@ class Schedule:
     warmup: float = 0.0  # fraction of the steps
 
 
-def _accumulation(schedule: Schedule, micro_batch_size: int) -> int:
-    per_step = micro_batch_size * world_size()
-    if schedule.batch_size % per_step:
+def micro_batches(schedule: Schedule, micro_batch_size: int) -> tuple[int, int]:
+    """(examples one device takes at once, micro-batches accumulated per optimizer step) for the stage's global
+    batch. ``micro_batch_size`` caps the first, so a stage whose batch per device is smaller takes it whole: fewer,
+    larger forwards, which matters where a small model's steps are bound by launching kernels (GPU run 3: three
+    SmolLM2 CPT trainers sharing one H200 each still reached 29-30k tokens/s)."""
+    processes = world_size()
+    if schedule.batch_size % processes:
+        raise GRBenchError(f"batch size {schedule.batch_size} is not a multiple of the {processes} processes")
+    per_device = schedule.batch_size // processes
+    micro = min(micro_batch_size, per_device)
+    if per_device % micro:
         raise GRBenchError(f"batch size {schedule.batch_size} is not a multiple of micro_batch_size "
-                           f"({micro_batch_size}) x processes ({world_size()}); choose another micro_batch_size")
-    return schedule.batch_size // per_step
+                           f"({micro_batch_size}) x processes ({processes}); choose another micro_batch_size")
+    return micro, per_device // micro
 
 
 def use_liger(settings: dict[str, Any], device: torch.device) -> bool:
@@ -333,13 +350,13 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
     this process's device, the run's seed, the schedule, global batches accumulated over micro-batches and
     processes, bf16 where the GPU has it, an epoch checkpoint with ``checkpoints``, and no logging of its own."""
     device = device_of(context)
+    micro, accumulation = micro_batches(schedule, settings["micro_batch_size"])
     return dict(
         output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
         use_liger_kernel=use_liger(settings, device),
         data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
         max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
-        per_device_train_batch_size=settings["micro_batch_size"],
-        gradient_accumulation_steps=_accumulation(schedule, settings["micro_batch_size"]),
+        per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
         weight_decay=schedule.weight_decay, warmup_steps=schedule.warmup, lr_scheduler_type="linear",
         bf16=bool(settings["bf16"]) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
         activation_checkpointing=bool(settings["gradient_checkpointing"]),
@@ -468,7 +485,7 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     checkpoints = bool(settings["checkpoint_epochs"])
     resume_from, carried = _last_checkpoint(output_dir) if checkpoints else (None, {"wall_s": 0.0, "gpu_hours": 0.0})
     args = TrainingArguments(**trainer_arguments(schedule, settings, context, output_dir, checkpoints=checkpoints))
-    counter = TokenCounter(collator)
+    counter = TokenCounter(for_liger(collator) if args.use_liger_kernel else collator)
     trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=counter,
                       callbacks=[trainer_progress(context, description), divergence_guard(description),
                                  _elapsed_recorder(carried), *callbacks])

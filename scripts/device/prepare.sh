@@ -8,7 +8,6 @@
 #                    sentence encoder need not travel (SIDs are cached by a fingerprint of split, encoder,
 #                    quantiser and seed; the GPU run finds them and builds nothing)
 #   .device/data/    the shared Amazon sequence files (never committed)
-#   .device/stages/  CPT and pause stages (trained rows, a few MB) that earlier GPU runs brought back (.device-stages/)
 # Then follow scripts/device/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,13 +20,15 @@ rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/dat
 # use (transformers 5.17 < 5.23; pandas 3, which RecBole 1.2.1 fails on, and pytz and tzdata, which pandas 2 needs
 # and the image lacks: GPU run 2 lost its first call to that ImportError); versions as installed here.
 packages=(recbole colorlog texttable trl datasets dill multiprocess gguf vector-quantize-pytorch einx
-          frozendict loguru torch-einops-utils transformers platformdirs pandas pytz tzdata)
+          frozendict loguru torch-einops-utils platformdirs pandas pytz tzdata)
 pinned=()
 for name in "${packages[@]}"; do
     pinned+=("$name==$(python3 -c "from importlib.metadata import version; print(version('$name'))")")
 done
-# liger-kernel (the MFU benchmark's fused kernels, liger=true) is pure Python and GPU-only: not installed here
-pinned+=("liger-kernel==0.8.5")
+# liger-kernel (the MFU benchmark's fused kernels, liger=true) is pure Python and GPU-only: not installed here.
+# transformers at 5.23, not the version here: from 5.25 on it needs huggingface-hub 2, which needs httpx2 and a
+# newer click than the image's huggingface-hub 1.33 (the first call of 2026-12-04 failed on that import)
+pinned+=("liger-kernel==0.8.5" "transformers==5.23.0")
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .device/wheels "${pinned[@]}"
@@ -45,9 +46,6 @@ for seed in 0 1 2; do
     GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset ml-100k --quantizer rqvae --epochs 200 \
         --seed $seed --examples 0
 done
-# CPT and pause stages that earlier GPU runs trained and brought back (README step 3): the next run reuses them
-mkdir -p .device/stages
-[ -d .device-stages ] && cp -r .device-stages/. .device/stages/
 
 # The GGUF in as many parts as the calls need: each call carries the tree (tracked and untracked files) and its
 # paths, 64 MiB at most. The first part rides with the wheels, the last with the data, the others alone.
@@ -55,7 +53,7 @@ tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -
 limit=$(( 64 * 1048576 - tree - 1048576 ))  # a MiB of margin
 size_of() { du -cb "$@" | tail -1 | cut -f1; }
 first_room=$(( limit - $(size_of .device/wheels .device/cache .device/meta) ))
-last_room=$(( limit - $(size_of .device/data .device/stages .device/meta) ))
+last_room=$(( limit - $(size_of .device/data .device/meta) ))
 total=$(stat -c %s "$gguf")
 [ "$first_room" -gt 0 ] && [ "$last_room" -gt 0 ] || { echo "ERROR: the tree and wheels leave no room for the GGUF"; exit 1; }
 offset=0 part=0
@@ -72,4 +70,4 @@ du -sh .device/*
 echo "tree: $((tree / 1048576)) MiB; the GGUF in $part parts. The calls of scripts/device/README.md, in order:"
 echo "  setup: carry .device/wheels .device/gguf/part00 .device/cache .device/meta"
 for ((n = 1; n < part - 1; n++)); do printf "  part:  carry .device/gguf/part%02d\n" "$n"; done
-echo "  start: carry .device/gguf/$last .device/meta .device/data .device/stages"
+echo "  start: carry .device/gguf/$last .device/meta .device/data"

@@ -7,7 +7,7 @@
 #       seconds each) of the methods no earlier GPU run has run (SMOKE, default below; SMOKE= skips it), so that
 #       a CUDA-only bug shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01; then part02 ... but the last)  keep a GGUF part
-#   bash scripts/device/run.sh start   (carry the last GGUF part, .device/meta .device/data .device/stages)
+#   bash scripts/device/run.sh start   (carry the last GGUF part, .device/meta .device/data)
 #       join and check the GGUF, run the decoder benchmark (decode.txt) and a short SFT for its MFU (mfu.txt)
 #       alone on the GPU, then start the streams below in their own sessions (they outlive the call) and wait
 #       WAIT seconds (default 480)
@@ -33,6 +33,9 @@ mkdir -p "$STATE/logs" "${OUT:=$STATE/out}"
 export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRBENCH_CACHE=$STATE/cache \
     GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=3 COLUMNS=160 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 [ -f "$STATE/commit" ] && export GRBENCH_GIT_COMMIT="$(cat "$STATE/commit")"  # no .git travels
+# the GPU's bf16 matrix rate (the MFU denominator), measured once alone by start: runs sharing the GPU would each
+# measure a share of it
+[ -f "$STATE/bf16-tflops" ] && export GRBENCH_BF16_MATMUL_TFLOPS="$(cat "$STATE/bf16-tflops")"
 
 ml="ml-100k"
 beauty="seq:.device/data/Beauty.txt"
@@ -99,7 +102,8 @@ finished_row_stages() {  # the finished stage folders that hold trained rows onl
 
 collect() {  # the leaderboards are regenerated after `bench merge` here (on the device it took over a minute)
     rm -rf "$STATE/back" && mkdir -p "$STATE/back/stages" "$STATE/back/results"
-    finished_row_stages | while read -r stage; do
+    finished_row_stages | while read -r stage; do  # those the tree holds (results/stages) need not come back
+        [ -d "$REPO/results/stages/$stage" ] && continue
         mkdir -p "$STATE/back/stages/$stage" && cp -r "$GRBENCH_CACHE/$stage/." "$STATE/back/stages/$stage/"
     done
     # what this GPU run added to results/ and nothing else: the records not in the tree it was sent, and the
@@ -142,9 +146,12 @@ launch() {  # starts the STREAMS_ON streams in their own sessions (they outlive 
     for name in $STREAMS_ON; do
         [ -n "${STREAMS[$name]+set}" ] || { echo "unknown stream $name (known: ${!STREAMS[*]})"; return 1; }
     done
+    # the redirections are the whole subshell's: no process of a stream holds this call's output open (GPU run 3
+    # lost 100 s of device time when `start | tail` waited for a subshell that did), and exec makes the subshell
+    # itself the new session's leader
     for name in $STREAMS_ON; do
-        (cd "$REPO" && setsid nohup bash scripts/device/run.sh stream "$name" > "$STATE/logs/$name.log" 2>&1 \
-            < /dev/null &)
+        (cd "$REPO" && exec setsid nohup bash scripts/device/run.sh stream "$name") > "$STATE/logs/$name.log" 2>&1 \
+            < /dev/null &
     done
     sleep 5
     wait_streams "${WAIT:-480}"
@@ -172,28 +179,39 @@ case "${1:-}" in
     [ -z "$smoke" ] || timeout 150 python3 -m bench run --profile smoke --methods "$smoke" \
         --datasets synthetic --out "$STATE/smoke" 2>&1 | grep -vE "^\s*$" | tail -40 ;;
   start)
+    rm -f "$STATE"/logs/*  # a fresh machine has none; an earlier start's are stale
     # the GGUF's parts: those of setup and part, and the last, carried by this call (the checksum tells a missing one)
     cp .device/gguf/part* "$STATE/" && cat "$STATE"/part* > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
-    # CPT and pause stages an earlier GPU run trained (their rows; scripts/device/README.md step 3 keeps them)
-    [ -d .device/stages ] && mkdir -p "$GRBENCH_CACHE" && cp -rn .device/stages/. "$GRBENCH_CACHE/"
+    # CPT and pause stages earlier GPU runs trained (their rows, committed in results/stages: README step 3)
+    [ -d results/stages ] && mkdir -p "$GRBENCH_CACHE" && cp -rn results/stages/. "$GRBENCH_CACHE/"
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
     install_tree || exit 1
-    # DECODE_BENCH=0 skips it (about 40 s on an H200), e.g. where an earlier session measured this kind of GPU
-    [ "${DECODE_BENCH:-1}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
+    python3 -c "import torch; from bench.costs import bf16_matmul_tflops as r; print(f'{r():.1f}')" \
+        > "$STATE/bf16-tflops" && export GRBENCH_BF16_MATMUL_TFLOPS="$(cat "$STATE/bf16-tflops")" \
+        && echo "bf16 matmul rate alone: $GRBENCH_BF16_MATMUL_TFLOPS TFLOP/s" | tee "$OUT/mfu.txt" \
+        || rm -f "$STATE/bf16-tflops"
+    # DECODE_BENCH=1 runs it (about 60 s on an H200): off by default since run 3 measured it on this kind of GPU
+    # (docs/logs/gpu-run-3-decode-h200.txt)
+    [ "${DECODE_BENCH:-0}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
         --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
+    # TRAIN_BENCH=0 skips it: what bounds a SmolLM2 training step (recipe, bf16 weights, Liger, torch.compile at
+    # batch 16 and 64; benchmarks/train_step.py), alone on the GPU, about 2 minutes
+    [ "${TRAIN_BENCH:-1}" = 0 ] || timeout 240 python3 benchmarks/train_step.py --model smollm2 --batch 16,64 \
+        --length 400 --steps 10 --train all 2>&1 | grep -vE "Converting|Loading weights" | tee "$OUT/train_step.txt"
     # MFU_BENCH=0 skips it: SFT's two stages with a few steps each, alone on the GPU, for their tokens/s and MFU
     # (issue 7's training target; the streams' own numbers are measured on a shared GPU), once per MFU_VARIANTS
-    # entry: the recipe as the streams run it, then Liger's fused kernels with 64-example batches (hardware
-    # efficiency at a larger batch; not the recipe, and not merged). About 40 s each.
-    # MFU_PROFILE=smoke runs it on the tiny model: with DECODE_BENCH=0, WAIT=20 and a `stop` after it, a check of
+    # entry: by default Liger's fused kernels with 64-example batches (hardware efficiency at a larger batch; not
+    # the recipe, and not merged; run 3 measured the recipe's kernels and batches). About 60 s each.
+    # MFU_PROFILE=smoke runs it on the tiny model: with TRAIN_BENCH=0, WAIT=20 and a `stop` after it, a check of
     # this script's start on a CPU (all GGUF parts but the last copied to /tmp/grbench by hand first)
     if [ "${MFU_BENCH:-1}" != 0 ]; then
         steps="cpt_max_steps=${MFU_CPT_STEPS:-30},sft_max_steps=${MFU_SFT_STEPS:-40}"
         big="liger=true,micro_batch_size=64,cpt_batch_size=64,sft_batch_size=64"
-        variants=("" ",$big")
-        [ -n "${MFU_VARIANTS+set}" ] && read -ra variants <<< "$MFU_VARIANTS"  # e.g. MFU_VARIANTS=",liger=true"
+        variants=(",$big")  # run 3 measured the recipe's own; MFU_VARIANTS="recipe ,liger=true" runs it again
+        [ -n "${MFU_VARIANTS+set}" ] && read -ra variants <<< "$MFU_VARIANTS"
         for variant in "${!variants[@]}"; do
             options=${variants[$variant]}
+            [ "$options" = recipe ] && options=""
             # a cache of its own (with the SIDs): its stages always train, and never come back as reusable stages
             mfu=$STATE/mfu$variant
             rm -rf "$mfu" && mkdir -p "$mfu/cache"
