@@ -8,19 +8,21 @@
 #       a CUDA-only bug shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01; then part02 ... but the last)  keep a GGUF part
 #   bash scripts/device/run.sh start   (carry the last GGUF part, .device/meta .device/data)
-#       join and check the GGUF, run the decoder benchmark (decode.txt) and a short SFT for its MFU (mfu.txt)
-#       alone on the GPU, then start the streams below in their own sessions (they outlive the call) and wait
-#       WAIT seconds (default 480)
+#       join and check the GGUF, measure the GPU's bf16 rate, run the training-step benchmark (train_step.txt), a
+#       short SFT for its MFU (mfu.txt) and, with DECODE_BENCH=1, the decoder benchmark (decode.txt), alone on the
+#       GPU, then start the STREAMS_ON streams below in their own sessions (they outlive the call) and wait WAIT
+#       seconds (default 480)
 #   bash scripts/device/run.sh relaunch  (carry .whl2, wheels found missing after start, if any)  after start:
-#       install .whl2, take the tree sent with this call and start the streams again (no decoder benchmark)
+#       install .whl2, take the tree sent with this call and start the streams again (no benchmark)
 #   bash scripts/device/run.sh wait    wait up to WAIT seconds more, or until every stream has finished
 #   bash scripts/device/run.sh stop    interrupt what still runs (training resumes from its last epoch next time)
 # The streams run from a copy of the tree in /tmp/grbench/repo (each call replaces the tree it was sent).
-# Every call ends by copying the results so far to $OUT (results.tgz: records, rankings, leaderboards; logs.txt).
+# Every call ends by copying what the run added so far to $OUT (results.tgz: records, rankings, row stages, logs;
+# logs.txt).
 #
 # The streams share the one GPU (the models are small: one alone leaves most of an H100 idle). Every record
 # states the most processes seen computing on the GPU during its run (hardware.gpu_processes_max), so the
-# leaderboards mark times measured on a shared GPU as upper bounds. The decoder benchmark runs before them, alone.
+# leaderboards mark times measured on a shared GPU as upper bounds. The benchmarks run before them, alone.
 # GPU run 2 (H200, five streams) showed that sharing starves RecBole's many small kernels: an ml-100k SASRec epoch
 # took about 2 minutes beside the LLM trainers (about as long as on 2 CPU cores), a Sports one 4. So three
 # streams now, and the Amazon RecBole cells, which a CPU can run, after TIGER, which it barely can.
