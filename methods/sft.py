@@ -35,6 +35,7 @@ from methods.llm.stages import (
     PaddingCollator,
     Schedule,
     StageCache,
+    StageTrainedElsewhere,
     pad_token_id,
     save_model,
     sft_prompt_ids,
@@ -96,7 +97,12 @@ class NextItemSFT(Method):
     def fit(self, data: TrainData, context: RunContext) -> None:
         self.recipe = recipe = LLMRecipe(self.name, self.settings, context, data)
         self.sids = recipe.semantic_ids()
-        self.model, self.tokenizer, self.vocab = self.train_stages(recipe)
+        while True:
+            try:
+                self.model, self.tokenizer, self.vocab = self.train_stages(recipe)
+                break
+            except StageTrainedElsewhere as finished:  # its lock's holder trained it: the cache has it now
+                context.log(f"{finished}; reusing it")
         self.trie = SIDTrie.from_item_tokens(self.vocab.item_tokens[1:], np.arange(1, data.n_items + 1))
         self.report_data = {"stages": recipe.reports, "sids": self.sids.summary(), "vocabulary": len(self.tokenizer)}
 

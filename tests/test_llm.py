@@ -38,7 +38,7 @@ from methods.llm.stages import (
     train,
     user_next_item_pairs,
 )
-from methods.sft import NextItemSFT
+from methods.sft import NextItemSFT, sft_stage
 from tests.test_sid import fake_embed
 from tests.test_tiger import cycle_data
 
@@ -319,6 +319,54 @@ def test_stages_are_cached_reused_and_redone_when_their_inputs_change(tmp_path, 
     assert json.loads((recipe.cpt.folder / stages.STAGE_FILE).read_text())["key"]["settings"]["cpt_lr"] == 1e-3
 
 
+def test_a_stage_another_process_is_training_is_waited_for_and_reused_not_trained_twice(tmp_path, monkeypatch):
+    """``sft`` beside ``pauserec`` on one cache (the GPU script runs them side by side): the second process to
+    reach the SFT stage waits for the first one's lock, then loads what it trained."""
+    import shutil
+    import threading
+
+    from filelock import FileLock
+
+    data = synthetic()
+    first_cache, second_cache = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("GRBENCH_CACHE", str(first_cache))
+    fit(tmp_path / "a", data)  # the stages the other process will have trained
+    recipe = LLMRecipe("sft", smoke_settings(), context(tmp_path), data)
+    recipe.semantic_ids()
+    sft_folder, cpt_folder = sft_stage(recipe).folder, recipe.cpt.folder
+    relative = sft_folder.relative_to(first_cache)
+
+    monkeypatch.setenv("GRBENCH_CACHE", str(second_cache))
+    shutil.copytree(cpt_folder, second_cache / cpt_folder.relative_to(first_cache))
+    trained: list[str] = []
+    real_train = stages.train
+    monkeypatch.setattr("methods.sft.train", lambda *a, description, **k: trained.append(description) or
+                        real_train(*a, description=description, **k))
+
+    held, waiting = threading.Event(), threading.Event()
+
+    def other_process_trains_sft() -> None:  # holds the lock until this run waits for it, then "finishes"
+        with FileLock(str(second_cache / relative) + ".lock"):
+            held.set()
+            waiting.wait(timeout=30)
+            shutil.copytree(sft_folder, second_cache / relative)
+
+    other = threading.Thread(target=other_process_trains_sft)
+    other.start()
+    held.wait(timeout=60)
+    method = NextItemSFT(smoke_settings(), context(tmp_path / "b"))
+    lines: list[str] = []
+    method.context.log = lambda line: (lines.append(line), waiting.set() if "waiting for stage sft" in line else None)
+    method.fit(data, method.context)
+    other.join()
+    assert waiting.is_set() and trained == []  # it waited, and trained nothing itself
+    assert any("trained by another process meanwhile" in line for line in lines)
+    assert [stage.name for stage in method.context.costs.stages] == ["sids", "cpt", "sft"]
+    assert method.report()["stages"]["sft"]["cached"]
+    topk = method.recommend(data.train_sequences[:3], 10, np.arange(3))
+    assert topk.shape == (3, 10)
+
+
 def test_stage_keys_name_everything_that_determines_them(tmp_path):
     data = synthetic()
     recipe = LLMRecipe("sft", smoke_settings(), context(tmp_path), data)
@@ -368,6 +416,31 @@ def test_an_interrupted_stage_continues_from_its_last_epoch(tmp_path):
     assert report["resumed_from"] == f"checkpoint-{steps_per_epoch}" and report["carried"]["wall_s"] > 0
     assert report["steps"] == plain["steps"] and not (tmp_path / "killed" / stages.TRAINER_DIR).exists()
     for (name, weight), same in zip(resumed.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(weight, same, msg=name)
+
+
+def test_a_profiled_stage_writes_where_its_steps_time_goes(tmp_path, monkeypatch):
+    """GRBENCH_TORCH_PROFILE: steps 4-8 of a stage under torch.profiler, as a table per stage (on a GPU also the
+    kernels' busy share); training is the same with and without it."""
+    def run(profiled: bool):
+        if profiled:
+            monkeypatch.setenv("GRBENCH_TORCH_PROFILE", str(tmp_path / "profile"))
+        _, sids, model, tokenizer, vocab = expanded()
+        examples = [sft_example(tokenizer, sids, vocab, h, t, 5) for h, t in next_item_pairs(synthetic())]
+        train(model, examples, PaddingCollator(tokenizer.pad_token_id, left=True), Schedule(lr=1e-2, epochs=2,
+              batch_size=4), settings=smoke_settings(), context=context(tmp_path), folder=tmp_path / "stage",
+              description="SFT steps")
+        return model
+
+    plain = run(profiled=False)
+    assert not (tmp_path / "profile").exists()
+    profiled = run(profiled=True)
+    text = (tmp_path / "profile" / "sft-steps.txt").read_text()
+    header, walls = text.splitlines()[:2]
+    assert header.startswith("# SFT steps: 5 optimizer steps from step 4 of 16, 1 micro-batch(es) of 4 a step")
+    assert len(walls.removeprefix("wall ms a step: ").split()) == 5
+    assert "by own CPU time:" in text and "aten::" in text
+    for (name, weight), same in zip(profiled.named_parameters(), plain.parameters()):
         torch.testing.assert_close(weight, same, msg=name)
 
 

@@ -7,6 +7,10 @@ previous stage's key. A finished stage holds ``stage.json`` (key, training repor
 atomically, the ``DONE`` marker; a folder without the marker is an interrupted stage and is trained again. So
 ``sft`` and ``pauserec`` share one CPT checkpoint, and nothing is recomputed unless its inputs changed.
 
+Runs in separate processes may share the cache (``bench run --methods sft`` beside ``--methods pauserec``): a
+stage is trained under a lock file beside its folder, so a second process waits for the first rather than
+training the same stage into the same folder, and then reuses it (:class:`StageTrainedElsewhere`).
+
 A reused stage still counts in a run's cost: what it cost when it was trained is carried into the run's stage
 record (``carried_wall_s``), so a row's cost is what producing its model cost, wherever that happened.
 
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from bench.costs import bf16_matmul_tflops, gpu_count, hardware, model_flops_utilisation, training_flops_per_token
 from bench.errors import GRBenchError
@@ -49,6 +54,7 @@ from methods.llm.backbone import (
     vocabulary_of,
 )
 from methods.llm.config import BACKBONE_SETTINGS, CPT_SETTINGS, SID_SETTINGS
+from methods.llm.profiling import step_profiler
 from methods.llm.prompts import ASSISTANT_PREFIX, chat_prompt, cpt_corpus_rows, recent, sid_history
 
 STAGE_VERSION = 2  # bump when a code change alters what a stage trains
@@ -121,6 +127,36 @@ class StageCache:
             write_atomically(self.folder / STAGE_FILE, text.encode())
             write_atomically(self.folder / DONE, self.digest.encode())
         barrier()
+
+
+class StageTrainedElsewhere(Exception):
+    """A stage this run was about to train was finished by another process while this one waited for its lock:
+    the method starts its stages again and now finds it in the cache (``NextItemSFT.fit`` does)."""
+
+    def __init__(self, cache: StageCache) -> None:
+        super().__init__(f"stage {cache.name} was trained by another process meanwhile ({cache.folder})")
+        self.cache = cache
+
+
+@contextmanager
+def stage_lock(cache: StageCache, context: RunContext) -> Iterator[None]:
+    """Holds the lock of ``cache`` (a file beside its folder) while the stage trains, and says so when another
+    process holds it. Not under a distributed launch: its processes train a stage together (the main process
+    writes, the others wait at barriers), so two launches sharing one cache are not guarded from each other."""
+    if world_size() > 1:
+        yield
+        return
+    cache.folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cache.folder) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        context.log(f"waiting for stage {cache.name}: another process is training it ({lock.lock_file})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -489,6 +525,9 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=counter,
                       callbacks=[trainer_progress(context, description), divergence_guard(description),
                                  _elapsed_recorder(carried), *callbacks])
+    profiler = step_profiler(description)  # GRBENCH_TORCH_PROFILE=<folder>: where a step's time goes
+    if profiler is not None:
+        trainer.add_callback(profiler)
     trainer.remove_callback(PrinterCallback)
     context.carry_over(carried["wall_s"], carried["gpu_hours"])
     use_cache = model.config.use_cache
@@ -629,28 +668,31 @@ class LLMRecipe:
         ``run.vocab``, recorded: its cost (with the time an interrupted attempt spent), the costs of the
         ``upstream`` stages it was built on, its report, and what :meth:`load_finished` needs to rebuild the
         vocabulary."""
-        self.recorded.add(cache.name)
-        with self.context.stage(cache.name) as stage_cost:
-            started = time.perf_counter()
-            run = StageRun(cache.prepare())
-            yield run
-            if run.vocab is None:
-                raise RuntimeError(f"stage {cache.name}: set run.vocab before the training block ends")
-            # [name, cost] pairs in training order (stage.json is written with sorted keys, so not a dict)
-            upstream_costs: dict[str, dict[str, float]] = {}
-            for stage in upstream:
-                info = stage.info()
-                upstream_costs.update({**dict(info["upstream"]), stage.name: info["cost"]})
-            carried = run.report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
-            cost = {key: value + carried[key] for key, value in _cost(started).items()}
-            # where it trained: a stage folder may be carried to another machine and reused there
-            # (scripts/device/ brings CPT and pause rows back from the GPU and sends them to the next GPU run)
-            cost["hardware"] = hardware()["label"]
-            self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
-            cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
-                          "original_rows": run.vocab.original_rows})
-            throughput = {key: run.report[key] for key in STAGE_THROUGHPUT if key in run.report}
-            stage_cost.extra.update(cached=False, **throughput)
+        with stage_lock(cache, self.context):
+            if cache.done:  # finished by the process whose lock this one waited for
+                raise StageTrainedElsewhere(cache)
+            self.recorded.add(cache.name)
+            with self.context.stage(cache.name) as stage_cost:
+                started = time.perf_counter()
+                run = StageRun(cache.prepare())
+                yield run
+                if run.vocab is None:
+                    raise RuntimeError(f"stage {cache.name}: set run.vocab before the training block ends")
+                # [name, cost] pairs in training order (stage.json is written with sorted keys, so not a dict)
+                upstream_costs: dict[str, dict[str, float]] = {}
+                for stage in upstream:
+                    info = stage.info()
+                    upstream_costs.update({**dict(info["upstream"]), stage.name: info["cost"]})
+                carried = run.report.get("carried", {"wall_s": 0.0, "gpu_hours": 0.0})
+                cost = {key: value + carried[key] for key, value in _cost(started).items()}
+                # where it trained: a stage folder may be carried to another machine and reused there
+                # (scripts/device/ brings CPT and pause rows back from the GPU and sends them to the next GPU run)
+                cost["hardware"] = hardware()["label"]
+                self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
+                cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
+                              "original_rows": run.vocab.original_rows})
+                throughput = {key: run.report[key] for key in STAGE_THROUGHPUT if key in run.report}
+                stage_cost.extra.update(cached=False, **throughput)
 
     @contextmanager
     def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,

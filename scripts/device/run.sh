@@ -8,24 +8,26 @@
 #       a CUDA-only bug shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01; then part02 ... but the last)  keep a GGUF part
 #   bash scripts/device/run.sh start   (carry the last GGUF part, .device/meta .device/data)
-#       join and check the GGUF, measure the GPU's bf16 rate, run the training-step benchmark (train_step.txt), a
-#       short SFT for its MFU (mfu.txt) and, with DECODE_BENCH=1, the decoder benchmark (decode.txt), alone on the
-#       GPU, then start the STREAMS_ON streams below in their own sessions (they outlive the call) and wait WAIT
-#       seconds (default 480)
+#       join and check the GGUF, measure the GPU's bf16 rate alone, start the STREAMS_ON streams below in their own
+#       sessions (they outlive the call) and wait WAIT seconds (default 480); BENCH_FIRST=1 runs the benchmarks
+#       (as `bench`) before the streams
 #   bash scripts/device/run.sh relaunch  (carry .whl2, wheels found missing after start, if any)  after start:
-#       install .whl2, take the tree sent with this call and start the streams again (no benchmark)
+#       install .whl2, take the tree sent with this call and start the streams again
 #   bash scripts/device/run.sh wait    wait up to WAIT seconds more, or until every stream has finished
+#   bash scripts/device/run.sh bench   with the device time the streams leave: the training-step benchmark
+#       (train_step.txt), short SFT runs for their MFU under torch.profiler (mfu.txt, profileN/) and, with
+#       DECODE_BENCH=1, the decoder benchmark (decode.txt), each alone on the GPU
 #   bash scripts/device/run.sh stop    interrupt what still runs (training resumes from its last epoch next time)
 # The streams run from a copy of the tree in /tmp/grbench/repo (each call replaces the tree it was sent).
-# Every call ends by copying what the run added so far to $OUT (results.tgz: records, rankings, row stages, logs;
-# logs.txt).
+# start, wait and stop end by copying what the run added so far to $OUT (results.tgz: records, rankings, row
+# stages, logs; logs.txt).
 #
 # The streams share the one GPU (the models are small: one alone leaves most of an H100 idle). Every record
 # states the most processes seen computing on the GPU during its run (hardware.gpu_processes_max), so the
-# leaderboards mark times measured on a shared GPU as upper bounds. The benchmarks run before them, alone.
+# leaderboards mark times measured on a shared GPU as upper bounds. The benchmarks run alone, after them.
 # GPU run 2 (H200, five streams) showed that sharing starves RecBole's many small kernels: an ml-100k SASRec epoch
-# took about 2 minutes beside the LLM trainers (about as long as on 2 CPU cores), a Sports one 4. So three
-# streams now, and the Amazon RecBole cells, which a CPU can run, after TIGER, which it barely can.
+# took about 2 minutes beside the LLM trainers (about as long as on 2 CPU cores), a Sports one 4. So the LLM
+# streams alone by default, and the Amazon RecBole cells, which a CPU can run, after TIGER, which it barely can.
 set -uo pipefail
 STATE=/tmp/grbench
 GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -33,7 +35,7 @@ REPO=$STATE/repo  # the streams run from a copy: each call replaces the tree it 
 RESULTS=$REPO/results  # the tree's own results/: cells an earlier GPU run finished are skipped
 mkdir -p "$STATE/logs" "${OUT:=$STATE/out}"
 export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRBENCH_CACHE=$STATE/cache \
-    GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=3 COLUMNS=160 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=2 COLUMNS=160 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 [ -f "$STATE/commit" ] && export GRBENCH_GIT_COMMIT="$(cat "$STATE/commit")"  # no .git travels
 # the GPU's bf16 matrix rate (the MFU denominator), measured once alone by start: runs sharing the GPU would each
 # measure a share of it
@@ -50,21 +52,26 @@ cells() {  # dataset seed methods...: one cell per method
 # stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
 # in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
 declare -A STREAMS=(
-    # one stream a seed of the study's comparison, PauseRec first (it trains the seed's CPT and SFT, which the SFT
-    # cell then reuses): a 135M model leaves most of the GPU idle, so three seeds side by side finish about as
-    # soon as one. Seed 0 goes on to OneRec-Think (it reuses CPT and SFT), the analyses, and SFT and PauseRec on
-    # each user's last 10 training items (does more SFT data lift the collapse?)
-    [llm0]="$(cells $ml 0 pauserec sft onerec_think) analyze $(cells $ml 0 sft:sft_targets=10 pauserec:sft_targets=10)"
-    [llm1]="$(cells $ml 1 pauserec sft)"
-    [llm2]="$(cells $ml 2 pauserec sft)"
+    # the study's comparison, two streams a seed: PauseRec, and SFT (whose stage PauseRec then loads: a process
+    # that reaches a stage another one is training waits for it and reuses it, methods.llm.stages.stage_lock).
+    # A 135M model leaves most of the GPU idle, so the six run side by side about as fast as one alone, and SFT
+    # (about a minute) is done before PauseRec's pause pretraining is. Seed 0 goes on to OneRec-Think (it reuses
+    # CPT and SFT), the analyses, and SFT and PauseRec on each user's last 10 training items (does more SFT data
+    # lift the collapse?)
+    [sft0]="$(cells $ml 0 sft onerec_think) analyze $(cells $ml 0 sft:sft_targets=10)"
+    [sft1]="$(cells $ml 1 sft)"
+    [sft2]="$(cells $ml 2 sft)"
+    [pause0]="$(cells $ml 0 pauserec pauserec:sft_targets=10)"
+    [pause1]="$(cells $ml 1 pauserec)"
+    [pause2]="$(cells $ml 2 pauserec)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
-# the streams a launch starts (STREAMS_ON="llm0 ids-ml100k" picks others): by default the LLM seeds alone, since
+# the streams a launch starts (STREAMS_ON="sft0 ids-ml100k" picks others): by default the LLM seeds alone, since
 # RecBole's small kernels starve beside the LLM trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon
 # epochs outlast a session's device time while its checkpoint is too large to come back and resume
-STREAMS_ON=${STREAMS_ON:-llm0 llm1 llm2}
+STREAMS_ON=${STREAMS_ON:-sft0 sft1 sft2 pause0 pause1 pause2}
 
 stream() {  # name: runs its cells one after the other, then once more those that failed, then marks itself done
     local name=$1 cell methods datasets seeds failed=""
@@ -165,6 +172,53 @@ wait_streams() {  # seconds
     while running && [ $SECONDS -lt $until ]; do sleep 10; done
 }
 
+benchmarks() {  # the decoder, training-step and MFU benchmarks, one after the other and each alone on the GPU;
+    # what they print goes to $OUT: decode.txt, train_step.txt, mfu.txt and, for MFU variant N, profileN/*.txt
+    running && echo "warning: streams still run; the benchmarks share the GPU with them (stop first for clean numbers)"
+    # DECODE_BENCH=1 runs it (about 60 s on an H200): off by default since run 3 measured it on this kind of GPU
+    # (docs/logs/gpu-run-3-decode-h200.txt)
+    [ "${DECODE_BENCH:-0}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
+        --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
+    # TRAIN_BENCH=0 skips it: what bounds a SmolLM2 training step (benchmarks/train_step.py: the recipe's kernels,
+    # bf16 weights and Liger at batch 16 and 64, torch.compile at 64 alone since each shape compiles anew), about
+    # 2 minutes
+    if [ "${TRAIN_BENCH:-1}" != 0 ]; then
+        for run in "recipe,bf16,liger --batch 16,64" "compile --batch 64"; do
+            # shellcheck disable=SC2086  # the options are words on purpose
+            timeout 150 python3 benchmarks/train_step.py --model smollm2 --variants $run --length 400 --steps 10 \
+                --train all 2>&1 | grep -vE "Converting|Loading weights" | tee -a "$OUT/train_step.txt"
+        done
+    fi
+    # MFU_BENCH=0 skips it: SFT's two stages with a few steps each, for their tokens/s and MFU (issue 7's training
+    # target; the streams' own numbers are measured on a shared GPU) and, under torch.profiler
+    # (methods/llm/profiling.py), where five of each stage's steps spend their time. Once per MFU_VARIANTS entry:
+    # by default the recipe's kernels and batches, then Liger's fused kernels with 64-example batches (hardware
+    # efficiency at a larger batch; not the recipe). About 60 s each.
+    # MFU_PROFILE=smoke runs it on the tiny model: with TRAIN_BENCH=0, a check of this function on a CPU
+    if [ "${MFU_BENCH:-1}" != 0 ]; then
+        steps="cpt_max_steps=${MFU_CPT_STEPS:-30},sft_max_steps=${MFU_SFT_STEPS:-40}"
+        big="liger=true,micro_batch_size=64,cpt_batch_size=64,sft_batch_size=64"
+        variants=(recipe ",$big")
+        [ -n "${MFU_VARIANTS+set}" ] && read -ra variants <<< "$MFU_VARIANTS"
+        for variant in "${!variants[@]}"; do
+            options=${variants[$variant]}
+            [ "$options" = recipe ] && options=""
+            # a cache of its own (with the SIDs): its stages always train, and never come back as reusable stages
+            mfu=$STATE/mfu$variant
+            rm -rf "$mfu" && mkdir -p "$mfu/cache"
+            [ -d "$GRBENCH_CACHE/sids" ] && cp -r "$GRBENCH_CACHE/sids" "$mfu/cache/"
+            echo "== sft:$steps$options" | tee -a "$OUT/mfu.txt"
+            GRBENCH_CACHE=$mfu/cache GRBENCH_TORCH_PROFILE=$OUT/profile$variant timeout 240 \
+            python3 -m bench run --profile "${MFU_PROFILE:-small}" --methods "sft:$steps$options" --datasets "$ml" \
+                --max-test-users 32 --out "$mfu/results" > "$STATE/logs/mfu-bench-$variant.txt" 2>&1 \
+                && python3 -m bench leaderboard --out "$mfu/results" --leaderboards "$mfu/leaderboards" > /dev/null \
+                && grep -E "^\| (Dataset|ml-100k)" "$mfu/leaderboards/costs.md" | tee -a "$OUT/mfu.txt" \
+                || tail -20 "$STATE/logs/mfu-bench-$variant.txt" | tee -a "$OUT/mfu.txt"
+            grep -hE "^(# |wall ms|operators|GPU kernels)" "$OUT/profile$variant"/*.txt 2>/dev/null | tee -a "$OUT/mfu.txt"
+        done
+    fi
+}
+
 case "${1:-}" in
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
@@ -192,47 +246,8 @@ case "${1:-}" in
         > "$STATE/bf16-tflops" && export GRBENCH_BF16_MATMUL_TFLOPS="$(cat "$STATE/bf16-tflops")" \
         && echo "bf16 matmul rate alone: $GRBENCH_BF16_MATMUL_TFLOPS TFLOP/s" | tee "$OUT/mfu.txt" \
         || rm -f "$STATE/bf16-tflops"
-    # DECODE_BENCH=1 runs it (about 60 s on an H200): off by default since run 3 measured it on this kind of GPU
-    # (docs/logs/gpu-run-3-decode-h200.txt)
-    [ "${DECODE_BENCH:-0}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
-        --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
-    # TRAIN_BENCH=0 skips it: what bounds a SmolLM2 training step (benchmarks/train_step.py: the recipe's kernels,
-    # bf16 weights and Liger at batch 16 and 64, torch.compile at 64 alone since each shape compiles anew), alone on
-    # the GPU, about 2 minutes
-    if [ "${TRAIN_BENCH:-1}" != 0 ]; then
-        for run in "recipe,bf16,liger --batch 16,64" "compile --batch 64"; do
-            # shellcheck disable=SC2086  # the options are words on purpose
-            timeout 150 python3 benchmarks/train_step.py --model smollm2 --variants $run --length 400 --steps 10 \
-                --train all 2>&1 | grep -vE "Converting|Loading weights" | tee -a "$OUT/train_step.txt"
-        done
-    fi
-    # MFU_BENCH=0 skips it: SFT's two stages with a few steps each, alone on the GPU, for their tokens/s and MFU
-    # (issue 7's training target; the streams' own numbers are measured on a shared GPU), once per MFU_VARIANTS
-    # entry: by default Liger's fused kernels with 64-example batches (hardware efficiency at a larger batch; not
-    # the recipe, and not merged; run 3 measured the recipe's kernels and batches). About 60 s each.
-    # MFU_PROFILE=smoke runs it on the tiny model: with TRAIN_BENCH=0, WAIT=20 and a `stop` after it, a check of
-    # this script's start on a CPU (all GGUF parts but the last copied to /tmp/grbench by hand first)
-    if [ "${MFU_BENCH:-1}" != 0 ]; then
-        steps="cpt_max_steps=${MFU_CPT_STEPS:-30},sft_max_steps=${MFU_SFT_STEPS:-40}"
-        big="liger=true,micro_batch_size=64,cpt_batch_size=64,sft_batch_size=64"
-        variants=(",$big")  # run 3 measured the recipe's own; MFU_VARIANTS="recipe ,liger=true" runs it again
-        [ -n "${MFU_VARIANTS+set}" ] && read -ra variants <<< "$MFU_VARIANTS"
-        for variant in "${!variants[@]}"; do
-            options=${variants[$variant]}
-            [ "$options" = recipe ] && options=""
-            # a cache of its own (with the SIDs): its stages always train, and never come back as reusable stages
-            mfu=$STATE/mfu$variant
-            rm -rf "$mfu" && mkdir -p "$mfu/cache"
-            [ -d "$GRBENCH_CACHE/sids" ] && cp -r "$GRBENCH_CACHE/sids" "$mfu/cache/"
-            echo "== sft:$steps$options" | tee -a "$OUT/mfu.txt"
-            GRBENCH_CACHE=$mfu/cache timeout 240 \
-            python3 -m bench run --profile "${MFU_PROFILE:-small}" --methods "sft:$steps$options" --datasets "$ml" \
-                --max-test-users 32 --out "$mfu/results" > "$STATE/logs/mfu-bench-$variant.txt" 2>&1 \
-                && python3 -m bench leaderboard --out "$mfu/results" --leaderboards "$mfu/leaderboards" > /dev/null \
-                && grep -E "^\| (Dataset|ml-100k)" "$mfu/leaderboards/costs.md" | tee -a "$OUT/mfu.txt" \
-                || tail -20 "$STATE/logs/mfu-bench-$variant.txt" | tee -a "$OUT/mfu.txt"
-        done
-    fi
+    # BENCH_FIRST=1: the benchmarks first, alone on the GPU (else `bench` runs them once the streams are done)
+    [ "${BENCH_FIRST:-0}" = 0 ] || benchmarks
     launch ;;
   relaunch)  # after start, with a mended tree (and wheels in .whl2, if carried): the streams again, no benchmark
     [ -d .whl2 ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -240,6 +255,8 @@ case "${1:-}" in
     install_tree || exit 1
     rm -f "$STATE"/logs/*  # the last call collected them
     launch ;;
+  bench)  # after start: the benchmarks alone, once the streams are done (`wait` first; `stop` ends them early)
+    benchmarks ;;
   part)
     cp .device/gguf/part* "$STATE/" && ls -la "$STATE" ;;
   stream)
@@ -251,5 +268,5 @@ case "${1:-}" in
     pkill -f "run.sh stream"; pkill -INT -f "python3 -m bench"; sleep 20
     collect ;;
   *)
-    echo "usage: bash scripts/device/run.sh setup|start|wait|stop"; exit 2 ;;
+    echo "usage: bash scripts/device/run.sh setup|part|start|wait|bench|stop|relaunch"; exit 2 ;;
 esac
