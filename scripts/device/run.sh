@@ -29,7 +29,7 @@
 # took about 2 minutes beside the LLM trainers (about as long as on 2 CPU cores), a Sports one 4. So the LLM
 # streams alone by default, and the Amazon RecBole cells, which a CPU can run, after TIGER, which it barely can.
 set -uo pipefail
-STATE=/tmp/grbench
+STATE=${STATE:-/tmp/grbench}
 GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
 REPO=$STATE/repo  # the streams run from a copy: each call replaces the tree it was sent
 RESULTS=$REPO/results  # the tree's own results/: cells an earlier GPU run finished are skipped
@@ -72,6 +72,13 @@ declare -A STREAMS=(
 # RecBole's small kernels starve beside the LLM trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon
 # epochs outlast a session's device time while its checkpoint is too large to come back and resume
 STREAMS_ON=${STREAMS_ON:-sft0 sft1 sft2 pause0 pause1 pause2}
+# STREAM_PROFILE=smoke runs the streams' cells on the tiny model: a check of the streams on a CPU, from a copy of
+# the tree without .whl2 (`relaunch` would install its Python 3.12 wheels), e.g.
+#   STATE=/tmp/check STREAM_PROFILE=smoke WAIT=900 OUT=/tmp/check/out bash scripts/device/run.sh relaunch
+
+run_cell() {  # methods datasets seeds
+    python3 -m bench run --profile "${STREAM_PROFILE:-small}" --methods "$1" --datasets "$2" --seeds "$3" --out "$RESULTS"
+}
 
 stream() {  # name: runs its cells one after the other, then once more those that failed, then marks itself done
     local name=$1 cell methods datasets seeds failed=""
@@ -81,20 +88,19 @@ stream() {  # name: runs its cells one after the other, then once more those tha
             echo "=== retrying:$failed"
             for cell in $failed; do
                 IFS='|' read -r methods datasets seeds <<< "$cell"
-                python3 -m bench run --profile small --methods "$methods" --datasets "$datasets" --seeds "$seeds" \
-                    --out "$RESULTS" || echo "=== FAILED again: $methods on $datasets, seed $seeds"
+                run_cell "$methods" "$datasets" "$seeds" || echo "=== FAILED again: $methods on $datasets, seed $seeds"
             done
             break
         fi
         if [ "$cell" = analyze ]; then
-            python3 -m bench analyze --methods pauserec,onerec_think --datasets "$ml" --profile small \
-                --out "$RESULTS/analysis"
+            python3 -m bench analyze --methods pauserec,onerec_think --datasets "$ml" \
+                --profile "${STREAM_PROFILE:-small}" --out "$RESULTS/analysis"
             continue
         fi
         IFS='|' read -r methods datasets seeds <<< "$cell"
         echo "=== $(date +%T) $methods on $datasets, seed $seeds"
-        python3 -m bench run --profile small --methods "$methods" --datasets "$datasets" --seeds "$seeds" \
-            --out "$RESULTS" || { echo "=== FAILED: $methods on $datasets, seed $seeds"; failed="$failed $cell"; }
+        run_cell "$methods" "$datasets" "$seeds" \
+            || { echo "=== FAILED: $methods on $datasets, seed $seeds"; failed="$failed $cell"; }
     done
     touch "$STATE/logs/$name.done"
 }
