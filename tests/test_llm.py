@@ -500,7 +500,7 @@ def test_settings_are_checked_and_shown(monkeypatch):
     assert "LoRA r=8" in NextItemSFT.variant(smoke_settings(lora="true", lora_r="8"))
     for options, message in [({"cpt_corpus": "all"}, "cpt_corpus"), ({"beam_width": "5"}, "beam_width"),
                              ({"sft_loss_tokens": "all"}, "sft_loss_tokens"), ({"dtype": "int8"}, "dtype"),
-                             ({"sft_batch_size": "6"}, "multiple of micro_batch_size")]:
+                             ({"sft_batch_size": "6"}, "sft_batch_size: batch size 6 is not a multiple of micro")]:
         with pytest.raises(GRBenchError, match=message):
             smoke_settings(**options)
 

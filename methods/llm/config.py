@@ -104,11 +104,14 @@ def check_shared_settings(method: str, settings: dict[str, Any]) -> None:
     for key in positive:
         if settings[key] <= 0:
             raise GRBenchError(f"{method}: {key} must be positive, got {settings[key]}")
-    for stage in {key.split("_")[0] for key in settings if key.endswith("_batch_size") and key != "infer_batch_size"}:
-        batch = settings[f"{stage}_batch_size"]
-        if stage != "micro" and batch > settings["micro_batch_size"] and batch % settings["micro_batch_size"]:
-            raise GRBenchError(f"{method}: {stage}_batch_size ({settings[f'{stage}_batch_size']}) must be a multiple "
-                               f"of micro_batch_size ({settings['micro_batch_size']})")
+    from methods.llm.stages import Schedule, micro_batches  # stages imports this module
+
+    for stage in {key.split("_")[0] for key in settings if key.endswith("_batch_size")} - {"infer", "micro"}:
+        try:  # the rule training applies, checked before any work starts
+            micro_batches(Schedule(lr=1.0, epochs=1, batch_size=settings[f"{stage}_batch_size"]),
+                          settings["micro_batch_size"])
+        except GRBenchError as error:
+            raise GRBenchError(f"{method}: {stage}_batch_size: {error}") from None
 
 
 def shared_variant(settings: dict[str, Any], stage_steps: tuple[str, ...]) -> list[str]:
