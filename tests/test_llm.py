@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -619,14 +620,65 @@ def test_a_liger_stage_keeps_every_label_and_asks_for_no_logit_slice():
     collator keeps the position ids and full-width labels, whose last columns are the trimmed batch's labels."""
     examples = [Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 8, 9]), Example([5, 6, 9], [IGNORE, IGNORE, 9])]
     trimmed = PaddingCollator(0, left=True)(examples)
-    whole = stages.for_liger(PaddingCollator(0, left=True))(examples)
+    whole = stages.collator_for(PaddingCollator(0, left=True), liger=True, compiled=False)(examples)
     assert "logits_to_keep" in trimmed and "logits_to_keep" not in whole
     assert whole["labels"].shape == whole["input_ids"].shape
     torch.testing.assert_close(whole["labels"][:, -trimmed["logits_to_keep"]:], trimmed["labels"])
     torch.testing.assert_close(whole["position_ids"], trimmed["position_ids"])
     assert (whole["labels"][:, :-trimmed["logits_to_keep"]] == IGNORE).all()  # nothing labelled was cut
     unchanged = object()
-    assert stages.for_liger(unchanged) is unchanged
+    assert stages.collator_for(unchanged, liger=True, compiled=True) is unchanged
+
+
+def test_a_compiled_stage_pads_to_few_shapes_and_loses_nothing_to_the_padding():
+    """compile=...: no logit slice (each would compile anew) and widths rounded up to 64; the extra padding carries
+    no label and no attention, so the model's loss is the same."""
+    model, _ = load_backbone("tiny", seed=0)
+    examples = [Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 8, 9]), Example([5, 6, 9], [IGNORE, IGNORE, 9])]
+    plain = PaddingCollator(0, left=True, trim_logits=False)(examples)
+    compiled = stages.collator_for(PaddingCollator(0, left=True), liger=False, compiled=True)(examples)
+    assert compiled["input_ids"].shape == (2, stages.COMPILE_PAD_MULTIPLE) and "logits_to_keep" not in compiled
+    assert stages.collator_for(PaddingCollator(0), liger=False, compiled=False) == PaddingCollator(0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**compiled).loss, model(**plain).loss)
+
+
+def test_compile_is_passed_to_trainer_and_a_bad_mode_is_named(tmp_path):
+    schedule = Schedule(lr=1e-3, epochs=1, batch_size=4)
+    arguments = stages.trainer_arguments(schedule, smoke_settings(), context(tmp_path), tmp_path)
+    assert arguments["torch_compile"] is False
+    arguments = stages.trainer_arguments(schedule, smoke_settings(compile="reduce-overhead"), context(tmp_path),
+                                         tmp_path)
+    assert arguments["torch_compile"] is True and arguments["torch_compile_mode"] == "reduce-overhead"
+    arguments = stages.trainer_arguments(schedule, smoke_settings(compile="default"), context(tmp_path), tmp_path)
+    assert arguments["torch_compile"] is True and arguments["torch_compile_mode"] is None
+    with pytest.raises(GRBenchError, match="compile 'fast': expected one of off, default, reduce-overhead"):
+        smoke_settings(compile="fast")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on a CPU needs a C compiler (inductor's CPU kernels)")
+def test_a_compiled_stage_trains_as_the_eager_one_does(tmp_path):
+    """compile=default through Trainer (on the CPU: inductor; on a GPU the same code path) trains the same weights
+    up to rounding. About 40 s, most of it compiling."""
+    def trained(mode: str):
+        _, sids, model, tokenizer, vocab = expanded()
+        examples = [sft_example(tokenizer, sids, vocab, h, t, 5) for h, t in next_item_pairs(synthetic())][:16]
+        train(model, examples, PaddingCollator(tokenizer.pad_token_id, left=True),
+              Schedule(lr=1e-2, epochs=1, batch_size=4), settings=smoke_settings(compile=mode),
+              context=context(tmp_path), folder=tmp_path / mode, description="SFT steps")
+        return model
+
+    from torch._dynamo.utils import counters
+
+    eager = trained("off")
+    counters.clear()
+    compiled = trained("default")
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did compile the model
+    for (name, weight), same in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(weight, same, atol=1e-4, rtol=1e-4, msg=name)
+    assert any(not torch.equal(weight, initial) for weight, initial in
+               zip(eager.parameters(), expanded()[2].parameters()))  # it trained at all
 
 
 def test_micro_batch_size_is_a_hardware_knob_that_changes_training_only_by_rounding(tmp_path):

@@ -13,7 +13,12 @@ otherwise), which cuts the compute spent on padding. ``dtype`` is the weights' d
 precision where the GPU supports it (never on a CPU, where it is slower). ``liger`` swaps the backbone's normalisation,
 rotary, MLP and output-layer-plus-loss for Liger's fused Triton kernels (``liger-kernel``; on a CUDA GPU only,
 ignored on a CPU like ``bf16``): the same computation up to rounding, without the full-vocabulary logits in
-memory, for throughput (issue 7's MFU target); off by default until a GPU run has compared it.
+memory, for throughput (issue 7's MFU target); off by default until a GPU run has compared it. ``compile``
+(``off``, or a ``torch.compile`` mode: ``default``, ``reduce-overhead`` with CUDA graphs, ``max-autotune``, ...)
+has Trainer compile the model, on any device, with batch widths padded to few shapes: SmolLM2's eager steps
+are bound by issuing thousands of small operators from Python (docs/llm-on-gpu.md), which compiling fuses and
+CUDA graphs replay at once. Like ``liger`` and ``micro_batch_size`` it changes no result beyond rounding, so it
+stays out of the stage keys.
 ``checkpoint_epochs`` saves the whole training state after every epoch, so that a stage killed mid-way resumes
 there (GPU profiles; on a CPU a SmolLM2 checkpoint, weights and AdamW state, costs more than the few steps it
 protects).
@@ -33,7 +38,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": TINY, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rkmeans", "sid_codebook_size": 256, "sid_epochs": 5,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
-        "group_by_length": True, "liger": False,
+        "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 256,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 3,
         "beam_width": 10, "infer_batch_size": 16,
@@ -45,7 +50,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": False,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 5, "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_epochs": False,
-        "group_by_length": True, "liger": False,
+        "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 160,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 30,
         "beam_width": 10, "infer_batch_size": 16,
@@ -59,7 +64,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": SMOLLM2, "dtype": "float32", "bf16": True,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 50, "micro_batch_size": 32, "gradient_checkpointing": False, "checkpoint_epochs": True,
-        "group_by_length": True, "liger": False,
+        "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 20, "cpt_max_length": 1024,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 32, "cpt_max_steps": 0,
         "beam_width": 10, "infer_batch_size": 16,
@@ -70,7 +75,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "backbone": PAPER_BACKBONE, "dtype": "float32", "bf16": True,
         "sid_quantizer": "rqvae", "sid_codebook_size": 256, "sid_epochs": 200,
         "max_history": 50, "micro_batch_size": 4, "gradient_checkpointing": True, "checkpoint_epochs": True,
-        "group_by_length": True, "liger": False,
+        "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 0, "cpt_max_length": 4096,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 64, "cpt_max_steps": 0,
         "beam_width": 10, "infer_batch_size": 16,
@@ -104,7 +109,12 @@ def check_shared_settings(method: str, settings: dict[str, Any]) -> None:
     for key in positive:
         if settings[key] <= 0:
             raise GRBenchError(f"{method}: {key} must be positive, got {settings[key]}")
-    from methods.llm.stages import Schedule, micro_batches  # stages imports this module
+    from methods.llm.stages import Schedule, compile_mode, micro_batches  # stages imports this module
+
+    try:
+        compile_mode(settings)
+    except GRBenchError as error:
+        raise GRBenchError(f"{method}: {error}") from None
 
     for stage in {key.split("_")[0] for key in settings if key.endswith("_batch_size")} - {"infer", "micro"}:
         try:  # the rule training applies, checked before any work starts

@@ -205,15 +205,18 @@ class PaddingCollator:
     """Pads a batch. ``left=True`` left-pads (with explicit position ids, as decoding does) so that every row's
     labelled tokens sit at the end, and (``trim_logits``) asks the model for logits of those last positions only:
     the output layer over the whole vocabulary is a fifth of SmolLM2's compute, wasted on positions without loss.
-    Liger's fused loss computes no logits to save and cannot take that slice (:func:`for_liger`)."""
+    Liger's fused loss computes no logits to save and cannot take that slice, and a compiled model would compile
+    anew for each slice (:func:`collator_for`). ``pad_multiple`` rounds the padded width up to a multiple, so that
+    a compiled model sees few shapes."""
 
     pad_token_id: int
     left: bool = False
     trim_logits: bool = True
+    pad_multiple: int = 1
 
     def __call__(self, examples: Sequence[Example | Mapping[str, list[int]]]) -> dict[str, Any]:
         examples = [Example(e["input_ids"], e["labels"]) if isinstance(e, Mapping) else e for e in examples]
-        width = max(len(e.input_ids) for e in examples)
+        width = -(-max(len(e.input_ids) for e in examples) // self.pad_multiple) * self.pad_multiple
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -233,10 +236,21 @@ class PaddingCollator:
         return batch
 
 
-def for_liger(collator: Any) -> Any:
-    """The collator a Liger-kernel stage uses: without ``logits_to_keep``, whose slice of the hidden states Liger's
-    fused loss cannot view (GPU run 3 failed on it); that loss keeps no logits in memory anyway."""
-    return replace(collator, trim_logits=False) if isinstance(collator, PaddingCollator) else collator
+COMPILE_PAD_MULTIPLE = 64  # padded widths of a compiled stage: SFT's prompts (about 380 tokens) in a few shapes
+
+
+def collator_for(collator: Any, *, liger: bool, compiled: bool) -> Any:
+    """The collator of a stage with Liger's kernels or a compiled model: without ``logits_to_keep`` (Liger's fused
+    loss cannot view its slice of the hidden states, GPU run 3 failed on it, and keeps no logits in memory anyway;
+    a compiled model would compile again for each slice), and, compiled, with widths padded to
+    :data:`COMPILE_PAD_MULTIPLE` (each new shape compiles, and with CUDA graphs records, anew)."""
+    if not isinstance(collator, PaddingCollator):
+        return collator
+    if liger or compiled:
+        collator = replace(collator, trim_logits=False)
+    if compiled:
+        collator = replace(collator, pad_multiple=COMPILE_PAD_MULTIPLE)
+    return collator
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -380,6 +394,17 @@ def use_liger(settings: dict[str, Any], device: torch.device) -> bool:
     return True
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(settings: dict[str, Any]) -> str | None:
+    """``torch.compile``'s mode for the stages (``compile=reduce-overhead``: CUDA graphs too), or None (``off``)."""
+    mode = settings.get("compile", "off")
+    if mode not in COMPILE_MODES:
+        raise GRBenchError(f"compile {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+    return None if mode == "off" else mode
+
+
 def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: RunContext, output_dir: Path, *,
                       checkpoints: bool = False) -> dict[str, Any]:
     """The Hugging Face training arguments of every LLM stage, for ``TrainingArguments`` and TRL's configs alike:
@@ -390,6 +415,9 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
     return dict(
         output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
         use_liger_kernel=use_liger(settings, device),
+        # Trainer compiles the model through accelerate (torch.compile; "default" is torch's own default mode)
+        torch_compile=compile_mode(settings) is not None,
+        torch_compile_mode=compile_mode(settings) if compile_mode(settings) not in (None, "default") else None,
         data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
         max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
         per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
@@ -521,7 +549,7 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     checkpoints = bool(settings["checkpoint_epochs"])
     resume_from, carried = _last_checkpoint(output_dir) if checkpoints else (None, {"wall_s": 0.0, "gpu_hours": 0.0})
     args = TrainingArguments(**trainer_arguments(schedule, settings, context, output_dir, checkpoints=checkpoints))
-    counter = TokenCounter(for_liger(collator) if args.use_liger_kernel else collator)
+    counter = TokenCounter(collator_for(collator, liger=args.use_liger_kernel, compiled=args.torch_compile))
     trainer = Trainer(model=model, args=args, train_dataset=Examples(examples), data_collator=counter,
                       callbacks=[trainer_progress(context, description), divergence_guard(description),
                                  _elapsed_recorder(carried), *callbacks])

@@ -198,13 +198,14 @@ benchmarks() {  # the decoder, training-step and MFU benchmarks, one after the o
     # MFU_BENCH=0 skips it: SFT's two stages with a few steps each, for their tokens/s and MFU (issue 7's training
     # target; the streams' own numbers are measured on a shared GPU) and, under torch.profiler
     # (methods/llm/profiling.py), where five of each stage's steps spend their time. Once per MFU_VARIANTS entry:
-    # by default the recipe's kernels and batches, then Liger's fused kernels with 64-example batches (hardware
-    # efficiency at a larger batch; not the recipe). About 60 s each.
+    # by default the recipe's kernels and batches; the same compiled with CUDA graphs (compile=reduce-overhead:
+    # eager steps are bound by issuing operators, docs/llm-on-gpu.md); then Liger's fused kernels with 64-example
+    # batches (hardware efficiency at a larger batch; not the recipe). About 60 s each, compiling longer.
     # MFU_PROFILE=smoke runs it on the tiny model: with TRAIN_BENCH=0, a check of this function on a CPU
     if [ "${MFU_BENCH:-1}" != 0 ]; then
         steps="cpt_max_steps=${MFU_CPT_STEPS:-30},sft_max_steps=${MFU_SFT_STEPS:-40}"
         big="liger=true,micro_batch_size=64,cpt_batch_size=64,sft_batch_size=64"
-        variants=(recipe ",$big")
+        variants=(recipe ",compile=reduce-overhead" ",$big")
         [ -n "${MFU_VARIANTS+set}" ] && read -ra variants <<< "$MFU_VARIANTS"
         for variant in "${!variants[@]}"; do
             options=${variants[$variant]}
