@@ -41,6 +41,8 @@ from benchmarks.decode import SID_LEVELS, add_sid_tokens, batch_sizes, smollm2, 
 from methods.llm.stages import only_rows_trainable  # noqa: E402
 
 VARIANTS = ("recipe", "bf16", "liger", "compile")
+MODELS: dict[str, Callable[[int], torch.nn.Module]] = {
+    "tiny": tiny_qwen3, "smollm2": lambda seed: smollm2(), "narrow": lambda seed: narrow_smollm2(seed)}
 CUDA_ONLY = ("liger", "compile")
 
 
@@ -70,6 +72,57 @@ def prepared(base: torch.nn.Module, variant: str, device: torch.device) -> tuple
     return model, lambda: torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
 
 
+def narrow_smollm2(seed: int) -> torch.nn.Module:
+    """A random model of SmolLM2-135M's shape (30 Llama layers, 9 query and 3 key-value heads, tied embeddings,
+    49,152 tokens) at width 72 instead of 576: as many operators a step as SmolLM2, few FLOPs, so a CPU counts
+    what a step issues."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=72, intermediate_size=192, num_hidden_layers=30,
+                                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return transformers.LlamaForCausalLM(config)
+
+
+# operators that only make views of a tensor or allocate one: no kernel runs for them on a GPU
+VIEWS_AND_ALLOCATIONS = {f"aten::{name}" for name in (
+    "as_strided", "view", "_unsafe_view", "reshape", "_reshape_alias", "transpose", "t", "permute", "expand",
+    "slice", "select", "unsqueeze", "squeeze", "alias", "detach", "unflatten", "split", "split_with_sizes", "chunk",
+    "narrow", "lift_fresh", "empty", "empty_strided", "empty_like", "resize_")}
+
+
+def operators_a_step(model: torch.nn.Module, forward_context: Callable, batch: dict[str, torch.Tensor],
+                     optimizer: torch.optim.Optimizer) -> tuple[int, int, int | None]:
+    """One more step under torch.profiler: (operator calls, the innermost of them that compute rather than view
+    or allocate, GPU kernels or None on a CPU). On a GPU each computing operator launches a kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = batch["input_ids"].is_cuda
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
+        one_step(model, forward_context, batch, optimizer)
+        if cuda:
+            torch.cuda.synchronize()
+    operators = [event for event in profiler.events() if event.name.startswith("aten::")]
+    # an operator that calls others (linear -> mm, to -> copy_) launches nothing itself: count the innermost ones
+    innermost = [event for event in operators if not any(child.name.startswith("aten::")
+                                                         for child in event.cpu_children)]
+    calls = len(operators)
+    computing = sum(1 for event in innermost if event.name not in VIEWS_AND_ALLOCATIONS)
+    kernels = sum(1 for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA) \
+        if cuda else None
+    return calls, computing, kernels
+
+
+def one_step(model: torch.nn.Module, forward_context: Callable, batch: dict[str, torch.Tensor],
+             optimizer: torch.optim.Optimizer) -> None:
+    with forward_context():
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def time_steps(model: torch.nn.Module, forward_context: Callable, batch: dict[str, torch.Tensor],
                optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds per step (synchronised) and the share of it the CPU spent issuing the step's work."""
@@ -78,11 +131,7 @@ def time_steps(model: torch.nn.Module, forward_context: Callable, batch: dict[st
     for step in range(warmup + steps):
         synchronize()
         began = time.perf_counter()
-        with forward_context():
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        one_step(model, forward_context, batch, optimizer)
         launched = time.perf_counter()
         synchronize()
         if step >= warmup:
@@ -93,7 +142,8 @@ def time_steps(model: torch.nn.Module, forward_context: Callable, batch: dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", choices=list(MODELS), default="tiny",
+                        help="narrow: SmolLM2's 30 layers at width 72, to count its operators on a CPU")
     parser.add_argument("--batch", type=batch_sizes, default=[16], help="examples a step; comma-separated for several")
     parser.add_argument("--length", type=int, default=400, help="tokens an example (ml-100k's CPT lines: about 380)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and batch size")
@@ -108,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--length must be at least 2, --steps at least 1 and --warmup at least 0")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    base = tiny_qwen3(args.seed) if args.model == "tiny" else smollm2()
+    base = MODELS[args.model](args.seed)
     vocabulary = base.get_input_embeddings().num_embeddings
     add_sid_tokens(base, SID_LEVELS * args.codes, args.seed)
     sid_rows = list(range(vocabulary, vocabulary + SID_LEVELS * args.codes))
@@ -130,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
                 trainable = [p for p in model.parameters() if p.requires_grad]
                 optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0)
                 seconds, launch_share = time_steps(model, forward_context, batch, optimizer, args.steps, args.warmup)
+                calls, computing, kernels = operators_a_step(model, forward_context, batch, optimizer)
             tokens = size * args.length
             flops = training_flops_per_token(parameters, sum(p.numel() for p in trainable))
             mfu = model_flops_utilisation(tokens, flops, seconds) if rate is not None else None
             print(f"{variant:>8} batch {size:>4}: {1000 * seconds:9.1f} ms/step {tokens / seconds:11.0f} tokens/s  "
-                  f"MFU {'n/a' if mfu is None else f'{100 * mfu:5.1f}%'}  launch share {launch_share:4.0%}")
+                  f"MFU {'n/a' if mfu is None else f'{100 * mfu:5.1f}%'}  launch share {launch_share:4.0%}  "
+                  f"operators {calls} ({computing} computing)" + ("" if kernels is None else f", {kernels} kernels"))
             del model, optimizer
             if device.type == "cuda":
                 torch.cuda.empty_cache()
