@@ -412,12 +412,12 @@ def trainer_arguments(schedule: Schedule, settings: dict[str, Any], context: Run
     processes, bf16 where the GPU has it, an epoch checkpoint with ``checkpoints``, and no logging of its own."""
     device = device_of(context)
     micro, accumulation = micro_batches(schedule, settings["micro_batch_size"])
+    compiled = compile_mode(settings)
     return dict(
         output_dir=str(output_dir), use_cpu=device.type == "cpu", seed=context.seed,
         use_liger_kernel=use_liger(settings, device),
         # Trainer compiles the model through accelerate (torch.compile; "default" is torch's own default mode)
-        torch_compile=compile_mode(settings) is not None,
-        torch_compile_mode=compile_mode(settings) if compile_mode(settings) not in (None, "default") else None,
+        torch_compile=compiled is not None, torch_compile_mode=None if compiled == "default" else compiled,
         data_seed=context.seed, learning_rate=schedule.lr, num_train_epochs=schedule.epochs,
         max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
         per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
