@@ -64,6 +64,9 @@ declare -A STREAMS=(
     [pause0]="$(cells $ml 0 pauserec pauserec:sft_targets=10)"
     [pause1]="$(cells $ml 1 pauserec)"
     [pause2]="$(cells $ml 2 pauserec)"
+    # OneRec-Think alone (not started by default: STREAMS_ON=think0 once the six above are in results/): its GRPO
+    # generates 64 completions of up to 160 tokens a step, 118 steps, and may need a session of its own
+    [think0]="$(cells $ml 0 onerec_think) analyze"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
