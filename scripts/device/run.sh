@@ -55,11 +55,12 @@ declare -A STREAMS=(
     # the study's comparison, two streams a seed: PauseRec, and SFT (whose stage PauseRec then loads: a process
     # that reaches a stage another one is training waits for it and reuses it, methods.llm.stages.stage_lock).
     # A 135M model leaves most of the GPU idle, so the six run side by side about as fast as one alone, and SFT
-    # (about a minute) is done before PauseRec's pause pretraining is. Seed 0 goes on to OneRec-Think (it reuses
-    # CPT and SFT), the analyses, and SFT and PauseRec on each user's last 10 training items (does more SFT data
-    # lift the collapse?)
+    # (about a minute) is done before PauseRec's pause pretraining is. A cell already in results/ is skipped
+    # (`sft` seeds 0 and 1 are, from GPU runs 1 and 2), so the next cell trains that seed's SFT stage: seed 0's
+    # OneRec-Think (then the analyses, and SFT on each user's last 10 training items: does more SFT data lift the
+    # collapse?), seed 1's PauseRec ablation without pause pretraining
     [sft0]="$(cells $ml 0 sft onerec_think) analyze $(cells $ml 0 sft:sft_targets=10)"
-    [sft1]="$(cells $ml 1 sft)"
+    [sft1]="$(cells $ml 1 sft pauserec:pause_init=default)"
     [sft2]="$(cells $ml 2 sft)"
     [pause0]="$(cells $ml 0 pauserec pauserec:sft_targets=10)"
     [pause1]="$(cells $ml 1 pauserec)"
