@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from baselines.sequential import mean_over_length_groups
+from baselines.sequential import groups_pay_off, mean_over_length_groups
 from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
@@ -261,7 +261,7 @@ def padding_free_loss(loss: Callable[[Any], Any], model: Any, interaction: Any, 
                 group.interaction[field] = group[field][:, -masked:].contiguous()
         return loss(group)
 
-    return mean_over_length_groups(lengths, weights, group_loss)
+    return mean_over_length_groups(lengths, weights, group_loss, grouped=groups_pay_off(lengths.device))
 
 
 def check_one_item_id_space(dataset: Any) -> None:

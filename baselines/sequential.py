@@ -82,9 +82,18 @@ def left_aligned(sequences: Sequence[np.ndarray], width: int) -> np.ndarray:
 WIDTH_GROUPS = (2, 4, 8, 16, 32)
 
 
-def length_groups(lengths: torch.Tensor, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
+def groups_pay_off(device: torch.device | str) -> bool:
+    """Whether a batch is split into :func:`length_groups` on ``device``: on a CPU, where arithmetic bounds a step,
+    computing less padding pays; on a GPU a small model's step is bound by launching its kernels from Python (GPU
+    run 3, docs/llm-on-gpu.md), and each group is a forward and backward of its own, so there a batch runs whole,
+    cut to its longest row."""
+    return torch.device(device).type == "cpu"
+
+
+def length_groups(lengths: torch.Tensor, keep: torch.Tensor | None = None, grouped: bool = True,
+                  ) -> list[torch.Tensor]:
     """Indices of the rows of each length group (:data:`WIDTH_GROUPS`; empty groups left out), optionally only of
-    rows where ``keep`` is True.
+    rows where ``keep`` is True; with ``grouped=False`` (:func:`groups_pay_off`) one group of them all.
 
     Written by hand because the libraries' length bucketing (e.g. a bucketing sampler) regroups rows *across*
     batches, which changes what a training step sees; these groups split one batch, so that each group cut to
@@ -92,6 +101,9 @@ def length_groups(lengths: torch.Tensor, keep: torch.Tensor | None = None) -> li
     sequence holds five or six items and a batch of 256 nearly always one of 50.
     """
     groups, shorter = [], -1
+    if not grouped:
+        rows = torch.arange(len(lengths)) if keep is None else torch.nonzero(keep.cpu()).squeeze(1)
+        return [rows.to(lengths.device)] if len(rows) else []
     for longest in (*WIDTH_GROUPS, int(lengths.max())):
         chosen = (lengths > shorter) & (lengths <= longest)
         shorter = longest
@@ -102,13 +114,13 @@ def length_groups(lengths: torch.Tensor, keep: torch.Tensor | None = None) -> li
 
 
 def mean_over_length_groups(lengths: torch.Tensor, weights: torch.Tensor,
-                            group_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                            group_loss: Callable[[torch.Tensor], torch.Tensor], grouped: bool = True) -> torch.Tensor:
     """A batch's mean loss from the mean losses of its :func:`length_groups`: ``sum_g group_loss(rows_g) W_g / W``,
     where ``W_g`` sums the ``weights`` of group g's rows (what its mean is over: rows, positions, ...) and ``W``
     those of the batch; rows of weight 0 are left out. Equal to the whole batch's mean where each row's terms do
-    not depend on the other rows or on the padding."""
+    not depend on the other rows or on the padding. ``grouped=False``: one group (:func:`groups_pay_off`)."""
     total, loss = weights.sum(), 0
-    for rows in length_groups(lengths, keep=weights > 0):
+    for rows in length_groups(lengths, keep=weights > 0, grouped=grouped):
         loss = loss + group_loss(rows) * (weights[rows].sum() / total)
     return loss
 
@@ -205,8 +217,8 @@ class SequentialRecommender(Method):
         Where the loss is a mean of per-position terms (:meth:`loss_is_per_position`), it is computed on the
         batch's :func:`length_groups`, each cut to its longest row, and the groups' means are weighted by their
         real positions: the same loss and gradient as the whole batch at once (a position's state depends on
-        its own prefix only; tested), in about half the time of a ReaRec step on Sports. Otherwise the batch is
-        cut to its longest row only.
+        its own prefix only; tested), in about half the time of a ReaRec step on Sports. Otherwise, and on a GPU
+        (:func:`groups_pay_off`), the batch is cut to its longest row only.
         """
         lengths = (targets != PADDING_ITEM).sum(1)
 
@@ -216,7 +228,7 @@ class SequentialRecommender(Method):
 
         if not self.loss_is_per_position():
             return group_loss(torch.arange(len(lengths)))
-        return mean_over_length_groups(lengths, lengths, group_loss)
+        return mean_over_length_groups(lengths, lengths, group_loss, grouped=groups_pay_off(self.device))
 
     def loss_is_per_position(self) -> bool:
         """Whether :meth:`loss` is a mean over real positions of terms that each read one position's state (a
@@ -257,7 +269,8 @@ class SequentialRecommender(Method):
         max_len = self.settings["max_len"]
         recent = [np.asarray(h[-max_len:], dtype=np.int64) for h in histories]
         lengths = torch.tensor([len(h) for h in recent])
-        groups = length_groups(lengths)  # histories of similar length together: little padding computed
+        # histories of similar length together: little padding computed (on a CPU; one group on a GPU)
+        groups = length_groups(lengths, grouped=groups_pay_off(self.device))
         states = []
         for rows in groups:
             items = torch.from_numpy(left_aligned([recent[row] for row in rows], max(1, int(lengths[rows].max()))))

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines.sequential import mean_over_length_groups
+from baselines.sequential import groups_pay_off, mean_over_length_groups
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
@@ -281,7 +281,8 @@ class Tiger(Method):
         the encoder ran on ~81 tokens where most rows hold a few items. Each group of
         :func:`baselines.sequential.length_groups` is cut to its own longest row and weighted by its rows
         (every target has L tokens): the same loss and gradient as the whole batch (right padding is masked,
-        and T5's relative positions count from the left; tested with dropout off).
+        and T5's relative positions count from the left; tested with dropout off). On a GPU the batch runs whole,
+        cut to its longest row (:func:`baselines.sequential.groups_pay_off`).
         """
         lengths = torch.from_numpy((windows != PADDING_ITEM).sum(1))
 
@@ -289,7 +290,8 @@ class Tiger(Method):
             chosen = rows.numpy()
             return self.rows_loss(users[chosen], windows[chosen], targets[chosen])
 
-        return mean_over_length_groups(lengths, torch.ones(len(lengths)), group_loss)
+        return mean_over_length_groups(lengths, torch.ones(len(lengths)), group_loss,
+                                       grouped=groups_pay_off(self.device))
 
     def rows_loss(self, users: np.ndarray, windows: np.ndarray, targets: np.ndarray) -> torch.Tensor:
         """Mean next-SID cross-entropy of these rows in one forward pass, cut to their longest row."""

@@ -104,15 +104,14 @@ def ranking_ms(method: sequential.SequentialRecommender, data: TrainData, users:
     histories = data.valid_histories()[:users]
     method.encoder.eval()
     timings = {}
-    grouped = sequential.length_groups
-    for name, groups in (("one padded batch", lambda lengths, keep=None: [torch.arange(len(lengths))]),
-                         ("length groups", grouped)):
-        sequential.length_groups = groups
+    policy = sequential.groups_pay_off  # chosen by device; both ways here, whatever the device
+    for name, grouped in (("one padded batch", False), ("length groups", True)):
+        sequential.groups_pay_off = lambda device, grouped=grouped: grouped
         try:
             with torch.no_grad():
                 timings[name] = mean_ms(lambda _: method.scores(histories), [None])
         finally:
-            sequential.length_groups = grouped
+            sequential.groups_pay_off = policy
     return timings
 
 

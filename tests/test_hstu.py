@@ -266,3 +266,33 @@ def test_prl_with_its_contrastive_term_keeps_the_batch_whole(tmp_path):
     assert method.loss_is_per_position()  # warm-up: the ranking term alone
     method.begin_epoch(method.settings["warmup"])
     assert not method.loss_is_per_position()
+
+
+def test_on_a_gpu_a_batch_runs_whole_cut_to_its_longest_row(tmp_path, monkeypatch):
+    """Length groups pay on a CPU only: on a GPU each group would be a forward and backward of its own, and a small
+    model's step is bound by launching kernels. Off, one forward at the batch's longest row, the same loss."""
+    from baselines.sequential import groups_pay_off, length_groups, mean_over_length_groups
+
+    assert groups_pay_off("cpu") and not groups_pay_off("cuda") and not groups_pay_off(torch.device("cuda", 1))
+    lengths = torch.tensor([1, 7, 3, 30, 0])
+    assert len(length_groups(lengths)) > 1
+    (whole,) = length_groups(lengths, grouped=False)
+    torch.testing.assert_close(whole, torch.arange(5))
+    (kept,) = length_groups(lengths, keep=lengths > 0, grouped=False)
+    torch.testing.assert_close(kept, torch.tensor([0, 1, 2, 3]))
+    calls = []
+    assert mean_over_length_groups(lengths, lengths.float(), lambda rows: calls.append(rows) or torch.tensor(2.0),
+                                   grouped=False) == 2.0 and len(calls) == 1
+
+    method = HSTU(HSTU.settings_for("smoke", {"loss": "ce"}), context(tmp_path))  # no sampled negatives
+    data = leave_last_out(load_dataset("synthetic:users=80,items=40,seed=3")).train_view()
+    method.device = torch.device("cpu")
+    method.encoder = method.build_encoder(data.n_items).eval()
+    _, inputs, targets = (torch.from_numpy(a) for a in next_item_examples(data.train_sequences, 10))
+    grouped_loss = method.batch_loss(inputs, targets)
+    monkeypatch.setattr(sequential, "groups_pay_off", lambda device: False)  # as on a GPU
+    widths = []
+    original = method.loss
+    method.loss = lambda i, t: widths.append(i.shape[1]) or original(i, t)
+    torch.testing.assert_close(method.batch_loss(inputs, targets), grouped_loss, rtol=1e-5, atol=1e-6)
+    assert widths == [int((targets != 0).sum(1).max())]
