@@ -17,15 +17,20 @@ TIGER builds its semantic IDs first (a cached stage under ``$GRBENCH_CACHE``: po
 reuse them).
 
 On a machine shared with other jobs, run it under ``taskset`` with ``--threads 1`` for steadier timings.
+
+``--device cuda`` times both ways on a GPU, where training runs whole batches instead
+(``baselines.sequential.groups_pay_off``: each group is a forward and backward of its own, and a small model's
+GPU step is bound by launching kernels): the ratio there says whether that choice holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from baselines import sequential  # noqa: E402
+from baselines import recbole_models, sequential, tiger  # noqa: E402
 from baselines.recbole_models import RecBoleSequential  # noqa: E402
 from baselines.tiger import Tiger, build_model, training_examples  # noqa: E402
 from bench.data import load_dataset  # noqa: E402
@@ -43,13 +48,34 @@ from bench.split import TrainData, leave_last_out  # noqa: E402
 LOSSES_DRAWING_NEGATIVES = ("sampled", "bce-all")  # their two values differ by the draws alone
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def mean_ms(step: Callable[[Any], None], batches: list[Any]) -> float:
-    """Mean wall milliseconds of ``step`` over ``batches``, after one warm-up step."""
+    """Mean wall milliseconds of ``step`` over ``batches``, after one warm-up step (synchronised on a GPU)."""
     step(batches[0])
+    synchronize()
     start = time.perf_counter()
     for batch in batches:
         step(batch)
+    synchronize()
     return (time.perf_counter() - start) / len(batches) * 1000
+
+
+@contextlib.contextmanager
+def length_groups_on(grouped: bool) -> Iterator[None]:
+    """Training and ranking split batches into length groups (or not) whatever the device, for timing both."""
+    modules = (sequential, recbole_models, tiger)
+    policies = [module.groups_pay_off for module in modules]
+    for module in modules:
+        module.groups_pay_off = lambda device: grouped
+    try:
+        yield
+    finally:
+        for module, policy in zip(modules, policies):
+            module.groups_pay_off = policy
 
 
 def recbole_losses(method: RecBoleSequential, data: TrainData, context: RunContext, steps: int,
@@ -60,15 +86,15 @@ def recbole_losses(method: RecBoleSequential, data: TrainData, context: RunConte
     config, _, loader = method.load_recbole_data(data, context, folder / "grbench")
     method.model = get_model(method.recbole_model)(config, loader._dataset)
     optimizer = get_trainer(config["MODEL_TYPE"], method.recbole_model)(config, method.model).optimizer
-    batches = [batch for batch, _ in zip(loader, range(steps))]
+    batches = [batch.to(config["device"]) for batch, _ in zip(loader, range(steps))]
     return method.model, optimizer, batches, {"full width": method.model_loss, "padding-free": method.training_loss}
 
 
-def sequential_losses(method: sequential.SequentialRecommender, data: TrainData, steps: int
+def sequential_losses(method: sequential.SequentialRecommender, data: TrainData, steps: int, device: str
                       ) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Any], dict[str, Callable]]:
     """The suite's own encoder, an Adam optimizer, ``steps`` random training batches, and both losses."""
-    method.device = torch.device("cpu")
-    method.encoder = method.build_encoder(data.n_items)
+    method.device = torch.device(device)
+    method.encoder = method.build_encoder(data.n_items).to(method.device)
     _, inputs, targets = (torch.from_numpy(a) for a in
                           sequential.next_item_examples(data.train_sequences, method.settings["max_len"]))
     order = torch.randperm(len(inputs))
@@ -77,7 +103,7 @@ def sequential_losses(method: sequential.SequentialRecommender, data: TrainData,
 
     def whole(rows: torch.Tensor) -> torch.Tensor:  # the batch cut to its longest row, as before
         width = int((targets[rows] != 0).sum(1).max())
-        return method.loss(inputs[rows, :width], targets[rows, :width])
+        return method.loss(inputs[rows, :width].to(method.device), targets[rows, :width].to(method.device))
 
     losses = {"full width": whole, "padding-free": lambda rows: method.batch_loss(inputs[rows], targets[rows])}
     return method.encoder, torch.optim.Adam(method.encoder.parameters()), batches, losses
@@ -88,7 +114,7 @@ def tiger_losses(method: Tiger, data: TrainData, context: RunContext, steps: int
     """TIGER's T5 (SIDs from the cache or built now), AdamW, ``steps`` random batches of training prefixes, and
     both losses: the batch cut to its longest row (as before) and :meth:`Tiger.batch_loss`."""
     method.prepare(data, context)
-    method.model = build_model(method.settings, method.vocab_size)
+    method.model = build_model(method.settings, method.vocab_size).to(method.device)
     users, windows, targets = training_examples(data, method.settings["max_items"])
     order = torch.randperm(len(targets)).numpy()
     size = method.settings["batch_size"]
@@ -104,14 +130,9 @@ def ranking_ms(method: sequential.SequentialRecommender, data: TrainData, users:
     histories = data.valid_histories()[:users]
     method.encoder.eval()
     timings = {}
-    policy = sequential.groups_pay_off  # chosen by device; both ways here, whatever the device
     for name, grouped in (("one padded batch", False), ("length groups", True)):
-        sequential.groups_pay_off = lambda device, grouped=grouped: grouped
-        try:
-            with torch.no_grad():
-                timings[name] = mean_ms(lambda _: method.scores(histories), [None])
-        finally:
-            sequential.groups_pay_off = policy
+        with length_groups_on(grouped), torch.no_grad():
+            timings[name] = mean_ms(lambda _: method.scores(histories), [None])
     return timings
 
 
@@ -125,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank-users", type=int, default=2048, help="validation histories ranked (HSTU, ReaRec)")
     parser.add_argument("--anomaly", action="store_true", help="also time full width under anomaly detection")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, or cuda to time both ways on a GPU")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,19 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     data = leave_last_out(load_dataset(args.dataset)).train_view()
     method_class, options = parse_method_spec(args.method)
     with tempfile.TemporaryDirectory() as scratch:
-        context = RunContext(seed=0, profile=args.profile, device="cpu", cache_dir=Path(scratch))
+        context = RunContext(seed=0, profile=args.profile, device=args.device, cache_dir=Path(scratch))
         method = method_class(method_class.settings_for(args.profile, options), context)
         if isinstance(method, RecBoleSequential):
             model, optimizer, batches, losses = recbole_losses(method, data, context, args.steps, Path(scratch))
         elif isinstance(method, sequential.SequentialRecommender):
-            model, optimizer, batches, losses = sequential_losses(method, data, args.steps)
+            model, optimizer, batches, losses = sequential_losses(method, data, args.steps, args.device)
         elif isinstance(method, Tiger):
             model, optimizer, batches, losses = tiger_losses(method, data, context, args.steps)
         else:
             parser.error(f"{args.method}: not a RecBole, sequential or TIGER model")
 
         model.eval()  # dropout off: both ways must give the same loss
-        with torch.no_grad():
+        with torch.no_grad(), length_groups_on(True):
             values = {name: float(loss(batches[0])) for name, loss in losses.items()}
         model.train()
 
@@ -155,12 +177,13 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.step()
             return one
 
-        timings = {name: mean_ms(step(loss), batches) for name, loss in losses.items()}
+        with length_groups_on(True):  # "padding-free": in length groups, also on a GPU
+            timings = {name: mean_ms(step(loss), batches) for name, loss in losses.items()}
         if args.anomaly:
             with torch.autograd.set_detect_anomaly(True):
                 timings["full width, anomaly detection on"] = mean_ms(step(losses["full width"]), batches)
         print(f"{args.method} on {data.dataset} ({args.profile}), {len(batches)} training batches, "
-              f"{torch.get_num_threads()} thread(s)")
+              f"{torch.get_num_threads()} thread(s), device {args.device}")
         full, free = values["full width"], values["padding-free"]
         verdict = "equal" if abs(full - free) <= 1e-4 * abs(full) + 1e-6 else "DIFFERENT"
         if method.settings.get("loss") in LOSSES_DRAWING_NEGATIVES:

@@ -17,6 +17,7 @@ def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys, m
     assert re.search(r"full width [\d.]+, padding-free [\d.]+ \(equal\)", out)
     assert re.search(r"full width +[\d.]+ ms/step +[\d.]+x the padding-free step", out)
     assert ("ranking 50 validation histories" in out) == method.startswith("hstu")
+    assert "device cpu" in out
 
 
 def test_the_benchmark_refuses_a_method_without_training_batches(capsys):

@@ -183,7 +183,8 @@ wait_streams() {  # seconds
 }
 
 benchmarks() {  # the decoder, training-step and MFU benchmarks, one after the other and each alone on the GPU;
-    # what they print goes to $OUT: decode.txt, train_step.txt, mfu.txt and, for MFU variant N, profileN/*.txt
+    # what they print goes to $OUT: decode.txt, train_step.txt, padding_free.txt, mfu.txt and, for MFU variant N,
+    # profileN/*.txt
     running && echo "warning: streams still run; the benchmarks share the GPU with them (stop first for clean numbers)"
     # DECODE_BENCH=1 runs it (about 60 s on an H200): off by default since run 3 measured it on this kind of GPU
     # (docs/logs/gpu-run-3-decode-h200.txt)
@@ -197,6 +198,15 @@ benchmarks() {  # the decoder, training-step and MFU benchmarks, one after the o
             # shellcheck disable=SC2086  # the options are words on purpose
             timeout 150 python3 benchmarks/train_step.py --model smollm2 --variants $run --length 400 --steps 10 \
                 --train all 2>&1 | grep -vE "Converting|Loading weights" | tee -a "$OUT/train_step.txt"
+        done
+    fi
+    # PADDING_BENCH=1 runs it (under a minute): the ID models' training steps in length groups against whole batches
+    # on the GPU (benchmarks/padding_free.py --device cuda), which says whether training them whole there holds
+    # (baselines.sequential.groups_pay_off)
+    if [ "${PADDING_BENCH:-0}" != 0 ]; then
+        for method in sasrec hstu:loss=ce; do
+            timeout 120 python3 benchmarks/padding_free.py --method "$method" --dataset "$ml" --profile small \
+                --steps 20 --rank-users 943 --device cuda 2>&1 | tail -6 | tee -a "$OUT/padding_free.txt"
         done
     fi
     # MFU_BENCH=0 skips it: SFT's two stages with a few steps each, for their tokens/s and MFU (issue 7's training
