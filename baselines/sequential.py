@@ -100,10 +100,10 @@ def length_groups(lengths: torch.Tensor, keep: torch.Tensor | None = None, group
     its longest row carries little padding while the step's rows stay the same. On the Amazon files a training
     sequence holds five or six items and a batch of 256 nearly always one of 50.
     """
-    groups, shorter = [], -1
     if not grouped:
-        rows = torch.arange(len(lengths)) if keep is None else torch.nonzero(keep.cpu()).squeeze(1)
-        return [rows.to(lengths.device)] if len(rows) else []
+        rows = torch.arange(len(lengths), device=lengths.device) if keep is None else torch.nonzero(keep).squeeze(1)
+        return [rows] if len(rows) else []
+    groups, shorter = [], -1
     for longest in (*WIDTH_GROUPS, int(lengths.max())):
         chosen = (lengths > shorter) & (lengths <= longest)
         shorter = longest

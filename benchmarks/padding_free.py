@@ -41,16 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from baselines import recbole_models, sequential, tiger  # noqa: E402
 from baselines.recbole_models import RecBoleSequential  # noqa: E402
 from baselines.tiger import Tiger, build_model, training_examples  # noqa: E402
+from bench.costs import synchronize  # noqa: E402
 from bench.data import load_dataset  # noqa: E402
 from bench.registry import RunContext, parse_method_spec  # noqa: E402
 from bench.split import TrainData, leave_last_out  # noqa: E402
 
 LOSSES_DRAWING_NEGATIVES = ("sampled", "bce-all")  # their two values differ by the draws alone
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def mean_ms(step: Callable[[Any], None], batches: list[Any]) -> float:

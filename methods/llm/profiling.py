@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from bench.costs import synchronize
+
 PROFILE_VARIABLE = "GRBENCH_TORCH_PROFILE"
 TABLE_ROWS = 25
 
@@ -36,11 +38,6 @@ def profile_folder() -> Path | None:
 def profile_file(folder: Path, description: str) -> Path:
     """``CPT steps`` -> ``<folder>/cpt-steps.txt``."""
     return folder / (re.sub(r"[^a-z0-9]+", "-", description.lower()).strip("-") + ".txt")
-
-
-def _synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def step_profiler(description: str, skip: int = 3, steps: int = 5) -> Any | None:
@@ -66,17 +63,17 @@ def step_profiler(description: str, skip: int = 3, steps: int = 5) -> Any | None
 
         def on_step_begin(self, args, state, control, **kwargs):
             if self.profiler is None and state.global_step == self.first_step:
-                _synchronize()
+                synchronize()
                 self.profiler = profile(activities=activities)
                 self.profiler.start()
             if self.profiler is not None:
-                _synchronize()
+                synchronize()
                 self.began = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.profiler is None:
                 return
-            _synchronize()
+            synchronize()
             self.walls.append(time.perf_counter() - self.began)
             if len(self.walls) == steps:
                 self.write(args, state)
