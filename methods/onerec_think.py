@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.compat import attention_without_cudnn
 from bench.decode import SIDTrie, constrained_beam_search, pad_prompts
 from bench.errors import GRBenchError
 from bench.evaluate import METRICS, per_user_metrics, summarize
@@ -373,7 +374,8 @@ class OneRecThink(NextItemSFT):
                                       args=args, train_dataset=dataset, processing_class=tokenizer,
                                       callbacks=[trainer_progress(context, "GRPO steps")])
                 trainer.remove_callback(PrinterCallback)
-                result = trainer.train()
+                with attention_without_cudnn():  # as every stage (methods.llm.stages.train)
+                    result = trainer.train()
             if s["lora"]:
                 model = trained.merge_and_unload()
             if is_main_process():

@@ -445,6 +445,27 @@ def test_a_profiled_stage_writes_where_its_steps_time_goes(tmp_path, monkeypatch
         torch.testing.assert_close(weight, same, msg=name)
 
 
+def test_stages_train_without_cudnn_attention_and_give_it_back(tmp_path):
+    """Every stage trains with cuDNN's attention kernel off (its backward returns NaN on left-padded batches 64
+    past a multiple of 128 wide, pytorch#196678), and the process has it back afterwards (decoding keeps it)."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Flags(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    _, sids, model, tokenizer, vocab = expanded()
+    examples = [sft_example(tokenizer, sids, vocab, h, t, 5) for h, t in next_item_pairs(synthetic())][:8]
+    train(model, examples, PaddingCollator(tokenizer.pad_token_id, left=True), Schedule(lr=1e-2, epochs=1,
+          batch_size=4), settings=smoke_settings(), context=context(tmp_path), folder=tmp_path / "stage",
+          description="SFT steps", callbacks=[Flags()])
+    assert seen == [False, False]
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 # --- the method through the harness --------------------------------------------------------------------------------
 
 

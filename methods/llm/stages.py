@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from bench.compat import attention_without_cudnn
 from bench.costs import bf16_matmul_tflops, gpu_count, hardware, model_flops_utilisation, training_flops_per_token
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
@@ -562,7 +563,8 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
     model.config.use_cache = False  # no KV cache while training (and no warning about it with checkpointing)
     began = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        with attention_without_cudnn():  # cuDNN's attention backward fails on left-padded batches
+            result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
         model.config.use_cache = use_cache
     seconds = time.perf_counter() - began

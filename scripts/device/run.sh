@@ -52,30 +52,28 @@ cells() {  # dataset seed methods...: one cell per method
 # stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
 # in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
 declare -A STREAMS=(
-    # the study's comparison, two streams a seed: PauseRec, and SFT (whose stage PauseRec then loads: a process
-    # that reaches a stage another one is training waits for it and reuses it, methods.llm.stages.stage_lock).
-    # A 135M model leaves most of the GPU idle, so the six run side by side about as fast as one alone, and SFT
-    # (about a minute) is done before PauseRec's pause pretraining is. A cell already in results/ is skipped
-    # (`sft` seeds 0 and 1 are, from GPU runs 1 and 2), so the next cell trains that seed's SFT stage: seed 0's
-    # OneRec-Think (then the analyses, and SFT on each user's last 10 training items: does more SFT data lift the
-    # collapse?), seed 1's PauseRec ablation without pause pretraining
-    [sft0]="$(cells $ml 0 sft onerec_think) analyze $(cells $ml 0 sft:sft_targets=10)"
-    [sft1]="$(cells $ml 1 sft pauserec:pause_init=default)"
-    [sft2]="$(cells $ml 2 sft)"
-    [pause0]="$(cells $ml 0 pauserec pauserec:sft_targets=10)"
-    [pause1]="$(cells $ml 1 pauserec)"
-    [pause2]="$(cells $ml 2 pauserec)"
-    # OneRec-Think alone (not started by default: STREAMS_ON=think0 once the six above are in results/): its GRPO
+    # the study's comparison, one stream a seed (`sft` seeds 0-2 are in results/ from GPU runs 1, 2 and 4, and the
+    # pause stages of seeds 0-2 in results/stages/ from run 4): each trains its seed's SFT stage (about 90 s), then
+    # the implicit SFT (295 steps, about 4 minutes beside the others), then ranks. Three at once: GPU run 4 ran six
+    # and ran out of the H200's memory (pause pretraining held 33-36 GB a process; the implicit SFT's widest
+    # batches, 16 x 1851 tokens, may hold as much). Each stream then goes on with what reuses its SFT stage:
+    # seed 0's analyses and SFT on each user's last 10 training items (does more SFT data lift the collapse?),
+    # seed 1's PauseRec ablation without pause pretraining, seed 2's OneRec-Think (its own session if cut)
+    [pause0]="$(cells $ml 0 pauserec) analyze:pauserec $(cells $ml 0 pauserec:sft_targets=10)"
+    [pause1]="$(cells $ml 1 pauserec pauserec:pause_init=default)"
+    [pause2]="$(cells $ml 2 pauserec) $(cells $ml 0 onerec_think) analyze:onerec_think"
+    [sft]="$(cells $ml 0 sft) $(cells $ml 1 sft) $(cells $ml 2 sft)"
+    # OneRec-Think alone (not started by default: STREAMS_ON=think0 once the pause streams are in results/): its GRPO
     # generates 64 completions of up to 160 tokens a step, 118 steps, and may need a session of its own
-    [think0]="$(cells $ml 0 onerec_think) analyze"
+    [think0]="$(cells $ml 0 onerec_think) analyze:onerec_think"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
-# the streams a launch starts (STREAMS_ON="sft0 ids-ml100k" picks others): by default the LLM seeds alone, since
+# the streams a launch starts (STREAMS_ON="think0 ids-ml100k" picks others): by default the LLM seeds alone, since
 # RecBole's small kernels starve beside the LLM trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon
 # epochs outlast a session's device time while its checkpoint is too large to come back and resume
-STREAMS_ON=${STREAMS_ON:-sft0 sft1 sft2 pause0 pause1 pause2}
+STREAMS_ON=${STREAMS_ON:-pause0 pause1 pause2}
 # STREAM_PROFILE=smoke runs the streams' cells on the tiny model: a check of the streams on a CPU, from a copy of
 # the tree without .whl2 (`relaunch` would install its Python 3.12 wheels), e.g.
 #   STATE=/tmp/check STREAM_PROFILE=smoke WAIT=900 OUT=/tmp/check/out bash scripts/device/run.sh relaunch
@@ -96,8 +94,9 @@ stream() {  # name: runs its cells one after the other, then once more those tha
             done
             break
         fi
-        if [ "$cell" = analyze ]; then
-            python3 -m bench analyze --methods pauserec,onerec_think --datasets "$ml" \
+        if [ "${cell%%:*}" = analyze ]; then  # analyze:METHODS, the study's analyses of trained methods
+            echo "=== $(date +%T) analyses of ${cell#analyze:} on $ml"
+            python3 -m bench analyze --methods "${cell#analyze:}" --datasets "$ml" \
                 --profile "${STREAM_PROFILE:-small}" --out "$RESULTS/analysis"
             continue
         fi
@@ -109,7 +108,10 @@ stream() {  # name: runs its cells one after the other, then once more those tha
     touch "$STATE/logs/$name.done"
 }
 
-running() { pgrep -f "run.sh stream" > /dev/null; }
+# anchored patterns: they match the streams and their cells, never a call's own `bash -c` line that names them
+# (GPU run 4: an unanchored `pkill -f "python3 -m bench"` in `stop; python3 -m bench ...` killed that call)
+STREAM_PATTERN='^bash scripts/device/run\.sh stream' CELL_PATTERN='^python3 -m bench'
+running() { pgrep -f "$STREAM_PATTERN" > /dev/null; }
 
 finished_row_stages() {  # the finished stage folders that hold trained rows only (CPT, pause: a few MB, no
     # model), relative to the cache: they come back with the results, and the next GPU run reuses them
@@ -289,7 +291,7 @@ case "${1:-}" in
     wait_streams "${WAIT:-540}"
     collect ;;
   stop)
-    pkill -f "run.sh stream"; pkill -INT -f "python3 -m bench"; sleep 20
+    pkill -f "$STREAM_PATTERN"; pkill -INT -f "$CELL_PATTERN"; sleep 20
     collect ;;
   *)
     echo "usage: bash scripts/device/run.sh setup|part|start|wait|bench|stop|relaunch"; exit 2 ;;
