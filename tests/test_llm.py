@@ -605,6 +605,14 @@ def test_a_diverged_stage_stops_at_its_first_non_finite_loss():
                                            r"\(last finite loss: 2.5; last steps 6: 2.5 \(gradient norm 40\); "
                                            r"7: nan\)"):
         guard.on_log(None, state, None, logs={"loss": float("nan")})
+    # GPU runs 2 and 4: a NaN gradient under an ordinary loss stops the stage at that step, named as what it is
+    guard = divergence_guard("implicit SFT steps", history=2)
+    guard.on_log(None, SimpleNamespace(global_step=41, max_steps=295), None, logs={"loss": 2.4, "grad_norm": 3.46})
+    with pytest.raises(GRBenchError, match=r"the gradient norm became nan at step 42 of 295 under a finite loss "
+                                           r"\(last steps 41: 2.4 \(gradient norm 3.46\); 42: 2.556 \(gradient "
+                                           r"norm nan\)\): the backward pass failed on this batch"):
+        guard.on_log(None, SimpleNamespace(global_step=42, max_steps=295), None,
+                     logs={"loss": 2.556, "grad_norm": float("nan")})
 
 
 def test_liger_kernels_are_asked_for_on_a_gpu_only_and_a_missing_package_is_named(tmp_path, monkeypatch):

@@ -464,9 +464,12 @@ def trainer_progress(context: RunContext, description: str) -> Any:
 
 
 def divergence_guard(description: str, history: int = 8) -> Any:
-    """Stops a stage at the first non-finite training loss, with the step and the last ``history`` logged steps
-    (loss and gradient norm, so that a slow blow-up tells itself from a sudden one): a diverged model would
-    otherwise train on for the rest of its steps and then fail at decoding (or rank by NaN)."""
+    """Stops a stage at the first non-finite training loss or gradient norm, with the step and the last
+    ``history`` logged steps (loss and gradient norm, so that a slow blow-up tells itself from a sudden one): a
+    diverged model would otherwise train on for the rest of its steps and then fail at decoding (or rank by NaN).
+    A non-finite gradient under a finite, ordinary loss is a backward pass that failed on one batch, not a
+    divergence (GPU runs 2 and 4: cuDNN's attention kernel, :func:`bench.compat.attention_without_cudnn`), and
+    the error says so."""
     from transformers import TrainerCallback
 
     class Divergence(TrainerCallback):
@@ -481,11 +484,16 @@ def divergence_guard(description: str, history: int = 8) -> Any:
             norm = (logs or {}).get("grad_norm")
             self.recent.append(f"{state.global_step}: {loss:.4g}" + (f" (gradient norm {norm:.3g})"
                                                                       if norm is not None else ""))
+            where = f"at step {state.global_step} of {state.max_steps}"
             if not math.isfinite(loss):
-                raise GRBenchError(f"{description}: the training loss became {loss} at step {state.global_step} of "
-                                   f"{state.max_steps} (last finite loss: {self.last_finite}; last steps "
-                                   f"{'; '.join(self.recent)}); the stage diverged. "
+                raise GRBenchError(f"{description}: the training loss became {loss} {where} (last finite loss: "
+                                   f"{self.last_finite}; last steps {'; '.join(self.recent)}); the stage diverged. "
                                    "Its learning rate or batch size, or bf16=false, may help")
+            if norm is not None and not math.isfinite(norm):
+                raise GRBenchError(f"{description}: the gradient norm became {norm} {where} under a finite loss "
+                                   f"(last steps {'; '.join(self.recent)}): the backward pass failed on this "
+                                   "batch, a numerical fault of a kernel rather than a divergence (the weights "
+                                   "are no longer finite). bf16=false runs other kernels")
             self.last_finite = loss
 
     return Divergence()
