@@ -254,6 +254,9 @@ case "${1:-}" in
     cp .device/meta/commit "$STATE/commit"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers, trl, recbole, gguf, peft; print(torch.__version__, transformers.__version__, trl.__version__, torch.cuda.is_available())" || exit 1
+    # does this GPU's attention backward fail on left-padded rows (pytorch#196678), and does the stages' guard
+    # avoid it? (a few seconds; the tree's benchmarks/, before `start` installs the tree for the streams)
+    timeout 60 python3 benchmarks/sdpa_backward.py 2>&1 | tee "$OUT/sdpa_backward.txt"
     # GPU run 1 ran sft, hstu, rearec, pop and random on the GPU, run 2 sasrec, bert4rec (epochs) and pauserec
     # (up to its implicit SFT); SMOKE= (empty) skips it, to leave the device time to the real runs (a failing cell
     # shows in their logs too)
