@@ -4,8 +4,8 @@ Why: GPU runs 2 and 4 found PauseRec's implicit SFT diverge (NaN gradients, fini
 same on every retry. cuDNN's attention backward (torch 2.11+, H100/H200; pytorch#196678) returns NaN query
 gradients when a mask is passed, the width is 64 past a multiple of 128, and a query row attends to nothing, as
 left padding's pad rows do. This script lists the steps whose width is 64 past a multiple of 128: for the
-``small`` recipe on ml-100k they are exactly the steps that diverged (seeds 0, 1, 2: steps 44, 42, 115), which
-is why every stage now trains without that kernel (:func:`bench.compat.attention_without_cudnn`).
+``small`` recipe on ml-100k the first of them is, for each seed, the step that diverged (seeds 0, 1, 2: steps
+44, 42, 115), which is why every stage now trains without that kernel (:func:`bench.compat.attention_without_cudnn`).
 
     python benchmarks/batch_widths.py --stage implicit_sft --seed 1    # about 1.5 minutes on 2 CPU cores
 
