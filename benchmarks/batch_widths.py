@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,13 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def step_widths(args: argparse.Namespace) -> list[int]:
-    """The widest micro-batch of each optimizer step (the width attention runs at)."""
-    from transformers import Trainer, TrainingArguments
-
+    """The width of each optimizer step (one micro-batch a step, as the recipe's GPU runs take them)."""
     from bench.data import load_dataset
     from bench.registry import RunContext
     from bench.split import leave_last_out
-    from methods.llm.stages import Examples, PaddingCollator, Schedule, pad_token_id, trainer_arguments
+    from methods.llm.stages import PaddingCollator, Schedule, pad_token_id
     from methods.pauserec import PauseRec
     from methods.sft import NextItemSFT
 
@@ -77,18 +77,28 @@ def step_widths(args: argparse.Namespace) -> list[int]:
     else:
         examples = method.recipe.sft_examples(method.tokenizer, method.vocab, settings["sft_loss_tokens"])
     model, _, _ = method.recipe.expanded_backbone()
+    collator = PaddingCollator(pad_token_id(method.tokenizer), left=True)
+    return loader_widths(model, examples, collator, schedule, settings, context)
+
+
+def loader_widths(model: Any, examples: Sequence[Any], collator: Any, schedule: Any, settings: dict[str, Any],
+                  context: Any) -> list[int]:
+    """The width of every micro-batch ``methods.llm.stages.train`` would feed, in order: ``Trainer``'s own data
+    loader over the schedule's epochs, cut at ``max_steps`` (tests/test_batch_widths_benchmark.py checks the
+    order against a real ``train``)."""
+    from transformers import Trainer, TrainingArguments
+
+    from methods.llm.stages import Examples, trainer_arguments
+
     trainer_args = TrainingArguments(**trainer_arguments(schedule, settings, context, context.cache_dir))
-    trainer = Trainer(model=model, args=trainer_args, train_dataset=Examples(examples),
-                      data_collator=PaddingCollator(pad_token_id(method.tokenizer), left=True))
+    trainer = Trainer(model=model, args=trainer_args, train_dataset=Examples(examples), data_collator=collator)
     loader = trainer.get_train_dataloader()
     widths: list[int] = []
-    for epoch in range(int(schedule.epochs)):
-        loader.set_epoch(epoch)  # as Trainer does between epochs
+    for _ in range(int(schedule.epochs)):  # each pass reseeds its sampler by the pass's number, as Trainer's epochs
         widths.extend(int(batch["input_ids"].shape[1]) for batch in loader)
     if schedule.max_steps > 0:
-        widths = widths[:schedule.max_steps]
+        widths = widths[:schedule.max_steps * trainer_args.gradient_accumulation_steps]
     return widths
-
 
 if __name__ == "__main__":
     sys.exit(main())
