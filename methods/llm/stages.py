@@ -493,7 +493,8 @@ def divergence_guard(description: str, history: int = 8) -> Any:
                 raise GRBenchError(f"{description}: the gradient norm became {norm} {where} under a finite loss "
                                    f"(last steps {'; '.join(self.recent)}): the backward pass failed on this "
                                    "batch, a numerical fault of a kernel rather than a divergence (the weights "
-                                   "are no longer finite). bf16=false runs other kernels")
+                                   "are no longer finite). bf16=false runs float32 kernels instead (bf16 is in every "
+                                   "stage's key: all of them train again)")
             self.last_finite = loss
 
     return Divergence()
