@@ -20,6 +20,7 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,9 @@ def step_widths(args: argparse.Namespace) -> list[int]:
 
     method_class = PauseRec if args.stage == "implicit_sft" else NextItemSFT
     settings = method_class.settings_for(args.profile, {})
-    prefix = "isft" if args.stage == "implicit_sft" else "sft"
-    schedule = Schedule(lr=settings[f"{prefix}_lr"], epochs=args.epochs or settings[f"{prefix}_epochs"],
-                        batch_size=settings[f"{prefix}_batch_size"], max_steps=settings[f"{prefix}_max_steps"])
+    schedule = Schedule.of(settings, "isft" if args.stage == "implicit_sft" else "sft")
+    if args.epochs:
+        schedule = replace(schedule, epochs=args.epochs)
     settings["micro_batch_size"] = schedule.batch_size  # one micro-batch a step, as the recipe on a GPU
     context = RunContext(seed=args.seed, profile=args.profile, device="cpu",
                          cache_dir=Path(tempfile.mkdtemp(prefix="grbench-widths-")), log=print)

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -94,8 +95,7 @@ def run(args: argparse.Namespace, cache: Path) -> int:
     print(f"{len(examples)} pause lines; the recipe's stage: {recipe_steps} steps of {recipe_batch}; "
           f"here the first {args.steps} of that schedule, {args.batch} lines a step")
     show(0)
-    schedule = Schedule(lr=settings["pause_lr"], epochs=settings["pause_epochs"], batch_size=args.batch,
-                        max_steps=recipe_steps)
+    schedule = replace(Schedule.of(settings, "pause"), max_steps=recipe_steps)  # its batch: --batch
     with only_rows_trainable(model, [vocab.pause_id]):
         train(model, examples, PaddingCollator(pad_token_id(tokenizer)), schedule, settings=settings,
               context=context, folder=cache / "pause", description="pause steps", callbacks=[NormsThenStop()])

@@ -340,9 +340,7 @@ class OneRecThink(NextItemSFT):
         s = recipe.settings
         with recipe.training(cache, [sft_stage(recipe)]) as run:
             examples, rationales = self.cot_examples(recipe, tokenizer, vocab)
-            schedule = Schedule(lr=s["cot_lr"], epochs=s["cot_epochs"], batch_size=s["cot_batch_size"],
-                                max_steps=s["cot_max_steps"], weight_decay=s["cot_weight_decay"],
-                                warmup=s["cot_warmup"])
+            schedule = Schedule.of(s, "cot")
             model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule,
                                       recipe, run.folder, "CoT SFT steps")
             save_model(run.folder, model, tokenizer)
@@ -361,8 +359,7 @@ class OneRecThink(NextItemSFT):
         dataset = Dataset.from_dict(self.grpo_rows(recipe, tokenizer))
         with recipe.training(cache, [cot]) as run:
             folder = run.folder
-            schedule = Schedule(lr=s["grpo_lr"], epochs=s["grpo_epochs"], batch_size=s["grpo_batch_size"],
-                                max_steps=s["grpo_max_steps"])
+            schedule = Schedule.of(s, "grpo")
             args = GRPOConfig(**trainer_arguments(schedule, s, context, folder / TRAINER_DIR),
                               num_generations=s["grpo_num_generations"],
                               max_completion_length=s["grpo_max_completion_length"],

@@ -155,8 +155,7 @@ def pretrain_pause(recipe: LLMRecipe, cache: StageCache, model: Any, tokenizer: 
         before = pause_rows(model, vocab)
         init_pause(model, vocab, tokenizer, "pretrained", recipe.context.seed)
         examples = pause_corpus(recipe, tokenizer, vocab)
-        schedule = Schedule(lr=s["pause_lr"], epochs=s["pause_epochs"], batch_size=s["pause_batch_size"],
-                            max_steps=s["pause_max_steps"], weight_decay=0.0)
+        schedule = Schedule.of(s, "pause")
         with only_rows_trainable(model, [vocab.pause_id]) as trainable:
             report = train(model, examples, PaddingCollator(pad_token_id(tokenizer)), schedule, settings=s,
                            context=recipe.context, folder=run.folder, description="pause steps")
@@ -225,8 +224,7 @@ class PauseRec(NextItemSFT):
         with recipe.training(cache, upstream) as run:
             self.tokenizer, self.vocab = tokenizer, vocab
             examples = self.implicit_sft_examples(recipe.data)
-            schedule = Schedule(lr=s["isft_lr"], epochs=s["isft_epochs"], batch_size=s["isft_batch_size"],
-                                max_steps=s["isft_max_steps"], weight_decay=s["isft_weight_decay"])
+            schedule = Schedule.of(s, "isft")
             model, run.report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
                                           schedule, recipe, run.folder, "implicit SFT steps")
             save_model(run.folder, model, tokenizer)

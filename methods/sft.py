@@ -167,8 +167,7 @@ def next_item_sft(recipe: LLMRecipe, after_cpt: tuple[Any, Any, SidVocabulary] |
     s = recipe.settings
     with recipe.training(cache, [recipe.cpt]) as run:
         examples = recipe.sft_examples(tokenizer, vocab, s["sft_loss_tokens"])
-        schedule = Schedule(lr=s["sft_lr"], epochs=s["sft_epochs"], batch_size=s["sft_batch_size"],
-                            max_steps=s["sft_max_steps"], weight_decay=s["sft_weight_decay"], warmup=s["sft_warmup"])
+        schedule = Schedule.of(s, "sft")
         model, run.report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
                                       schedule, recipe, run.folder, "SFT steps")
         save_model(run.folder, model, tokenizer)

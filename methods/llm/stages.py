@@ -365,6 +365,14 @@ class Schedule:
     weight_decay: float = 0.0
     warmup: float = 0.0  # fraction of the steps
 
+    @classmethod
+    def of(cls, settings: dict[str, Any], stage: str) -> Schedule:
+        """Stage ``stage``'s schedule from its settings ``<stage>_lr``, ``_epochs``, ``_batch_size`` and
+        ``_max_steps``, and ``_weight_decay`` and ``_warmup`` where the method has them (0 otherwise)."""
+        return cls(lr=settings[f"{stage}_lr"], epochs=settings[f"{stage}_epochs"],
+                   batch_size=settings[f"{stage}_batch_size"], max_steps=settings[f"{stage}_max_steps"],
+                   weight_decay=settings.get(f"{stage}_weight_decay", 0.0), warmup=settings.get(f"{stage}_warmup", 0.0))
+
 
 def micro_batches(schedule: Schedule, micro_batch_size: int) -> tuple[int, int]:
     """(examples one device takes at once, micro-batches accumulated per optimizer step) for the stage's global
@@ -808,8 +816,7 @@ class LLMRecipe:
         """Item grounding: language modelling over the CPT corpus, only the SID and marker rows train."""
         s = self.settings
         examples = self.cpt_training_examples(tokenizer)
-        schedule = Schedule(lr=s["cpt_lr"], epochs=s["cpt_epochs"], batch_size=s["cpt_batch_size"],
-                            max_steps=s["cpt_max_steps"], weight_decay=0.0)
+        schedule = Schedule.of(s, "cpt")
         with only_rows_trainable(model, vocab.grounding_ids) as trainable:
             report = train(model, examples, PaddingCollator(pad_token_id(tokenizer)), schedule, settings=s,
                            context=self.context, folder=folder, description="CPT steps")
