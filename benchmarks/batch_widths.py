@@ -89,9 +89,10 @@ def loader_widths(model: Any, examples: Sequence[Any], collator: Any, schedule: 
     order against a real ``train``)."""
     from transformers import Trainer, TrainingArguments
 
-    from methods.llm.stages import Examples, trainer_arguments
+    from methods.llm.stages import Examples, collator_for, trainer_arguments
 
     trainer_args = TrainingArguments(**trainer_arguments(schedule, settings, context, context.cache_dir))
+    collator = collator_for(collator, liger=trainer_args.use_liger_kernel, compiled=trainer_args.torch_compile)
     trainer = Trainer(model=model, args=trainer_args, train_dataset=Examples(examples), data_collator=collator)
     loader = trainer.get_train_dataloader()
     widths: list[int] = []
