@@ -37,7 +37,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.compat import attention_without_cudnn  # noqa: E402
-from bench.costs import bf16_matmul_tflops, model_flops_utilisation, training_flops_per_token  # noqa: E402
+from bench.costs import (  # noqa: E402
+    bf16_matmul_tflops,
+    model_flops_utilisation,
+    synchronize,
+    training_flops_per_token,
+)
 from benchmarks.decode import SID_LEVELS, add_sid_tokens, batch_sizes, smollm2, tiny_qwen3  # noqa: E402
 from methods.llm.stages import only_rows_trainable  # noqa: E402
 
@@ -102,8 +107,7 @@ def operators_a_step(model: torch.nn.Module, forward_context: Callable, batch: d
     cuda = batch["input_ids"].is_cuda
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
         one_step(model, forward_context, batch, optimizer)
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize()
     operators = [event for event in profiler.events() if event.name.startswith("aten::")]
     # an operator that calls others (linear -> mm, to -> copy_) launches nothing itself: count the innermost ones
     innermost = [event for event in operators if not any(child.name.startswith("aten::")
@@ -127,7 +131,6 @@ def one_step(model: torch.nn.Module, forward_context: Callable, batch: dict[str,
 def time_steps(model: torch.nn.Module, forward_context: Callable, batch: dict[str, torch.Tensor],
                optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds per step (synchronised) and the share of it the CPU spent issuing the step's work."""
-    synchronize = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
     issued = total = 0.0
     for step in range(warmup + steps):
         synchronize()
