@@ -249,18 +249,34 @@ def best_throughput(run_batch: Callable[[slice, int], None], n: int,
     """Users/s at the best of ``batch_sizes``: each size decodes the first ``min(n, 2 x size)`` users once, timed
     with synchronisation (the latency pass before it has warmed everything up). ``run_batch(window, size)`` decodes
     ``window`` in batches of ``size``. On a CPU, where bigger batches only queue, nothing is run: the record keeps
-    the batch-16 latency's throughput."""
+    the batch-16 latency's throughput.
+
+    The probe is optional, the cell's rankings are not: a size that runs out of device memory (long prompts x
+    beams of KV cache, or a GPU shared with other runs; GPU run 5 lost three trained cells to it) ends the probe,
+    is recorded as ``out_of_memory_at`` and the best size that fitted is kept."""
     if not gpu_count():
         return {"users_per_s": None, "batch_size": None, "by_batch_size": {}}
+    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+
     by_size: dict[int, float] = {}
+    out_of_memory_at = None
     for size in batch_sizes:
         if size > n and by_size:
             break
         window = slice(0, min(n, 2 * size))
         synchronize()
         began = time.perf_counter()
-        run_batch(window, size)
+        try:
+            run_batch(window, size)
+        except RuntimeError as error:  # torch's OutOfMemoryError is a RuntimeError
+            if not should_reduce_batch_size(error):
+                raise
+            out_of_memory_at = size
+        if out_of_memory_at is not None:
+            clear_device_cache(garbage_collection=True)  # outside the except: its traceback held the batch's tensors
+            break
         synchronize()
         by_size[size] = (window.stop - window.start) / (time.perf_counter() - began)
-    best = max(by_size, key=by_size.__getitem__)
-    return {"users_per_s": by_size[best], "batch_size": best, "by_batch_size": by_size}
+    best = max(by_size, key=by_size.__getitem__) if by_size else None
+    return {"users_per_s": by_size.get(best), "batch_size": best, "by_batch_size": by_size,
+            "out_of_memory_at": out_of_memory_at}

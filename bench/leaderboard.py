@@ -153,15 +153,23 @@ def _stage_text(stage: dict) -> str:
     extra = stage.get("extra", {})
     if extra.get("cached") and extra.get("trained_on"):
         text += f" (cached, trained on {extra['trained_on']})"
-    mfu = extra.get("mfu")
-    return f"{text} (MFU {100 * mfu:.1f}%)" if mfu is not None else text
+    if extra.get("mfu") is not None:
+        text += f" (MFU {100 * extra['mfu']:.1f}%)"
+    if extra.get("mean_reward") is not None:  # GRPO: a reward that never varies within a prompt's group trains nothing
+        text += f" (mean reward {extra['mean_reward']:.3f}"
+        if extra.get("mean_frac_reward_zero_std") is not None:
+            text += f", {100 * extra['mean_frac_reward_zero_std']:.0f}% of prompts without reward spread"
+        text += ")"
+    return text
 
 
 def _throughput(record: dict) -> str:
     best = record["inference"].get("throughput") or {}
+    out_of_memory = f"out of memory @ {best['out_of_memory_at']}" if best.get("out_of_memory_at") else ""
     if best.get("users_per_s") is None:
-        return ""
-    return f"{best['users_per_s']:,.0f} @ {best['batch_size']}"
+        return out_of_memory
+    text = f"{best['users_per_s']:,.0f} @ {best['batch_size']}"
+    return f"{text} ({out_of_memory})" if out_of_memory else text
 
 
 def costs_table(records: list[dict]) -> str:

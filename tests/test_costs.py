@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import costs
+from bench import costs, leaderboard
 from bench.cli import main
 from bench.leaderboard import costs_table, hardware_label, llm_costs_table, render_dataset_tables
 from bench.provenance import git_commit
@@ -122,6 +122,38 @@ def test_best_throughput_picks_the_fastest_batch_size(monkeypatch):
     assert (result["batch_size"], result["users_per_s"]) == (64, 100.0)
 
 
+def _out_of_memory_at(limit: int):
+    """A decoder that runs out of device memory above ``limit`` users a batch, with the message torch gives."""
+    def run_batch(window: slice, size: int) -> None:
+        if size > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.61 GiB. GPU 0 has a total capacity "
+                                         "of 139.80 GiB of which 565.94 MiB is free.")
+    return run_batch
+
+
+def test_best_throughput_keeps_the_sizes_that_fit_when_a_bigger_one_runs_out_of_memory(monkeypatch):
+    monkeypatch.setattr(costs, "gpu_count", lambda: 1)
+    result = costs.best_throughput(_out_of_memory_at(16), 500, (16, 64, 128))
+    assert result["batch_size"] == 16 and result["users_per_s"] > 0
+    assert list(result["by_batch_size"]) == [16] and result["out_of_memory_at"] == 64
+    record = {"inference": {"throughput": result}}
+    assert leaderboard._throughput(record).endswith("@ 16 (out of memory @ 64)")
+
+    nothing_fits = costs.best_throughput(_out_of_memory_at(0), 500, (16, 64))
+    assert nothing_fits["users_per_s"] is None and nothing_fits["out_of_memory_at"] == 16
+    assert leaderboard._throughput({"inference": {"throughput": nothing_fits}}) == "out of memory @ 16"
+
+
+def test_best_throughput_raises_what_is_not_out_of_memory(monkeypatch):
+    monkeypatch.setattr(costs, "gpu_count", lambda: 1)
+
+    def broken(window: slice, size: int) -> None:
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        costs.best_throughput(broken, 500, (16, 64))
+
+
 def test_gpu_sharing_is_unknown_without_a_gpu():
     with costs.GpuSharing(interval=0.01) as sharing:
         pass
@@ -161,3 +193,11 @@ def test_a_shared_gpu_takes_the_matmul_rate_measured_alone_from_the_environment(
             costs.bf16_matmul_tflops()
     finally:
         costs.bf16_matmul_tflops.cache_clear()
+
+
+def test_a_grpo_stage_shows_its_reward_in_the_costs_table():
+    stage = {"name": "grpo", "wall_s": 60.0, "gpu_hours": 0.0167,
+             "extra": {"mean_reward": 0.0125, "mean_frac_reward_zero_std": 0.9}}
+    assert leaderboard._stage_text(stage) == ("grpo 60.0s/0.0167 GPU-h (mean reward 0.013, 90% of prompts without "
+                                              "reward spread)")
+    assert "reward" not in leaderboard._stage_text({**stage, "extra": {"mfu": 0.02}})
