@@ -167,6 +167,12 @@ def completion_reward(completion: Sequence[int], target_codes: Sequence[int], tr
     return 1.0 if shared == trie.depth else level_credit * shared
 
 
+def _mean_of(logs: Sequence[dict[str, Any]], key: str) -> float | None:
+    """The mean of a logged metric over the log entries that have it (None if none has)."""
+    values = [entry[key] for entry in logs if entry.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
 def reward_function(vocab: SidVocabulary, trie: SIDTrie, level_credit: float) -> Callable[..., list[float]]:
     """The reward TRL calls: completions as token ids (TRL's text drops the SID tokens, which are special), the
     target item from the dataset's ``target`` column."""
@@ -384,9 +390,10 @@ class OneRecThink(NextItemSFT):
                           "gradient_accumulation": args.gradient_accumulation_steps,
                           "first_reward": logs[0]["reward"] if logs else None,
                           "last_reward": logs[-1]["reward"] if logs else None,
-                          "mean_reward": float(np.mean([entry["reward"] for entry in logs])) if logs else None,
-                          "mean_completion_length": float(np.mean([entry.get("completions/mean_length", 0.0)
-                                                                   for entry in logs])) if logs else None}
+                          "mean_reward": _mean_of(logs, "reward"),
+                          # the share of prompts whose completions all earned the same reward: no advantage
+                          "mean_frac_reward_zero_std": _mean_of(logs, "frac_reward_zero_std"),
+                          "mean_completion_length": _mean_of(logs, "completions/mean_length")}
             run.vocab = vocab
 
     # --- prompts and decoding

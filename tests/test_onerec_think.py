@@ -197,6 +197,8 @@ def test_two_grpo_steps_through_trl_change_the_weights(tmp_path, monkeypatch):
     method, data = fitted(tmp_path)
     report = method.report()["stages"]["grpo"]
     assert report["steps"] == 2 and not report["cached"]
+    # the varied reward gives groups a spread (two completions with as many distinct tokens have none)
+    assert report["mean_reward"] > 0 and 0.0 <= report["mean_frac_reward_zero_std"] < 1.0
     settings = method.settings
     assert len(calls) == 2
     for completions, targets, real in calls:
@@ -209,6 +211,14 @@ def test_two_grpo_steps_through_trl_change_the_weights(tmp_path, monkeypatch):
                if not torch.equal(value, cot.state_dict()[name])]
     assert len(changed) > len(cot.state_dict()) // 2  # GRPO trains every weight (weight decay 0: only gradients)
     assert method.model.generation_config.eos_token_id == cot.generation_config.eos_token_id  # stop tokens restored
+
+
+def test_grpo_progress_lines_say_when_no_group_has_a_reward_spread():
+    logs = {"loss": 0.0, "grad_norm": 0.0, "reward": 0.0, "frac_reward_zero_std": 1.0,
+            "completions/clipped_ratio": 0.25}
+    assert stages._reward_text(logs) == (", reward 0, groups without reward spread 100%, "
+                                         "completions cut at the length limit 25%")
+    assert stages._reward_text({"loss": 2.5, "grad_norm": 3.0}) == ""  # other stages log no reward
 
 
 # --- recommendation ------------------------------------------------------------------------------------------------
@@ -414,6 +424,8 @@ def test_cli_run_and_rationale_perturbation_analysis(tmp_path, monkeypatch, caps
     record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert record["family"] == "llm" and record["variant"].endswith("template-category rationales")
     assert [stage["name"] for stage in record["stages"]] == ["sids", "cpt", "sft", "cot_sft", "grpo"]
+    grpo = record["stages"][-1]["extra"]  # the rewards travel with the record (0 for a random tiny model's SIDs)
+    assert 0.0 <= grpo["mean_reward"] <= 1.0 and 0.0 <= grpo["mean_frac_reward_zero_std"] <= 1.0
     assert all(math.isfinite(metric["mean"]) for metric in record["metrics"].values())
 
     scored = []

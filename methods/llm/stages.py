@@ -462,13 +462,27 @@ def trainer_progress(context: RunContext, description: str) -> Any:
             every = max(1, state.max_steps // 10)  # about ten lines a stage
             if logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
                 norm = f", gradient norm {logs['grad_norm']:.3g}" if logs.get("grad_norm") is not None else ""
-                context.log(f"{description} {state.global_step}/{state.max_steps}: loss {logs['loss']:.4g}{norm}")
+                context.log(f"{description} {state.global_step}/{state.max_steps}: loss {logs['loss']:.4g}{norm}"
+                            f"{_reward_text(logs)}")
 
         def on_train_end(self, args, state, control, **kwargs):
             for _ in self.bar:
                 pass
 
     return Progress()
+
+
+def _reward_text(logs: dict[str, Any]) -> str:
+    """A GRPO step's reward (TRL's log keys): a loss and gradient of 0 mean every group's completions earned the
+    same reward (no advantage to learn from), which only the reward's spread across groups can tell."""
+    if logs.get("reward") is None:
+        return ""
+    text = f", reward {logs['reward']:.3g}"
+    if logs.get("frac_reward_zero_std") is not None:
+        text += f", groups without reward spread {100 * logs['frac_reward_zero_std']:.0f}%"
+    if logs.get("completions/clipped_ratio") is not None:
+        text += f", completions cut at the length limit {100 * logs['completions/clipped_ratio']:.0f}%"
+    return text
 
 
 def divergence_guard(description: str, history: int = 8) -> Any:
@@ -597,7 +611,10 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
             **throughput_report(model, counter, seconds)}
 
 
-STAGE_THROUGHPUT = ("tokens_per_s", "padding_share", "mfu")  # copied into the stage's cost record
+STAGE_THROUGHPUT = ("tokens_per_s", "padding_share", "mfu")
+# what a stage's report gives the record's stage entry besides its throughput: GRPO's rewards (methods/onerec_think.py)
+STAGE_REPORT_IN_RECORD = (*STAGE_THROUGHPUT, "first_reward", "last_reward", "mean_reward",
+                          "mean_frac_reward_zero_std")
 
 
 @dataclass
@@ -738,8 +755,8 @@ class LLMRecipe:
                 self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
                 cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
                               "original_rows": run.vocab.original_rows})
-                throughput = {key: run.report[key] for key in STAGE_THROUGHPUT if key in run.report}
-                stage_cost.extra.update(cached=False, **throughput)
+                reported = {key: run.report[key] for key in STAGE_REPORT_IN_RECORD if key in run.report}
+                stage_cost.extra.update(cached=False, **reported)
 
     @contextmanager
     def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
