@@ -41,8 +41,10 @@ def hardware_label(record: dict) -> str:
     machine = record["hardware"]
     # labels stored before cpu_label said "CPU 1 cores"
     label = cpu_label(machine["cpu_cores"]) if not machine.get("gpus") and "cpu_cores" in machine else machine["label"]
-    shared = machine.get("gpu_processes_max")
-    return f"{label}, shared by {shared} runs" if shared and shared > 1 else label
+    # a reused stage's carried time was measured on the GPU of the run that trained it, perhaps shared
+    shared = max([machine.get("gpu_processes_max") or 0,
+                  *(stage.get("extra", {}).get("trained_shared_by") or 0 for stage in record.get("stages", []))])
+    return f"{label}, shared by {shared} runs" if shared > 1 else label
 
 
 def _metric_summary(runs: list[dict], metric: str) -> tuple[float, str]:
@@ -152,7 +154,8 @@ def _stage_text(stage: dict) -> str:
     text = f"{stage['name']} {stage['wall_s']:.1f}s/{stage['gpu_hours']:.4f} GPU-h"
     extra = stage.get("extra", {})
     if extra.get("cached") and extra.get("trained_on"):
-        text += f" (cached, trained on {extra['trained_on']})"
+        shared = extra.get("trained_shared_by") or 0
+        text += f" (cached, trained on {extra['trained_on']}{f', shared by {shared} runs' if shared > 1 else ''})"
     if extra.get("mfu") is not None:
         text += f" (MFU {100 * extra['mfu']:.1f}%)"
     if extra.get("mean_reward") is not None:  # GRPO: a reward that never varies within a prompt's group trains nothing

@@ -21,7 +21,7 @@ from bench.data import load_dataset
 from bench.data.base import Dataset, make_catalog, make_interactions
 from bench.errors import GRBenchError
 from bench.evaluate import per_user_metrics
-from bench.leaderboard import _stage_text
+from bench.leaderboard import _stage_text, hardware_label
 from bench.registry import RunContext
 from bench.sid import SidConfig, build_semantic_ids
 from bench.split import TrainData, leave_last_out
@@ -274,6 +274,31 @@ def fit(tmp_path: Path, data: TrainData, **options: str) -> NextItemSFT:
     method = NextItemSFT(smoke_settings(**options), context(tmp_path))
     method.fit(data, method.context)
     return method
+
+
+def test_a_reused_stage_says_it_trained_on_a_shared_gpu(tmp_path, monkeypatch):
+    class SharedThreeWays:  # what GpuSharing measures on a GPU that two other runs use too
+        max_processes = 3
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(stages, "GpuSharing", SharedThreeWays)
+    data = synthetic()
+    first = fit(tmp_path, data)
+    assert "trained_shared_by" not in first.context.costs.stages[1].extra  # trained in this run, not reused
+    monkeypatch.setattr(SharedThreeWays, "max_processes", None)  # the reusing run: a CPU, no GPU to share
+    second = fit(tmp_path, data)
+    cpt_cost = second.context.costs.stages[1]
+    assert cpt_cost.extra["cached"] and cpt_cost.extra["trained_shared_by"] == 3
+    stage = {"name": "cpt", "wall_s": 1.0, "gpu_hours": 0.0, "extra": cpt_cost.extra}
+    assert _stage_text(stage).endswith(", shared by 3 runs)")
+    record = {"hardware": {"label": "1x GPU", "gpus": ["GPU"], "gpu_processes_max": 1}, "stages": [stage]}
+    assert hardware_label(record) == "1x GPU, shared by 3 runs"  # its train time holds the shared stage's
+    assert hardware_label({**record, "stages": []}) == "1x GPU"
 
 
 def test_stages_are_cached_reused_and_redone_when_their_inputs_change(tmp_path, monkeypatch):

@@ -38,7 +38,14 @@ import torch
 from filelock import FileLock, Timeout
 
 from bench.compat import attention_without_cudnn
-from bench.costs import bf16_matmul_tflops, gpu_count, hardware, model_flops_utilisation, training_flops_per_token
+from bench.costs import (
+    GpuSharing,
+    bf16_matmul_tflops,
+    gpu_count,
+    hardware,
+    model_flops_utilisation,
+    training_flops_per_token,
+)
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.registry import RunContext
@@ -736,7 +743,9 @@ class LLMRecipe:
             if cache.done:  # finished by the process whose lock this one waited for
                 raise StageTrainedElsewhere(cache)
             self.recorded.add(cache.name)
-            with self.context.stage(cache.name) as stage_cost:
+            # the processes on the GPU while this stage trains: a run that reuses the stage later has no other way
+            # to know that its carried time was measured on a shared GPU (GPU runs train three seeds side by side)
+            with self.context.stage(cache.name) as stage_cost, GpuSharing() as sharing:
                 started = time.perf_counter()
                 run = StageRun(cache.prepare())
                 yield run
@@ -752,6 +761,7 @@ class LLMRecipe:
                 # where it trained: a stage folder may be carried to another machine and reused there
                 # (scripts/device/ brings CPT and pause rows back from the GPU and sends them to the next GPU run)
                 cost["hardware"] = hardware()["label"]
+                cost["gpu_processes_max"] = sharing.max_processes
                 self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
                 cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
                               "original_rows": run.vocab.original_rows})
@@ -772,6 +782,8 @@ class LLMRecipe:
             record.extra.update(cached=True)
             if "hardware" in cost:  # stages cached before it was recorded have none
                 record.extra.update(trained_on=cost["hardware"])
+            if cost.get("gpu_processes_max"):  # nor this (stages from before GPU run 6)
+                record.extra.update(trained_shared_by=cost["gpu_processes_max"])
             if report is not None:
                 self.reports[name] = {**report, "cached": True, "folder": str(folder)}
             yield
