@@ -52,28 +52,29 @@ cells() {  # dataset seed methods...: one cell per method
 # stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
 # in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
 declare -A STREAMS=(
-    # the study's comparison, one stream a seed (`sft` seeds 0-2 are in results/ from GPU runs 1, 2 and 4, and the
-    # pause stages of seeds 0-2 in results/stages/ from run 4): each trains its seed's SFT stage (about 90 s), then
-    # the implicit SFT (295 steps, about 4 minutes beside the others), then ranks. Three at once: GPU run 4 ran six
-    # and ran out of the H200's memory (pause pretraining held 33-36 GB a process; the implicit SFT's widest
-    # batches, 16 x 1851 tokens, may hold as much). Each stream then goes on with what reuses its SFT stage:
-    # seed 0's analyses and SFT on each user's last 10 training items (does more SFT data lift the collapse?),
-    # seed 1's PauseRec ablation without pause pretraining, seed 2's OneRec-Think (its own session if cut)
+    # the study's comparison, one stream a seed (`sft` seeds 0-2 are in results/ from GPU runs 1, 2 and 4, `pauserec`
+    # seed 0 from run 5, and the pause stages of seeds 0-2 in results/stages/ from run 4): each trains its seed's SFT
+    # stage (about 60 s), then the implicit SFT (295 steps, about 4 minutes beside the others), then ranks (run 5:
+    # 5.5 minutes of training a seed, three side by side). Three streams at once: GPU run 4 ran six and ran out of
+    # the H200's memory (pause pretraining held 33-36 GB a process). Each stream then goes on with what reuses its
+    # seed's stages: seed 0's analyses and SFT on each user's last 10 training items (does more SFT data lift the
+    # collapse?), seed 1's PauseRec ablation without pause pretraining, seed 2's SFT on 10 targets
     [pause0]="$(cells $ml 0 pauserec) analyze:pauserec $(cells $ml 0 pauserec:sft_targets=10)"
     [pause1]="$(cells $ml 1 pauserec pauserec:pause_init=default)"
-    [pause2]="$(cells $ml 2 pauserec) $(cells $ml 0 onerec_think) analyze:onerec_think"
+    [pause2]="$(cells $ml 2 pauserec pauserec:sft_targets=10) $(cells $ml 0 tiger)"
     [sft]="$(cells $ml 0 sft) $(cells $ml 1 sft) $(cells $ml 2 sft)"
-    # OneRec-Think alone (not started by default: STREAMS_ON=think0 once the pause streams are in results/): its GRPO
-    # generates 64 completions of up to 160 tokens a step, 118 steps, and may need a session of its own
+    # OneRec-Think (run 5: SFT 56 s and CoT SFT 40 s beside two pause streams, then GRPO at about 6 s a step of 64
+    # completions of up to 160 tokens, 117 steps) and its analyses: about 13 minutes, the longest stream
     [think0]="$(cells $ml 0 onerec_think) analyze:onerec_think"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
 )
-# the streams a launch starts (STREAMS_ON="think0 ids-ml100k" picks others): by default the LLM seeds alone, since
-# RecBole's small kernels starve beside the LLM trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon
-# epochs outlast a session's device time while its checkpoint is too large to come back and resume
-STREAMS_ON=${STREAMS_ON:-pause0 pause1 pause2}
+# the streams a launch starts (STREAMS_ON="pause0 ids-ml100k" picks others): by default the two PauseRec seeds
+# not yet in results/ and OneRec-Think, the LLM cells alone, since RecBole's small kernels starve beside the LLM
+# trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon epochs outlast a session's device time while its
+# checkpoint is too large to come back and resume
+STREAMS_ON=${STREAMS_ON:-pause1 pause2 think0}
 # STREAM_PROFILE=smoke runs the streams' cells on the tiny model: a check of the streams on a CPU, from a copy of
 # the tree without .whl2 (`relaunch` would install its Python 3.12 wheels), e.g.
 #   STATE=/tmp/check STREAM_PROFILE=smoke WAIT=900 OUT=/tmp/check/out bash scripts/device/run.sh relaunch
