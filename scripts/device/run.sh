@@ -57,11 +57,12 @@ declare -A STREAMS=(
     # stage (about 60 s), then the implicit SFT (295 steps, about 4 minutes beside the others), then ranks (run 5:
     # 5.5 minutes of training a seed, three side by side). Three streams at once: GPU run 4 ran six and ran out of
     # the H200's memory (pause pretraining held 33-36 GB a process). Each stream then goes on with what reuses its
-    # seed's stages: seed 0's analyses and SFT on each user's last 10 training items (does more SFT data lift the
-    # collapse?), seed 1's PauseRec ablation without pause pretraining, seed 2's SFT on 10 targets
-    [pause0]="$(cells $ml 0 pauserec) analyze:pauserec $(cells $ml 0 pauserec:sft_targets=10)"
+    # seed's stages: seed 0's analyses and `sft` on each user's last 10 training items (does more SFT data lift the
+    # collapse? 2,950 steps, about 10 minutes; `pauserec:sft_targets=10` would add 2,950 implicit-SFT steps, about
+    # 37 minutes, more than a session), seed 1's PauseRec ablation without pause pretraining, seed 2's 10 targets
+    [pause0]="$(cells $ml 0 pauserec) analyze:pauserec $(cells $ml 0 sft:sft_targets=10)"
     [pause1]="$(cells $ml 1 pauserec pauserec:pause_init=default)"
-    [pause2]="$(cells $ml 2 pauserec pauserec:sft_targets=10) $(cells $ml 0 tiger)"
+    [pause2]="$(cells $ml 2 pauserec sft:sft_targets=10) $(cells $ml 0 tiger)"
     [sft]="$(cells $ml 0 sft) $(cells $ml 1 sft) $(cells $ml 2 sft)"
     # OneRec-Think (run 5: SFT 56 s and CoT SFT 40 s beside two pause streams, then GRPO at about 6 s a step of 64
     # completions of up to 160 tokens, 117 steps) and its analyses: about 13 minutes, the longest stream
