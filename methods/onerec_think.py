@@ -184,6 +184,21 @@ def reward_function(vocab: SidVocabulary, trie: SIDTrie, level_credit: float) ->
     return recommendation_reward
 
 
+def _keeping_first(reward: Callable[..., list[float]], keep: int = 4,
+                   ) -> tuple[Callable[..., list[float]], list[tuple[list[int], int, float]]]:
+    """``reward`` as TRL calls it, keeping the first ``keep`` completions it scores with their targets and rewards."""
+    kept: list[tuple[list[int], int, float]] = []
+
+    def recommendation_reward(completion_ids: Sequence[Sequence[int]], target: Sequence[int], **kwargs: Any
+                              ) -> list[float]:  # the name TRL's reward metrics carry
+        rewards = reward(completion_ids, target, **kwargs)
+        kept.extend((list(ids), int(item), value)
+                    for ids, item, value in list(zip(completion_ids, target, rewards))[:keep - len(kept)])
+        return rewards
+
+    return recommendation_reward, kept
+
+
 def item_trie(vocab: SidVocabulary) -> SIDTrie:
     return SIDTrie.from_item_tokens(vocab.item_tokens[1:], np.arange(1, len(vocab.item_tokens)))
 
@@ -372,8 +387,9 @@ class OneRecThink(NextItemSFT):
                               temperature=s["grpo_temperature"], beta=s["grpo_beta"])
             trained = with_lora(model, s) if s["lora"] else model
             with _stopping_at(model, [vocab.end_id]):
-                trainer = GRPOTrainer(model=trained, reward_funcs=reward_function(vocab, item_trie(vocab),
-                                                                                  s["grpo_level_credit"]),
+                reward, first_completions = _keeping_first(reward_function(vocab, item_trie(vocab),
+                                                                           s["grpo_level_credit"]))
+                trainer = GRPOTrainer(model=trained, reward_funcs=reward,
                                       args=args, train_dataset=dataset, processing_class=tokenizer,
                                       callbacks=[trainer_progress(context, "GRPO steps")])
                 trainer.remove_callback(PrinterCallback)
@@ -393,7 +409,13 @@ class OneRecThink(NextItemSFT):
                           "mean_reward": _mean_of(logs, "reward"),
                           # the share of prompts whose completions all earned the same reward: no advantage
                           "mean_frac_reward_zero_std": _mean_of(logs, "frac_reward_zero_std"),
-                          "mean_completion_length": _mean_of(logs, "completions/mean_length")}
+                          "mean_completion_length": _mean_of(logs, "completions/mean_length"),
+                          # what the policy sampled at the first step, SID tokens shown: why the rewards are what
+                          # they are (a rationale that never closes, an invalid SID, a near miss)
+                          "completion_examples": [
+                              {"completion": tokenizer.decode(ids, skip_special_tokens=False),
+                               "target": int(item), "reward": float(value)}
+                              for ids, item, value in first_completions]}
             run.vocab = vocab
 
     # --- prompts and decoding

@@ -199,6 +199,13 @@ def test_two_grpo_steps_through_trl_change_the_weights(tmp_path, monkeypatch):
     assert report["steps"] == 2 and not report["cached"]
     # the varied reward gives groups a spread (two completions with as many distinct tokens have none)
     assert report["mean_reward"] > 0 and 0.0 <= report["mean_frac_reward_zero_std"] < 1.0
+    # the first step's first completions, decoded with their SID tokens, and the reward TRL was given for each
+    examples = report["completion_examples"]
+    first_step = calls[0]
+    assert [e["target"] for e in examples] == first_step[1][:4]
+    assert [e["reward"] for e in examples] == pytest.approx([r + 0.01 * len(set(ids))
+                                                             for r, ids in zip(first_step[2], first_step[0])][:4])
+    assert examples[0]["completion"] == method.tokenizer.decode(first_step[0][0], skip_special_tokens=False)
     settings = method.settings
     assert len(calls) == 2
     for completions, targets, real in calls:
