@@ -183,6 +183,33 @@ def prefix_allowed_tokens_fn(trie: SIDTrie, prompt_length: int) -> Callable[[int
     return allowed
 
 
+class SIDAfterMarker:
+    """A logits processor for Hugging Face ``generate`` (sampling) that keeps the SID a completion writes valid.
+
+    Free text may come first (OneRec-Think's rationale); once a row has generated ``begin_id`` after its prompt,
+    its next ``trie.depth`` tokens may only follow valid SID prefixes and the one after them is ``end_id``. Rows
+    outside a SID are left alone. It is called as ``processor(input_ids, scores)`` like a transformers
+    ``LogitsProcessor``, and built per ``generate`` call, since ``prompt_length`` (the padded prompt width) says
+    where each row's own tokens start (the prompt holds SIDs of its own)."""
+
+    def __init__(self, trie: SIDTrie, begin_id: int, end_id: int, prompt_length: int) -> None:
+        self.trie, self.begin_id, self.end_id, self.prompt_length = trie, begin_id, end_id, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:]
+        rows = (generated == self.begin_id).any(dim=1).nonzero().flatten().tolist()  # few rows: Python is cheap
+        for row in rows:
+            tokens = generated[row].tolist()
+            prefix = tokens[tokens.index(self.begin_id) + 1:]
+            allowed = self.trie.allowed_next_tokens(prefix) if len(prefix) < self.trie.depth else (
+                [self.end_id] if len(prefix) == self.trie.depth else [])  # past the end: finished, padded
+            if allowed:
+                keep = scores[row, allowed]
+                scores[row] = float("-inf")
+                scores[row, allowed] = keep
+        return scores
+
+
 class _ModelSteps(Protocol):
     """The model-specific half of the beam search, for one batch of users.
 

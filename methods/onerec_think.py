@@ -35,6 +35,16 @@ Choices DESIGN.md leaves open, and why:
   tokenizer's EOS. TRL's defaults otherwise (loss ``dapo``, group-scaled advantages, one iteration per batch).
   ``grpo_batch_size`` counts completions per optimizer step (``grpo_batch_size / grpo_num_generations`` prompts).
   The GRPO stage is not resumable mid-way: a killed run trains it again.
+- GRPO samples a SID the way recommendation decodes one (``grpo_valid_sids``, on by default): the rationale is
+  sampled freely, and once a completion writes ``<|sid_begin|>`` its L codes follow the item trie and
+  ``<|sid_end|>`` closes them (:class:`bench.decode.SIDAfterMarker`). Sampled freely at temperature 1, the codes
+  were text tokens or no item's SID: on the CPU ``quick`` run every completion earned 0, so no prompt's group had a
+  reward spread and GRPO had no advantage to learn from (loss and gradient 0 at every step), and the small
+  profile on an H200 logged loss and gradient 0 at step 11 too (GPU run 5). With the constraint every completion that reaches
+  its SID names an item and earns the hierarchy's partial credit. The policy gradient still uses the model's own
+  log-probabilities of the sampled tokens (TRL recomputes them without the constraint), so the update also moves
+  probability toward valid SIDs. ``grpo_valid_sids=false`` samples freely, as the reward's description above
+  allows for.
 
 Schedules per profile, and where the numbers come from:
 
@@ -48,7 +58,8 @@ Schedules per profile, and where the numbers come from:
   32 steps of 4 (3 s each on 2 quiet cores, measured), GRPO 4 steps of 8 completions (2 prompts x 4) of at most 32
   tokens (11 s each: sampling, then two micro-batches). So few GRPO steps prove the stage runs; after the CPU
   budget of SFT and CoT SFT the sampled completions rarely form a valid SID, so their reward is mostly 0 (the
-  stage report's ``mean_reward`` says so) and GRPO barely moves the model. No KL term (no reference model to
+  stage report's ``mean_reward``, ``mean_frac_reward_zero_std`` and ``completion_examples`` say so) and GRPO
+  barely moves the model. No KL term (no reference model to
   run: with so few steps the policy stays next to its start anyway); rationales of at most 32 tokens. 32
   completion tokens fit the category template (~12 SmolLM2 tokens), ``</think> `` and the SID (~21 in all); with
   ``rationale=template-extended`` (~55 tokens) raise ``grpo_max_completion_length``, or every completion is cut
@@ -69,7 +80,7 @@ import numpy as np
 import torch
 
 from bench.compat import attention_without_cudnn
-from bench.decode import SIDTrie, constrained_beam_search, pad_prompts
+from bench.decode import SIDAfterMarker, SIDTrie, constrained_beam_search, pad_prompts
 from bench.errors import GRBenchError
 from bench.evaluate import METRICS, per_user_metrics, summarize
 from bench.registry import RunContext, TrainingInputs, register_method
@@ -129,13 +140,13 @@ ONEREC_THINK_PROFILES: dict[str, dict[str, Any]] = {
 }
 ONEREC_THINK_DEFAULTS = {"rationale": "template-category", "teacher_url": "", "teacher_model": "",
                          "teacher_timeout": 120.0, "cot_weight_decay": 0.01, "grpo": True, "grpo_level_credit": 0.25,
-                         "grpo_temperature": 1.0}
+                         "grpo_temperature": 1.0, "grpo_valid_sids": True}
 # What determines each stage besides the stages it starts from.
 COT_SETTINGS = ("max_history", "rationale", "teacher_url", "teacher_model", "cot_epochs", "cot_lr", "cot_batch_size",
                 "cot_max_steps", "cot_weight_decay", "cot_warmup", "lora", "lora_r", "lora_alpha", "lora_dropout")
 GRPO_SETTINGS = ("grpo_epochs", "grpo_lr", "grpo_batch_size", "grpo_max_steps", "grpo_num_generations",
-                 "grpo_max_completion_length", "grpo_beta", "grpo_level_credit", "grpo_temperature", "lora", "lora_r",
-                 "lora_alpha", "lora_dropout")
+                 "grpo_max_completion_length", "grpo_beta", "grpo_level_credit", "grpo_temperature", "grpo_valid_sids",
+                 "lora", "lora_r", "lora_alpha", "lora_dropout")
 NOISE_WORDS = 5  # words dropped / added by the perturbations (the study's five)
 PERTURBATION_TABLE = "rationale_perturbation.md"
 
@@ -201,6 +212,27 @@ def _keeping_first(reward: Callable[..., list[float]], keep: int = 4,
 
 def item_trie(vocab: SidVocabulary) -> SIDTrie:
     return SIDTrie.from_item_tokens(vocab.item_tokens[1:], np.arange(1, len(vocab.item_tokens)))
+
+
+@contextlib.contextmanager
+def _sampling_valid_sids(model: Any, trie: SIDTrie, vocab: SidVocabulary) -> Iterator[None]:
+    """``model.generate`` (which TRL samples completions with) keeps every SID a completion starts valid, for the
+    duration: TRL's ``GenerationConfig`` takes no logits processor, so the call itself is wrapped."""
+    from transformers import LogitsProcessorList
+
+    generate = model.generate
+
+    def generate_valid_sids(*args: Any, **kwargs: Any) -> Any:
+        prompt_length = kwargs["input_ids"].shape[1]
+        processors = LogitsProcessorList([*(kwargs.pop("logits_processor", None) or []),
+                                          SIDAfterMarker(trie, vocab.begin_id, vocab.end_id, prompt_length)])
+        return generate(*args, logits_processor=processors, **kwargs)
+
+    model.generate = generate_valid_sids
+    try:
+        yield
+    finally:
+        del model.generate  # the class's method again
 
 
 @contextlib.contextmanager
@@ -291,6 +323,8 @@ class OneRecThink(NextItemSFT):
                      else f"teacher rationales ({settings['teacher_model']})")
         if not settings["grpo"]:
             words.append("no GRPO")
+        elif not settings["grpo_valid_sids"]:
+            words.append("GRPO samples SIDs freely")
         if settings["lora"]:
             words.append(f"LoRA r={settings['lora_r']}")
         return ", ".join(words)
@@ -386,9 +420,11 @@ class OneRecThink(NextItemSFT):
                               max_completion_length=s["grpo_max_completion_length"],
                               temperature=s["grpo_temperature"], beta=s["grpo_beta"])
             trained = with_lora(model, s) if s["lora"] else model
-            with _stopping_at(model, [vocab.end_id]):
-                reward, first_completions = _keeping_first(reward_function(vocab, item_trie(vocab),
-                                                                           s["grpo_level_credit"]))
+            trie = item_trie(vocab)
+            valid_sids = (_sampling_valid_sids(trained, trie, vocab) if s["grpo_valid_sids"]
+                          else contextlib.nullcontext())
+            with _stopping_at(model, [vocab.end_id]), valid_sids:
+                reward, first_completions = _keeping_first(reward_function(vocab, trie, s["grpo_level_credit"]))
                 trainer = GRPOTrainer(model=trained, reward_funcs=reward,
                                       args=args, train_dataset=dataset, processing_class=tokenizer,
                                       callbacks=[trainer_progress(context, "GRPO steps")])

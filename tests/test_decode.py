@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from bench.decode import SIDTrie, constrained_beam_search, prefix_allowed_tokens_fn
+from bench.decode import SIDAfterMarker, SIDTrie, constrained_beam_search, prefix_allowed_tokens_fn
 from bench.errors import GRBenchError
 
 VOCAB = 300
@@ -304,3 +304,56 @@ def test_decoding_passes_the_cache_under_the_installed_transformers_name(kind):
     finally:
         logger.removeHandler(handler)
     assert not [text for text in handler.texts if "past_key_values" in text], handler.texts
+
+
+BEGIN, END = 270, 271  # SID markers outside every level's token range
+
+
+def sampled_sids(processors: list, seed: int = 0) -> list[list[int]]:
+    """What a tiny model that likes to open a SID samples after prompts that hold a SID of their own."""
+    model = tiny_causal_lm(seed)
+    prompts = [[*p, BEGIN, *random_sids(1, n)[0].tolist(), END, 5] for n, p in enumerate(random_prompts([6] * 32, 1))]
+    input_ids = torch.tensor(prompts)
+
+    def likes_to_open_a_sid(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, BEGIN] += 6.0
+        return scores
+
+    torch.manual_seed(seed)
+    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True, max_new_tokens=10,
+                            logits_processor=transformers.LogitsProcessorList([likes_to_open_a_sid, *processors]),
+                            eos_token_id=END, pad_token_id=0)
+    return [row[input_ids.shape[1]:] for row in output.tolist()]
+
+
+def complete_sids(completions: list[list[int]], trie: SIDTrie) -> list[tuple[list[int], list[int]]]:
+    """(codes, what follows them) of each completion that opened a SID and had room to finish it."""
+    found = []
+    for tokens in completions:
+        if BEGIN in tokens:
+            after = tokens[tokens.index(BEGIN) + 1:]
+            if len(after) > trie.depth:
+                found.append((after[:trie.depth], after[trie.depth:]))
+    return found
+
+
+def test_sampling_keeps_every_sid_a_completion_opens_valid_and_ends_it():
+    trie = SIDTrie.from_item_tokens(random_sids(40, seed=3))
+    prompt_length = 6 + 1 + 4 + 1 + 1
+    constrained = complete_sids(sampled_sids([SIDAfterMarker(trie, BEGIN, END, prompt_length)]), trie)
+    assert len(constrained) > 16  # most rows opened a SID and finished it within 10 tokens
+    assert all(trie.item_of(codes) is not None and rest[0] == END for codes, rest in constrained)
+    assert all(set(rest[1:]) <= {0} for _, rest in constrained)  # then the row is done (padding)
+    free = complete_sids(sampled_sids([]), trie)  # the same sampling without the processor: random codes
+    assert free and not any(trie.item_of(codes) is not None for codes, _ in free)
+
+
+def test_the_sid_processor_leaves_rows_outside_a_sid_alone():
+    trie = SIDTrie.from_item_tokens(np.array([[100, 140, 180, 220], [100, 141, 181, 221]]))
+    prompt = [5, BEGIN, 100, 140, 180, 220, END]  # the prompt's own SID does not count
+    rows = torch.tensor([[*prompt, 7, 8], [*prompt, 7, BEGIN], [*prompt, BEGIN, 100]])
+    scores = torch.randn(3, VOCAB)
+    out = SIDAfterMarker(trie, BEGIN, END, len(prompt))(rows, scores.clone())
+    assert torch.equal(out[0], scores[0])
+    assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [100]
+    assert torch.isfinite(out[2]).nonzero().flatten().tolist() == [140, 141]

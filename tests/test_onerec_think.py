@@ -207,12 +207,17 @@ def test_two_grpo_steps_through_trl_change_the_weights(tmp_path, monkeypatch):
                                                              for r, ids in zip(first_step[2], first_step[0])][:4])
     assert examples[0]["completion"] == method.tokenizer.decode(first_step[0][0], skip_special_tokens=False)
     settings = method.settings
+    vocab = method.vocab
+    trie = item_trie(vocab)
     assert len(calls) == 2
     for completions, targets, real in calls:
         assert len(completions) == settings["grpo_batch_size"]  # completions per step
         assert targets[0::2] == targets[1::2]  # num_generations=2 completions of each prompt
         assert all(0.0 <= r <= 1.0 for r in real)
         assert all(len(ids) <= settings["grpo_max_completion_length"] for ids in completions)
+        for ids in completions:  # grpo_valid_sids: a SID a completion opens follows the trie (or is cut short)
+            codes = ids[ids.index(vocab.begin_id) + 1:][:trie.depth] if vocab.begin_id in ids else []
+            assert len(codes) < trie.depth or trie.item_of(codes) is not None
     cot, _ = method.recipe.load_model(onerec_think.cot_stage(method.recipe).folder)
     changed = [name for name, value in method.model.state_dict().items()
                if not torch.equal(value, cot.state_dict()[name])]
