@@ -35,16 +35,15 @@ Choices DESIGN.md leaves open, and why:
   tokenizer's EOS. TRL's defaults otherwise (loss ``dapo``, group-scaled advantages, one iteration per batch).
   ``grpo_batch_size`` counts completions per optimizer step (``grpo_batch_size / grpo_num_generations`` prompts).
   The GRPO stage is not resumable mid-way: a killed run trains it again.
-- GRPO samples a SID the way recommendation decodes one (``grpo_valid_sids``, on by default): the rationale is
-  sampled freely, and once a completion writes ``<|sid_begin|>`` its L codes follow the item trie and
-  ``<|sid_end|>`` closes them (:class:`bench.decode.SIDAfterMarker`). Sampled freely at temperature 1, the codes
-  were text tokens or no item's SID: on the CPU ``quick`` run every completion earned 0, so no prompt's group had a
-  reward spread and GRPO had no advantage to learn from (loss and gradient 0 at every step), and the small
-  profile on an H200 logged loss and gradient 0 at step 11 too (GPU run 5). With the constraint every completion that reaches
-  its SID names an item and earns the hierarchy's partial credit. The policy gradient still uses the model's own
-  log-probabilities of the sampled tokens (TRL recomputes them without the constraint), so the update also moves
-  probability toward valid SIDs. ``grpo_valid_sids=false`` samples freely, as the reward's description above
-  allows for.
+- GRPO samples a SID the way recommendation decodes one (``grpo_valid_sids``, on by default): the rationale is sampled
+  freely, and once a completion writes ``<|sid_begin|>`` its L codes follow the item trie and ``<|sid_end|>`` closes
+  them (:class:`bench.decode.SIDAfterMarker`). Sampled freely at temperature 1, the codes were text tokens or no
+  item's SID: on the CPU ``quick`` run every completion earned 0, so no prompt's group had a reward spread and GRPO
+  had no advantage to learn from (loss and gradient 0 at every step), and the small profile on an H200 logged loss and
+  gradient 0 at step 11 too (GPU run 5). With the constraint every completion that reaches its SID names an item and
+  earns the hierarchy's partial credit. The policy gradient still uses the model's own log-probabilities of the
+  sampled tokens (TRL recomputes them without the constraint), so the update also moves probability toward valid SIDs.
+  ``grpo_valid_sids=false`` samples freely, as the reward's description above allows for.
 
 Schedules per profile, and where the numbers come from:
 
