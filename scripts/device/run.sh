@@ -64,8 +64,9 @@ declare -A STREAMS=(
     [pause1]="$(cells $ml 1 pauserec pauserec:pause_init=default)"
     [pause2]="$(cells $ml 2 pauserec sft:sft_targets=10) $(cells $ml 0 tiger)"
     [sft]="$(cells $ml 0 sft) $(cells $ml 1 sft) $(cells $ml 2 sft)"
-    # OneRec-Think (run 5: SFT 56 s and CoT SFT 40 s beside two pause streams, then GRPO at about 6 s a step of 64
-    # completions of up to 160 tokens, 117 steps) and its analyses: about 13 minutes, the longest stream
+    # OneRec-Think (run 5: SFT 56 s and CoT SFT about 20 s beside two pause streams, then GRPO at about 6 s a step of
+    # 64 completions of up to 160 tokens, 117 steps; its completions now end at their SID, grpo_valid_sids) and its
+    # analyses: the longest stream, up to 13 minutes
     [think0]="$(cells $ml 0 onerec_think) analyze:onerec_think"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
