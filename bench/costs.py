@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 BF16_RATE_VARIABLE = "GRBENCH_BF16_MATMUL_TFLOPS"  # a rate measured alone on this GPU (bf16_matmul_tflops)
 LATENCY_BATCH_SIZE = 16
@@ -244,6 +245,15 @@ def timed_batches(run_batch: Callable[[slice], None], n: int, batch_size: int = 
     return {"ms_per_user": ms, "users_timed": timed_users, "batch_size": batch_size}
 
 
+PROBE_MEMORY_SHARE = 0.8  # of the free device memory, the most a throughput batch size may be predicted to take
+
+
+def _free_device_bytes(torch: Any) -> int:
+    """Device memory this process could still use: free on the device plus what its own allocator holds unused."""
+    free, _ = torch.cuda.mem_get_info()
+    return int(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+
+
 def best_throughput(run_batch: Callable[[slice, int], None], n: int,
                     batch_sizes: Sequence[int] = THROUGHPUT_BATCH_SIZES) -> dict:
     """Users/s at the best of ``batch_sizes``: each size decodes the first ``min(n, 2 x size)`` users once, timed
@@ -251,32 +261,45 @@ def best_throughput(run_batch: Callable[[slice, int], None], n: int,
     ``window`` in batches of ``size``. On a CPU, where bigger batches only queue, nothing is run: the record keeps
     the batch-16 latency's throughput.
 
-    The probe is optional, the cell's rankings are not: a size that runs out of device memory (long prompts x
-    beams of KV cache, or a GPU shared with other runs; GPU run 5 lost three trained cells to it) ends the probe,
-    is recorded as ``out_of_memory_at`` and the best size that fitted is kept."""
+    The probe is optional, the cell's rankings are not, nor are the other runs on a shared GPU (GPU run 5 lost
+    three trained cells to it: 128 users x 10 beams x 1,700-token prompts of KV cache). So each size's peak memory
+    a user predicts the next size's, a size predicted to take more than ``PROBE_MEMORY_SHARE`` of the free memory
+    ends the probe (``too_large_at``), and one that runs out of memory all the same ends it too
+    (``out_of_memory_at``); the best size that ran is kept."""
     if not gpu_count():
         return {"users_per_s": None, "batch_size": None, "by_batch_size": {}}
     from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
+    torch = _torch()
     by_size: dict[int, float] = {}
-    out_of_memory_at = None
+    peak_gb: dict[int, float] = {}  # what each size held at its peak: what a user of that batch size needs
+    bytes_a_user: float | None = None
+    stopped: dict[str, int] = {}
     for size in batch_sizes:
         if size > n and by_size:
             break
+        if bytes_a_user is not None and bytes_a_user * size > PROBE_MEMORY_SHARE * _free_device_bytes(torch):
+            stopped["too_large_at"] = size
+            break
         window = slice(0, min(n, 2 * size))
         synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        allocated = torch.cuda.memory_allocated()
         began = time.perf_counter()
         try:
             run_batch(window, size)
         except RuntimeError as error:  # torch's OutOfMemoryError is a RuntimeError
             if not should_reduce_batch_size(error):
                 raise
-            out_of_memory_at = size
-        if out_of_memory_at is not None:
+            stopped["out_of_memory_at"] = size
+        if stopped:
             clear_device_cache(garbage_collection=True)  # outside the except: its traceback held the batch's tensors
             break
         synchronize()
         by_size[size] = (window.stop - window.start) / (time.perf_counter() - began)
+        peak_gb[size] = torch.cuda.max_memory_allocated() / 2**30
+        bytes_a_user = (torch.cuda.max_memory_allocated() - allocated) / size
     best = max(by_size, key=by_size.__getitem__) if by_size else None
     return {"users_per_s": by_size.get(best), "batch_size": best, "by_batch_size": by_size,
-            "out_of_memory_at": out_of_memory_at}
+            "peak_gpu_mem_gb_by_batch_size": peak_gb, "out_of_memory_at": stopped.get("out_of_memory_at"),
+            "too_large_at": stopped.get("too_large_at")}

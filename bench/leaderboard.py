@@ -168,11 +168,12 @@ def _stage_text(stage: dict) -> str:
 
 def _throughput(record: dict) -> str:
     best = record["inference"].get("throughput") or {}
-    out_of_memory = f"out of memory @ {best['out_of_memory_at']}" if best.get("out_of_memory_at") else ""
+    stopped = (f"out of memory @ {best['out_of_memory_at']}" if best.get("out_of_memory_at") else
+               f"{best['too_large_at']} would not fit" if best.get("too_large_at") else "")
     if best.get("users_per_s") is None:
-        return out_of_memory
+        return stopped
     text = f"{best['users_per_s']:,.0f} @ {best['batch_size']}"
-    return f"{text} ({out_of_memory})" if out_of_memory else text
+    return f"{text} ({stopped})" if stopped else text
 
 
 def costs_table(records: list[dict]) -> str:

@@ -111,41 +111,108 @@ def test_best_throughput_runs_nothing_without_a_gpu():
     assert result["users_per_s"] is None and not calls
 
 
-def test_best_throughput_picks_the_fastest_batch_size(monkeypatch):
+class FakeDevice:
+    """A GPU of ``total`` bytes for ``best_throughput`` (none here): decoding ``size`` users takes ``a_user`` bytes
+    each at its peak, and a batch that does not fit raises torch's out-of-memory error."""
+
+    def __init__(self, total: float = 100.0, a_user: float = 1.0, used_by_others: float = 0.0) -> None:
+        self.total, self.a_user, self.used_by_others = total, a_user, used_by_others
+        self.allocated = 10.0  # the model's weights
+        self.peak = self.allocated
+        self.cuda = self  # fake_torch.cuda.<function>
+
+    def is_available(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+    def mem_get_info(self) -> tuple[float, float]:
+        return self.total - self.used_by_others - self.allocated, self.total
+
+    def memory_reserved(self) -> float:
+        return self.allocated
+
+    def memory_allocated(self) -> float:
+        return self.allocated
+
+    def max_memory_allocated(self) -> float:
+        return self.peak
+
+    def reset_peak_memory_stats(self) -> None:
+        self.peak = self.allocated
+
+    def decode(self, window: slice, size: int) -> None:
+        """``run_batch`` for the probe."""
+        need = self.a_user * size
+        if self.allocated + need > self.total - self.used_by_others:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.61 GiB. GPU 0 has a total "
+                                         "capacity of 139.80 GiB of which 565.94 MiB is free.")
+        self.peak = max(self.peak, self.allocated + need)
+
+
+def on(monkeypatch, device: FakeDevice) -> FakeDevice:
     monkeypatch.setattr(costs, "gpu_count", lambda: 1)
+    monkeypatch.setattr(costs, "_torch", lambda: device)
+    return device
+
+
+def test_best_throughput_picks_the_fastest_batch_size(monkeypatch):
+    device = on(monkeypatch, FakeDevice(total=1000.0))
     clock = iter(range(1000))
     monkeypatch.setattr(costs.time, "perf_counter", lambda: float(next(clock)))
     sizes = []
-    result = costs.best_throughput(lambda window, size: sizes.append((size, window.stop)), 100, (16, 64, 128))
+
+    def decode(window: slice, size: int) -> None:
+        sizes.append((size, window.stop))
+        device.decode(window, size)
+
+    result = costs.best_throughput(decode, 100, (16, 64, 128))
     # each size decodes 2 x size users (at most n) in one clock tick; sizes beyond n users are not tried
     assert sizes == [(16, 32), (64, 100)]
     assert (result["batch_size"], result["users_per_s"]) == (64, 100.0)
+    assert result["out_of_memory_at"] is None and result["too_large_at"] is None
 
 
-def _out_of_memory_at(limit: int):
-    """A decoder that runs out of device memory above ``limit`` users a batch, with the message torch gives."""
-    def run_batch(window: slice, size: int) -> None:
-        if size > limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.61 GiB. GPU 0 has a total capacity "
-                                         "of 139.80 GiB of which 565.94 MiB is free.")
-    return run_batch
+def test_best_throughput_stops_before_a_size_its_memory_a_user_says_would_not_fit(monkeypatch):
+    # alone: 16 users take 16 bytes of 90 free, 64 users (64 bytes) stay under 80% of them, 128 would not
+    device = on(monkeypatch, FakeDevice(total=100.0, a_user=1.0))
+    tried = []
+    result = costs.best_throughput(lambda window, size: tried.append(size) or device.decode(window, size), 500,
+                                   (16, 64, 128))
+    assert tried == [16, 64] and result["too_large_at"] == 128 and result["out_of_memory_at"] is None
+    assert result["peak_gpu_mem_gb_by_batch_size"] == {16: 26 / 2**30, 64: 74 / 2**30}  # weights + users
+    record = {"inference": {"throughput": result}}
+    assert leaderboard._throughput(record).endswith("(128 would not fit)")
+    # beside other runs holding half the GPU: 64 users would take most of what is left, so not even 64 is tried
+    shared = on(monkeypatch, FakeDevice(total=100.0, a_user=1.0, used_by_others=50.0))
+    tried.clear()
+    result = costs.best_throughput(lambda window, size: tried.append(size) or shared.decode(window, size), 500,
+                                   (16, 64, 128))
+    assert tried == [16] and result["batch_size"] == 16 and result["too_large_at"] == 64
 
 
 def test_best_throughput_keeps_the_sizes_that_fit_when_a_bigger_one_runs_out_of_memory(monkeypatch):
-    monkeypatch.setattr(costs, "gpu_count", lambda: 1)
-    result = costs.best_throughput(_out_of_memory_at(16), 500, (16, 64, 128))
+    # a first size that takes little a user, then a size whose memory grows faster than its users
+    device = on(monkeypatch, FakeDevice(total=100.0, a_user=0.1))
+
+    def decode(window: slice, size: int) -> None:
+        device.a_user = 0.1 if size == 16 else 10.0
+        device.decode(window, size)
+
+    result = costs.best_throughput(decode, 500, (16, 64, 128))
     assert result["batch_size"] == 16 and result["users_per_s"] > 0
     assert list(result["by_batch_size"]) == [16] and result["out_of_memory_at"] == 64
     record = {"inference": {"throughput": result}}
     assert leaderboard._throughput(record).endswith("@ 16 (out of memory @ 64)")
 
-    nothing_fits = costs.best_throughput(_out_of_memory_at(0), 500, (16, 64))
+    nothing_fits = costs.best_throughput(on(monkeypatch, FakeDevice(total=100.0, a_user=100.0)).decode, 500, (16, 64))
     assert nothing_fits["users_per_s"] is None and nothing_fits["out_of_memory_at"] == 16
     assert leaderboard._throughput({"inference": {"throughput": nothing_fits}}) == "out of memory @ 16"
 
 
 def test_best_throughput_raises_what_is_not_out_of_memory(monkeypatch):
-    monkeypatch.setattr(costs, "gpu_count", lambda: 1)
+    on(monkeypatch, FakeDevice())
 
     def broken(window: slice, size: int) -> None:
         raise RuntimeError("shape mismatch")
