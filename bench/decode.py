@@ -197,9 +197,9 @@ class SIDAfterMarker:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         generated = input_ids[:, self.prompt_length:]
-        rows = (generated == self.begin_id).any(dim=1).nonzero().flatten().tolist()  # few rows: Python is cheap
-        for row in rows:
-            tokens = generated[row].tolist()
+        rows = (generated == self.begin_id).any(dim=1).nonzero().flatten().tolist()
+        # a few dozen rows of a few dozen tokens: the trie walk in Python costs less than the copy, made once
+        for row, tokens in zip(rows, generated[rows].tolist()):
             prefix = tokens[tokens.index(self.begin_id) + 1:]
             allowed = self.trie.allowed_next_tokens(prefix) if len(prefix) < self.trie.depth else (
                 [self.end_id] if len(prefix) == self.trie.depth else [])  # past the end: finished, padded
