@@ -297,8 +297,9 @@ def best_throughput(run_batch: Callable[[slice, int], None], n: int,
             break
         synchronize()
         by_size[size] = (window.stop - window.start) / (time.perf_counter() - began)
-        peak_gb[size] = torch.cuda.max_memory_allocated() / 2**30
-        bytes_a_user = (torch.cuda.max_memory_allocated() - allocated) / size
+        peak = torch.cuda.max_memory_allocated()
+        peak_gb[size] = peak / 2**30
+        bytes_a_user = (peak - allocated) / size
     best = max(by_size, key=by_size.__getitem__) if by_size else None
     return {"users_per_s": by_size.get(best), "batch_size": best, "by_batch_size": by_size,
             "peak_gpu_mem_gb_by_batch_size": peak_gb, "out_of_memory_at": stopped.get("out_of_memory_at"),

@@ -618,9 +618,8 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
             **throughput_report(model, counter, seconds)}
 
 
-STAGE_THROUGHPUT = ("tokens_per_s", "padding_share", "mfu")
-# what a stage's report gives the record's stage entry besides its throughput: GRPO's rewards (methods/onerec_think.py)
-STAGE_REPORT_IN_RECORD = (*STAGE_THROUGHPUT, "first_reward", "last_reward", "mean_reward",
+# what a stage's report gives the record's stage entry: its throughput, and GRPO's rewards (methods/onerec_think.py)
+STAGE_REPORT_IN_RECORD = ("tokens_per_s", "padding_share", "mfu", "first_reward", "last_reward", "mean_reward",
                           "mean_frac_reward_zero_std")
 
 
