@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,57 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def progress_line_seconds() -> float:
+    """``GRBENCH_PROGRESS_SECONDS`` (default 60): how often :class:`LoggedProgress` prints its lines."""
+    text = os.environ.get("GRBENCH_PROGRESS_SECONDS", "60")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise GRBenchError(f"GRBENCH_PROGRESS_SECONDS={text!r}: expected a number of seconds, 0 or more")
+    return seconds
+
+
+class LoggedProgress(Progress):
+    """Rich's progress bars, plus a plain line per unfinished task every ``line_seconds`` when the console is
+    not a terminal: rich draws nothing into a log file (``nohup``, Slurm, the device script) until a task ends,
+    so a 30-minute epoch would otherwise leave no trace of where it is or how long it has left."""
+
+    def __init__(self, *columns: Any, line_seconds: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.line_seconds = progress_line_seconds() if line_seconds is None else line_seconds
+        self._last_lines = time.monotonic()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._maybe_print_lines()
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        super().advance(*args, **kwargs)
+        self._maybe_print_lines()
+
+    def _maybe_print_lines(self) -> None:
+        if self.console.is_terminal or time.monotonic() - self._last_lines < self.line_seconds:
+            return
+        self._last_lines = time.monotonic()
+        for task in self.tasks:
+            if task.started and not task.finished:
+                self.console.print(progress_line(task), highlight=False, soft_wrap=True)
+
+
+def progress_line(task: Any) -> str:
+    """``12:03:04 tiger: tiger epochs 3/200 (2%), 0:41:10 elapsed, about 21:03:00 left`` for a rich task."""
+    done = f"{task.completed:.0f}" if task.total is None else \
+        f"{task.completed:.0f}/{task.total:.0f} ({task.percentage:.0f}%)"
+    left = "" if task.time_remaining is None else f", about {timedelta(seconds=round(task.time_remaining))} left"
+    return (f"{time.strftime('%H:%M:%S')} {task.description.strip()} {done}, "
+            f"{timedelta(seconds=round(task.elapsed or 0))} elapsed{left}")
+
+
 def make_progress(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return LoggedProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=False)
 
 
 def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:

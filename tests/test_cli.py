@@ -144,3 +144,36 @@ def test_merge_adds_another_runs_records_and_rankings_and_replaces_same_keys(tmp
     (tmp_path / "b" / records[1]["rankings"]).unlink()
     assert main(["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 2
     assert "which does not exist; nothing of this record was merged" in capsys.readouterr().err
+
+
+def test_progress_prints_plain_lines_into_a_log_file_while_a_task_runs():
+    """Rich draws no bar into a file until the task ends; a log (nohup, Slurm, the device script) gets dated lines."""
+    import io
+
+    from rich.console import Console
+
+    from bench.runner import LoggedProgress, make_progress
+
+    log = io.StringIO()
+    console = Console(file=log, force_terminal=False, width=200)
+    with make_progress(console) as progress:
+        assert isinstance(progress, LoggedProgress)
+        progress.line_seconds = 0.0
+        task = progress.add_task("  tiger: tiger epochs", total=4)
+        progress.advance(task)
+        lines_while_running = log.getvalue()
+        progress.advance(task, 3)
+    assert "tiger: tiger epochs 1/4 (25%)" in lines_while_running and "elapsed" in lines_while_running
+    assert "4/4 (100%)" not in lines_while_running  # finished tasks get rich's own last line, not another
+
+    terminal_log = io.StringIO()
+    with make_progress(Console(file=terminal_log, force_terminal=True, width=200)) as progress:
+        progress.line_seconds = 0.0
+        progress.advance(progress.add_task("on a terminal", total=2))
+        assert "elapsed" not in terminal_log.getvalue()  # a terminal shows the bar itself
+
+
+def test_a_bad_progress_interval_is_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("GRBENCH_PROGRESS_SECONDS", "soon")
+    assert run_cli(*SMOKE, "--out", tmp_path / "out") != 0
+    assert "GRBENCH_PROGRESS_SECONDS='soon'" in capsys.readouterr().err
