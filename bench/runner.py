@@ -12,15 +12,15 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from bench.costs import LATENCY_BATCH_SIZE, GpuSharing, best_throughput, gpu_count, hardware, timed_batches
 from bench.data import load_dataset, parse_spec
@@ -35,6 +35,7 @@ from bench.results import ResultKey, ResultStore, check_writable, slug, write_at
 from bench.split import EVAL_SUBSET_SEED, Split, leave_last_out
 
 TOP_K = 10
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,6 +96,19 @@ class LoggedProgress(Progress):
         self.line_seconds = progress_line_seconds() if line_seconds is None else line_seconds
         self._last_lines = time.monotonic()
 
+    def track(self, sequence: Iterable[T], total: float | None = None, task_id: TaskID | None = None,
+              description: str = "Working...", **kwargs: Any) -> Iterable[T]:
+        """Rich's ``track``, whose task stops when the loop ends early (a ``break``: early stopping), so that it
+        is not printed as running ever after."""
+        if task_id is None:
+            if total is None and isinstance(sequence, Sized):
+                total = float(len(sequence))
+            task_id = self.add_task(description, total=total)
+        try:
+            yield from super().track(sequence, total=total, task_id=task_id, description=description, **kwargs)
+        finally:
+            self.stop_task(task_id)
+
     def update(self, *args: Any, **kwargs: Any) -> None:
         super().update(*args, **kwargs)
         self._maybe_print_lines()
@@ -108,7 +122,7 @@ class LoggedProgress(Progress):
             return
         self._last_lines = time.monotonic()
         for task in self.tasks:
-            if task.started and not task.finished:
+            if task.started and not task.finished and task.stop_time is None:
                 self.console.print(progress_line(task), highlight=False, soft_wrap=True)
 
 

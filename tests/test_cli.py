@@ -166,6 +166,19 @@ def test_progress_prints_plain_lines_into_a_log_file_while_a_task_runs():
     assert "tiger: tiger epochs 1/4 (25%)" in lines_while_running and "elapsed" in lines_while_running
     assert "4/4 (100%)" not in lines_while_running  # finished tasks get rich's own last line, not another
 
+    log = io.StringIO()
+    with make_progress(Console(file=log, force_terminal=False, width=200)) as progress:
+        progress.line_seconds = 0.0
+        for epoch in progress.track(range(30), description="hstu epochs"):
+            if epoch == 2:
+                break  # early stopping: the loop ends before its total
+        for _ in progress.track(range(3), description="ranking"):
+            pass
+    dated = [line.split(" ", 1)[1] for line in log.getvalue().splitlines() if line[:2].isdigit()]
+    first_ranking = next(i for i, line in enumerate(dated) if line.startswith("ranking"))
+    assert any(line.startswith("hstu epochs") for line in dated[:first_ranking])
+    assert not any(line.startswith("hstu epochs") for line in dated[first_ranking:])  # stopped, not running
+
     terminal_log = io.StringIO()
     with make_progress(Console(file=terminal_log, force_terminal=True, width=200)) as progress:
         progress.line_seconds = 0.0
