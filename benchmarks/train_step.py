@@ -38,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.compat import attention_without_cudnn  # noqa: E402
 from bench.costs import (  # noqa: E402
+    attention_flops,
     bf16_matmul_tflops,
     model_flops_utilisation,
     synchronize,
     training_flops_per_token,
 )
 from benchmarks.decode import SID_LEVELS, add_sid_tokens, batch_sizes, smollm2, tiny_qwen3  # noqa: E402
-from methods.llm.stages import only_rows_trainable  # noqa: E402
+from methods.llm.stages import attention_shape, only_rows_trainable  # noqa: E402
 
 VARIANTS = ("recipe", "bf16", "liger", "compile")
 MODELS: dict[str, Callable[[int], torch.nn.Module]] = {
@@ -195,9 +196,13 @@ def time_variants(args: argparse.Namespace, base: torch.nn.Module, sid_rows: lis
                 calls, computing, kernels = operators_a_step(model, forward_context, batch, optimizer)
             tokens = size * args.length
             flops = training_flops_per_token(parameters, sum(p.numel() for p in trainable))
+            attention = attention_flops(*attention_shape(base), size * args.length ** 2)
             mfu = model_flops_utilisation(tokens, flops, seconds) if rate is not None else None
+            with_attention = model_flops_utilisation(tokens, flops, seconds, attention) if rate is not None else None
             print(f"{variant:>8} batch {size:>4}: {1000 * seconds:9.1f} ms/step {tokens / seconds:11.0f} tokens/s  "
-                  f"MFU {'n/a' if mfu is None else f'{100 * mfu:5.1f}%'}  launch share {launch_share:4.0%}  "
+                  f"MFU {'n/a' if mfu is None else f'{100 * mfu:5.1f}%'} "
+                  f"({'n/a' if with_attention is None else f'{100 * with_attention:5.1f}%'} with attention)  "
+                  f"launch share {launch_share:4.0%}  "
                   f"operators {calls} ({computing} computing)" + ("" if kernels is None else f", {kernels} kernels"))
             del model, optimizer
             if device.type == "cuda":

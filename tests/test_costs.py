@@ -79,7 +79,7 @@ def test_token_counter_and_throughput_report_on_a_cpu():
     counter = TokenCounter(PaddingCollator(pad_token_id=0))
     batch = counter([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, Example([8], [8])])
     assert batch["input_ids"].shape == (2, 3)
-    assert (counter.real, counter.padded) == (4, 6)
+    assert (counter.real, counter.padded, counter.squared_lengths) == (4, 6, 3**2 + 1**2)
     model = torch.nn.Linear(4, 4)
     model.num_parameters = lambda: 20
     model.bias.requires_grad_(False)
@@ -88,6 +88,24 @@ def test_token_counter_and_throughput_report_on_a_cpu():
     assert report["padding_share"] == pytest.approx(1 / 3)
     assert report["flops_per_token"] == 4 * 20 + 2 * 16  # forward + activation gradients + trainable weights
     assert report["mfu"] is None and report["bf16_matmul_tflops"] is None  # no GPU here
+    assert report["attention_flops"] == 0  # a model without a transformers config: no attention to count
+
+
+def test_mfu_with_attention_counts_the_causal_score_and_value_products(monkeypatch):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from methods.llm.stages import attention_shape
+
+    config = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model = Qwen3ForCausalLM(config)
+    assert attention_shape(model) == (3, 4 * 16)  # query heads x head width, not hidden size or KV heads
+    counter = TokenCounter(PaddingCollator(pad_token_id=0))
+    counter([Example([1] * 10, [1] * 10), Example([2] * 4, [2] * 4)])
+    monkeypatch.setattr(costs, "bf16_matmul_tflops", lambda: 1e-6)  # 1 MFLOP/s
+    report = throughput_report(model, counter, seconds=1.0)
+    assert report["attention_flops"] == 6 * 3 * 64 * (10**2 + 4**2)
+    assert report["mfu_with_attention"] - report["mfu"] == pytest.approx(report["attention_flops"] / 1e6)
 
 
 def test_examples_are_mappings_for_the_length_grouped_sampler():
@@ -103,6 +121,7 @@ def test_mfu_divides_model_flops_by_the_measured_matmul_rate(monkeypatch):
     monkeypatch.setattr(costs, "bf16_matmul_tflops", lambda: 100.0)
     assert costs.model_flops_utilisation(tokens=1e6, flops_per_token=6e8, seconds=20.0) == pytest.approx(0.3)
     assert costs.model_flops_utilisation(1e6, 6e8, 0.0) is None
+    assert costs.model_flops_utilisation(1e6, 6e8, 20.0, extra_flops=6e14) == pytest.approx(0.6)
 
 
 def test_best_throughput_runs_nothing_without_a_gpu():
@@ -268,3 +287,10 @@ def test_a_grpo_stage_shows_its_reward_in_the_costs_table():
     assert leaderboard._stage_text(stage) == ("grpo 60.0s/0.0167 GPU-h (mean reward 0.013, 90% of prompts without "
                                               "reward spread)")
     assert "reward" not in leaderboard._stage_text({**stage, "extra": {"mfu": 0.02}})
+
+
+def test_a_stage_shows_its_mfu_with_attention_where_its_record_has_it():
+    stage = {"name": "sft", "wall_s": 51.1, "gpu_hours": 0.0142}
+    assert leaderboard._stage_text({**stage, "extra": {"mfu": 0.054}}).endswith("(MFU 5.4%)")  # an older record
+    text = leaderboard._stage_text({**stage, "extra": {"mfu": 0.054, "mfu_with_attention": 0.066}})
+    assert text.endswith("(MFU 5.4%, 6.6% with attention)")

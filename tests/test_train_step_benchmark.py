@@ -11,7 +11,8 @@ from benchmarks.train_step import main, variant_names
 def test_the_benchmark_times_each_variant_and_skips_the_cuda_ones_on_a_cpu(capsys):
     main(["--batch", "1,2", "--length", "8", "--steps", "1", "--warmup", "0", "--variants", "recipe,bf16,liger"])
     out = capsys.readouterr().out
-    line = r" batch +{}: +[\d.]+ ms/step +\d+ tokens/s +MFU n/a +launch share +\d+%  operators \d+ \(\d+ computing\)$"
+    line = (r" batch +{}: +[\d.]+ ms/step +\d+ tokens/s +MFU n/a \(n/a with attention\) +launch share +\d+%  "
+            r"operators \d+ \(\d+ computing\)$")
     for variant in ("recipe", "bf16"):
         for size in (1, 2):
             assert re.search(variant + line.format(size), out, re.MULTILINE)

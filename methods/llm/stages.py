@@ -40,6 +40,7 @@ from filelock import FileLock, Timeout
 from bench.compat import attention_without_cudnn
 from bench.costs import (
     GpuSharing,
+    attention_flops,
     bf16_matmul_tflops,
     gpu_count,
     hardware,
@@ -619,24 +620,27 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
 
 
 # what a stage's report gives the record's stage entry: its throughput, and GRPO's rewards (methods/onerec_think.py)
-STAGE_REPORT_IN_RECORD = ("tokens_per_s", "padding_share", "mfu", "first_reward", "last_reward", "mean_reward",
-                          "mean_frac_reward_zero_std")
+STAGE_REPORT_IN_RECORD = ("tokens_per_s", "padding_share", "mfu", "mfu_with_attention", "first_reward",
+                          "last_reward", "mean_reward", "mean_frac_reward_zero_std")
 
 
 @dataclass
 class TokenCounter:
     """Wraps a collator and counts the real (unpadded) and padded tokens of every batch it builds in this
-    process, for tokens/s, the padding share and MFU."""
+    process, and the sum of its rows' squared real lengths (attention's FLOPs), for tokens/s, the padding share
+    and MFU."""
 
     collator: Any
     real: int = 0
     padded: int = 0
+    squared_lengths: int = 0
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         batch = self.collator(examples)
         mask = batch["attention_mask"]
         self.real += int(mask.sum())
         self.padded += mask.numel()
+        self.squared_lengths += int((mask.sum(dim=-1) ** 2).sum())
         return batch
 
 
@@ -646,10 +650,24 @@ def throughput_report(model: Any, counter: TokenCounter, seconds: float) -> dict
     parameters = model.num_parameters()  # tied input/output embeddings counted once, as the output projection
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops_per_token = training_flops_per_token(parameters, trainable)
+    attention = attention_flops(*attention_shape(model), counter.squared_lengths)
     return {"tokens_per_s": counter.real / seconds if seconds > 0 else None,
             "padding_share": 1 - counter.real / counter.padded if counter.padded else None,
-            "flops_per_token": flops_per_token, "bf16_matmul_tflops": bf16_matmul_tflops(),
-            "mfu": model_flops_utilisation(counter.real, flops_per_token, seconds)}
+            "flops_per_token": flops_per_token, "attention_flops": attention,
+            "bf16_matmul_tflops": bf16_matmul_tflops(),
+            "mfu": model_flops_utilisation(counter.real, flops_per_token, seconds),
+            "mfu_with_attention": model_flops_utilisation(counter.real, flops_per_token, seconds, attention)}
+
+
+def attention_shape(model: Any) -> tuple[int, int]:
+    """(layers, query heads x head width) of a transformers model (through a peft wrapper too); (0, 0) for a
+    model without such a config, whose attention FLOPs then count as none."""
+    config = getattr(model, "config", None)
+    layers, heads = getattr(config, "num_hidden_layers", 0), getattr(config, "num_attention_heads", 0)
+    if not layers or not heads:
+        return 0, 0
+    head_width = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return int(layers), int(heads * head_width)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
