@@ -8,12 +8,16 @@
 #                    sentence encoder need not travel (SIDs are cached by a fingerprint of split, encoder,
 #                    quantiser and seed; the GPU run finds them and builds nothing)
 #   .device/data/    the shared Amazon sequence files (never committed)
+#   .device/resume/  the epoch checkpoints of cells earlier GPU sessions did not finish, kept in .device-resume/
+#                    (scripts/device/resume.py join), in parts that each ride in a call of their own
 # Then follow scripts/device/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 exclude="$(git rev-parse --git-common-dir)/info/exclude"
 mkdir -p "$(dirname "$exclude")"
-grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
+for ignored in /.device/ /.device-resume/; do
+    grep -qxF "$ignored" "$exclude" 2>/dev/null || echo "$ignored" >> "$exclude"
+done
 rm -rf .device && mkdir -p .device/wheels .device/gguf .device/cache .device/data .device/meta
 
 # What the image lacks (recbole, trl and its datasets, gguf, the RQ-VAE library) or has in a version we cannot
@@ -66,8 +70,14 @@ while [ "$offset" -lt "$total" ]; do
     offset=$(( offset + $(stat -c %s "$name") )) part=$(( part + 1 ))
 done
 last=$(printf "part%02d" $(( part - 1 )))
+# unfinished checkpoints (none until a session returns some): a call each, between the GGUF's and start
+[ -d .device-resume ] && python3 scripts/device/resume.py prepare .device-resume results/results.jsonl \
+    .device/resume "$limit"
 du -sh .device/*
 echo "tree: $((tree / 1048576)) MiB; the GGUF in $part parts. The calls of scripts/device/README.md, in order:"
 echo "  setup: carry .device/wheels .device/gguf/part00 .device/cache .device/meta"
 for ((n = 1; n < part - 1; n++)); do printf "  part:  carry .device/gguf/part%02d\n" "$n"; done
+for resume_part in .device/resume/part*; do
+    [ -f "$resume_part" ] && echo "  part:  carry $resume_part .device/resume/resume-sha256"
+done
 echo "  start: carry .device/gguf/$last .device/meta .device/data"

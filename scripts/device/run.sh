@@ -18,6 +18,8 @@
 #       (train_step.txt), short SFT runs for their MFU under torch.profiler (mfu.txt, profileN/) and, with
 #       DECODE_BENCH=1, the decoder benchmark (decode.txt), each alone on the GPU
 #   bash scripts/device/run.sh stop    interrupt what still runs (training resumes from its last epoch next time)
+#   FIRST=N bash scripts/device/run.sh resume-out   after start, wait or stop: parts N to N+3 of the epoch
+#       checkpoints of cells this session did not finish (scripts/device/resume.py), for the next session
 # The streams run from a copy of the tree in /tmp/grbench/repo (each call replaces the tree it was sent).
 # start, wait and stop end by copying what the run added so far to $OUT (results.tgz: records, rankings, row
 # stages, logs; logs.txt).
@@ -74,8 +76,8 @@ declare -A STREAMS=(
 )
 # the streams a launch starts (STREAMS_ON="pause0 ids-ml100k" picks others): by default the two PauseRec seeds
 # not yet in results/ and OneRec-Think, the LLM cells alone, since RecBole's small kernels starve beside the LLM
-# trainers (GPU run 2) and a CPU runs them, and TIGER's Amazon epochs outlast a session's device time while its
-# checkpoint is too large to come back and resume
+# trainers (GPU run 2) and a CPU runs them; TIGER's Amazon epochs outlast a session's device time, so `amazon` is
+# for sessions after #5's cells, its checkpoint coming back and going out again in parts (resume-out, resume.py)
 STREAMS_ON=${STREAMS_ON:-pause1 pause2 think0}
 # STREAM_PROFILE=smoke runs the streams' cells on the tiny model: a check of the streams on a CPU, from a copy of
 # the tree without .whl2 (`relaunch` would install its Python 3.12 wheels), e.g.
@@ -149,7 +151,17 @@ collect() {  # the leaderboards are regenerated after `bench merge` here (on the
     done > "$OUT/logs.txt"
     cat "$OUT/logs.txt"
     echo "records: $(wc -l < "$RESULTS/results.jsonl" 2>/dev/null || echo 0)"
+    # the epoch checkpoints of cells this session advanced and did not finish, in parts for `resume-out`
+    python3 scripts/device/resume.py pack "$GRBENCH_CACHE" "$RESULTS/results.jsonl" "$STATE/started" "$STATE/resume"
+    parts=$(find "$STATE/resume" -name "resume-[0-9][0-9]" 2>/dev/null | wc -l)
+    [ "$parts" = 0 ] || echo "return them: $(for ((n = 0; n < parts; n += 4)); do
+        printf '`FIRST=%d bash scripts/device/run.sh resume-out`; ' "$n"; done)then resume.py join here"
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+}
+
+keep_resume_parts() {  # the parts of unfinished checkpoints `prepare.sh` split for carrying (any call may carry some)
+    [ -d .device/resume ] && mkdir -p "$STATE/resume-in" && cp .device/resume/* "$STATE/resume-in/"
+    return 0
 }
 
 install_tree() {  # the tree sent with this call becomes $REPO, the streams' copy; the results they stored on this
@@ -255,6 +267,7 @@ case "${1:-}" in
     rm -f "$STATE"/part* && cp .device/gguf/part* "$STATE/" && mkdir -p "$GRBENCH_CACHE" \
         && cp -rn .device/cache/. "$GRBENCH_CACHE/"
     cp .device/meta/commit "$STATE/commit"
+    keep_resume_parts
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers, trl, recbole, gguf, peft; print(torch.__version__, transformers.__version__, trl.__version__, torch.cuda.is_available())" || exit 1
     # does this GPU's attention backward fail on left-padded rows (pytorch#196678), and does the stages' guard
@@ -272,6 +285,11 @@ case "${1:-}" in
     cp .device/gguf/part* "$STATE/" && cat "$STATE"/part* > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
     # CPT and pause stages earlier GPU runs trained (their rows, committed in results/stages: README step 3)
     [ -d results/stages ] && mkdir -p "$GRBENCH_CACHE" && cp -rn results/stages/. "$GRBENCH_CACHE/"
+    # epoch checkpoints of cells an earlier session did not finish (scripts/device/resume.py): they resume
+    keep_resume_parts
+    [ -d "$STATE/resume-in" ] && { python3 scripts/device/resume.py unpack "$GRBENCH_CACHE" "$STATE"/resume-in/* \
+        || exit 1; }
+    touch "$STATE/started"  # checkpoints written after this are the session's own
     echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
     install_tree || exit 1
     python3 -c "import torch; from bench.costs import bf16_matmul_tflops as r; print(f'{r():.1f}')" \
@@ -290,7 +308,15 @@ case "${1:-}" in
   bench)  # after start: the benchmarks alone, once the streams are done (`wait` first; `stop` ends them early)
     benchmarks ;;
   part)
-    cp .device/gguf/part* "$STATE/" && ls -la "$STATE" ;;
+    keep_resume_parts
+    cp .device/gguf/part* "$STATE/" 2>/dev/null; ls -la "$STATE" ;;
+  resume-out)  # after start, wait or stop: four parts of the unfinished checkpoints from FIRST (default 0) to $OUT
+    first=${FIRST:-0}
+    for ((n = first; n < first + 4; n++)); do
+        part=$(printf "%s/resume/resume-%02d" "$STATE" "$n")
+        [ -f "$part" ] && cp "$part" "$OUT/"
+    done
+    cp "$STATE/resume/resume-sha256" "$OUT/" && ls -la "$OUT" ;;
   stream)
     stream "$2" ;;
   wait)
@@ -300,5 +326,5 @@ case "${1:-}" in
     pkill -f "$STREAM_PATTERN"; pkill -INT -f "$CELL_PATTERN"; sleep 20
     collect ;;
   *)
-    echo "usage: bash scripts/device/run.sh setup|part|start|wait|bench|stop|relaunch"; exit 2 ;;
+    echo "usage: bash scripts/device/run.sh setup|part|start|wait|bench|stop|relaunch|resume-out"; exit 2 ;;
 esac
