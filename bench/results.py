@@ -47,6 +47,12 @@ class ResultKey:
         return cls(*(record[name] for name in KEY_FIELDS), device=record_device(record))
 
     @property
+    def cache_folder(self) -> Path:
+        """The cell's folder of stage caches and epoch checkpoints, relative to :func:`bench.paths.cache_dir`
+        (one for both devices: each machine has its own cache)."""
+        return Path(slug(self.dataset), self.split_fingerprint, slug(self.method), self.profile, f"seed{self.seed}")
+
+    @property
     def id(self) -> str:
         """A short, filesystem-safe, human-readable id (``--gpu`` at the end of GPU runs')."""
         suffix = "" if self.device == "cpu" else f"--{self.device}"

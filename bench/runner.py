@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -100,9 +100,7 @@ class LoggedProgress(Progress):
               description: str = "Working...", **kwargs: Any) -> Iterable[T]:
         """Rich's ``track``, whose task stops when the loop ends early (a ``break``: early stopping), so that it
         is not printed as running ever after."""
-        if task_id is None:
-            if total is None and isinstance(sequence, Sized):
-                total = float(len(sequence))
+        if task_id is None:  # rich's own track sets the total from the sequence's length
             task_id = self.add_task(description, total=total)
         try:
             yield from super().track(sequence, total=total, task_id=task_id, description=description, **kwargs)
@@ -205,7 +203,7 @@ def make_method(split: Split, run: MethodRun, profile: Profile, seed: int,
         seed=seed,
         profile=profile.name,
         device="cuda" if gpu_count() else "cpu",
-        cache_dir=cache_dir() / slug(split.dataset) / split.fingerprint / slug(run.spec) / profile.name / f"seed{seed}",
+        cache_dir=cache_dir() / ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint).cache_folder,
         track=track,
         log=lambda text: progress.console.print(f"  {time.strftime('%H:%M:%S')} {text}", highlight=False,
                                                 soft_wrap=True),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from bench.results import record_device, slug  # noqa: E402
+from bench.results import ResultKey  # noqa: E402
 
 CHECKPOINT = "training-state.pt"
 PART_BYTES = 16_000_000  # under the 16 MiB a returned file may hold
@@ -43,18 +43,11 @@ HASH_FILE = "resume-sha256"
 
 
 def finished_cells(results: Path) -> set[tuple[str, ...]]:
-    """The cache folders (dataset, fingerprint, method, profile, seed) of cells with a GPU record: what
-    ``bench.runner.make_method`` names a cell's cache folder, from the record's fields."""
+    """The cache folders (:attr:`bench.results.ResultKey.cache_folder`, as parts) of cells with a GPU record."""
     if not results.is_file():
         return set()
-    cells = set()
-    for line in results.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record_device(record) == "gpu":
-                cells.add((slug(record["dataset"]), record["split_fingerprint"], slug(record["method"]),
-                           record["profile"], f"seed{record['seed']}"))
-    return cells
+    keys = (ResultKey.of(json.loads(line)) for line in results.read_text().splitlines() if line.strip())
+    return {key.cache_folder.parts for key in keys if key.device == "gpu"}
 
 
 def unfinished_checkpoints(cache: Path, results: Path, since: float = 0.0) -> list[Path]:
@@ -98,7 +91,6 @@ def joined(parts: Iterable[Path], expected_hash: str) -> bytes:
 
 def extract(data: bytes, into: Path) -> list[str]:
     """Puts the tar's checkpoints under ``into`` (only files named like a checkpoint, four folders down)."""
-    names = []
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and Path(m.name).name == CHECKPOINT
                    and len(Path(m.name).parts) == 6 and ".." not in Path(m.name).parts]
