@@ -32,7 +32,10 @@ reproductions use AdamW instead (weight decay 0.035; learning rate 3e-4 in Edoar
 1e-4 with cosine decay in phonism/genrec). Here: AdamW, peak learning rate 1e-3, weight decay 0.035, linear
 warmup over ``warmup_steps`` then inverse-square-root decay (the paper's shape: it needs no total step count,
 which suits early stopping), gradient clipping at norm 1. Up to 200 epochs with patience 20 replaces the
-fixed 200k steps.
+fixed 200k steps. Training runs in bf16 mixed precision (``bf16``: autocast over float32 weights), as T5X
+trained TIGER, where the device has native bf16 (:func:`bench.training.native_bf16`: a GPU, or a CPU with
+AVX512-BF16 or AMX; there it halves a CPU step) and in float32 elsewhere; the report records which
+(``bf16``). Ranking always runs in float32, so a list never depends on it.
 
 Profiles: ``smoke`` is tiny (1+1 layers, d_model 16, residual k-means SIDs with 8 codes a level) for tests;
 ``quick`` fits ml-100k on a CPU in about 2 minutes (a 2+2-layer T5 with d_model 64, histories of 5 items,
@@ -57,7 +60,7 @@ from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.sid import SemanticIds, SidConfig, semantic_ids_stage
 from bench.split import PADDING_ITEM, TrainData, fixed_subset
-from bench.training import train_with_early_stopping, validation_score
+from bench.training import native_bf16, train_with_early_stopping, validation_score
 
 PAD = 0  # padding and decoder start token
 SID_OFFSET = 1  # SID code tokens start here, level after level
@@ -78,19 +81,20 @@ PAPER: dict[str, Any] = {
     "epochs": 200, "patience": 20, "eval_every": 2, "valid_users": 2000, "batch_size": 256,
     "learning_rate": 1e-3, "weight_decay": 0.035, "warmup_steps": 1000, "max_items": 20, "user_buckets": 2000,
     "layers": 4, "d_model": 128, "heads": 6, "d_kv": 64, "d_ff": 1024, "dropout": 0.1, "eval_batch_size": 256,
-    **_sid_defaults(),
+    "bf16": True, **_sid_defaults(),
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {**PAPER, "epochs": 2, "patience": 2, "eval_every": 1, "valid_users": 0, "batch_size": 64,
               "warmup_steps": 10, "user_buckets": 50, "layers": 1, "d_model": 16, "heads": 2, "d_kv": 8,
-              "d_ff": 32, "max_items": 5, "eval_batch_size": 64, "sid_quantizer": "rkmeans", "sid_codebook_size": 8},
+              "d_ff": 32, "max_items": 5, "eval_batch_size": 64, "sid_quantizer": "rkmeans", "sid_codebook_size": 8,
+              "bf16": False},
     # CPU budget on ml-100k (~97k training prefixes, ~760 steps an epoch): a 2+2-layer T5 over 5-item
     # histories, 2 epochs. Without dropout (a quarter of a CPU step draws dropout masks; two epochs do not
     # overfit) and with a higher learning rate, which in 150 s of training doubled validation NDCG@10 over
     # lr 1e-3 at batch 256. Validation of all 943 users takes about 2 s.
     "quick": {**PAPER, "epochs": 2, "patience": 2, "eval_every": 1, "valid_users": 0, "batch_size": 128,
               "learning_rate": 3e-3, "warmup_steps": 200, "max_items": 5, "layers": 2, "d_model": 64, "heads": 4,
-              "d_kv": 16, "d_ff": 256, "dropout": 0.0},
+              "d_kv": 16, "d_ff": 256, "dropout": 0.0, "bf16": False},
     "small": PAPER,
     "paper": PAPER,
 }
@@ -228,6 +232,7 @@ class Tiger(Method):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(settings["warmup_steps"]))
         order_rng = np.random.default_rng(context.seed)  # shuffling order; saved with every checkpoint
         valid_users = self.validation_users(data.n_users)
+        bf16 = bool(settings["bf16"]) and native_bf16(self.device)
 
         def train_epoch(epoch: int) -> float:
             self.model.train()
@@ -236,7 +241,8 @@ class Tiger(Method):
                        for start in range(0, len(order), settings["batch_size"])]
             total = 0.0
             for batch in context.progress(batches, f"tiger epoch {epoch + 1}", total=len(batches)):
-                loss = self.batch_loss(users[batch], windows[batch], targets[batch])
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = self.batch_loss(users[batch], windows[batch], targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -260,7 +266,7 @@ class Tiger(Method):
             context, name=self.name, key=key, model=self.model, optimizer=optimizer, epochs=settings["epochs"],
             patience=settings["patience"], train_epoch=train_epoch, validate=validate,
             extra_state=(get_extra, set_extra), validate_every=settings["eval_every"])
-        return {**report, "valid_users": len(valid_users),
+        return {**report, "valid_users": len(valid_users), "bf16": bf16,
                 "training_examples": len(targets), "parameters": sum(p.numel() for p in self.model.parameters())}
 
     def training_inputs(self, data: TrainData) -> TrainingInputs:

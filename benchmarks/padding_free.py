@@ -6,12 +6,15 @@ most of a step was spent on padding. Training now computes each batch on its len
 longest row (``baselines.sequential.length_groups``; for RecBole ``baselines.recbole_models.padding_free_loss``).
 This script times the same batches both ways, checks that they give the same loss (dropout off), and prints
 ms per step and the ratio; ``--anomaly`` also times the full-width step under torch's anomaly detection, which
-RecBole's ``sine.py`` used to switch on for the whole process (``bench.compat.import_recbole``).
+RecBole's ``sine.py`` used to switch on for the whole process (``bench.compat.import_recbole``). ``--bf16`` also
+times both ways under bf16 autocast, as TIGER's ``small`` profile trains where the device has native bf16
+(``bench.training.native_bf16``).
 
     python benchmarks/padding_free.py --method sasrec --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
     python benchmarks/padding_free.py --method bert4rec --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
     python benchmarks/padding_free.py --method rearec --anomaly --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
     python benchmarks/padding_free.py --method tiger --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
+    python benchmarks/padding_free.py --method tiger --bf16 --dataset seq:../shared/data/amazon2014-s3rec/Beauty.txt
 
 TIGER builds its semantic IDs first (a cached stage under ``$GRBENCH_CACHE``: point it at a run's cache to
 reuse them).
@@ -45,6 +48,7 @@ from bench.costs import synchronize  # noqa: E402
 from bench.data import load_dataset  # noqa: E402
 from bench.registry import RunContext, parse_method_spec  # noqa: E402
 from bench.split import TrainData, leave_last_out  # noqa: E402
+from bench.training import native_bf16  # noqa: E402
 
 LOSSES_DRAWING_NEGATIVES = ("sampled", "bce-all")  # their two values differ by the draws alone
 
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="training batches timed per variant")
     parser.add_argument("--rank-users", type=int, default=2048, help="validation histories ranked (HSTU, ReaRec)")
     parser.add_argument("--anomaly", action="store_true", help="also time full width under anomaly detection")
+    parser.add_argument("--bf16", action="store_true", help="also time both ways under bf16 autocast")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, or cuda to time both ways on a GPU")
     args = parser.parse_args(argv)
@@ -166,20 +171,26 @@ def main(argv: list[str] | None = None) -> None:
             values = {name: float(loss(batches[0])) for name, loss in losses.items()}
         model.train()
 
-        def step(loss_of: Callable[[Any], torch.Tensor]) -> Callable[[Any], None]:
+        def step(loss_of: Callable[[Any], torch.Tensor], bf16: bool = False) -> Callable[[Any], None]:
             def one(batch: Any) -> None:
+                with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = loss_of(batch)
                 optimizer.zero_grad()
-                loss_of(batch).backward()
+                loss.backward()
                 optimizer.step()
             return one
 
         with length_groups_on(True):  # "padding-free": in length groups, also on a GPU
             timings = {name: mean_ms(step(loss), batches) for name, loss in losses.items()}
+            if args.bf16:
+                timings.update({f"{name}, bf16 autocast": mean_ms(step(loss, bf16=True), batches)
+                                for name, loss in losses.items()})
         if args.anomaly:
             with torch.autograd.set_detect_anomaly(True):
                 timings["full width, anomaly detection on"] = mean_ms(step(losses["full width"]), batches)
+        native = f", native bf16: {'yes' if native_bf16(torch.device(args.device)) else 'no'}" if args.bf16 else ""
         print(f"{args.method} on {data.dataset} ({args.profile}), {len(batches)} training batches, "
-              f"{torch.get_num_threads()} thread(s), device {args.device}")
+              f"{torch.get_num_threads()} thread(s), device {args.device}{native}")
         full, free = values["full width"], values["padding-free"]
         verdict = "equal" if abs(full - free) <= 1e-4 * abs(full) + 1e-6 else "DIFFERENT"
         if method.settings.get("loss") in LOSSES_DRAWING_NEGATIVES:

@@ -20,6 +20,15 @@ def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys, m
     assert "device cpu" in out
 
 
+def test_the_benchmark_also_times_both_ways_in_bf16_when_asked(capsys, monkeypatch):
+    monkeypatch.setattr(sid, "embed_texts", lambda texts, *args, **kwargs: fake_embed(texts))
+    main(["--method", "tiger", "--dataset", "synthetic", "--profile", "smoke", "--steps", "2", "--bf16"])
+    out = capsys.readouterr().out
+    assert re.search(r"native bf16: (yes|no)", out)
+    for name in ("full width", "padding-free"):
+        assert re.search(rf"{name}, bf16 autocast +[\d.]+ ms/step", out)
+
+
 def test_the_benchmark_refuses_a_method_without_training_batches(capsys):
     with pytest.raises(SystemExit):
         main(["--method", "pop", "--dataset", "synthetic", "--profile", "smoke"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bench.sid as sid
+import bench.training as training
 from baselines import tiger
 from baselines.tiger import (
     PAD,
@@ -249,6 +250,45 @@ def test_validation_between_eval_epochs_repeats_the_last_score(tmp_path, fake_en
     # the log does not pass the repeated score off as a measurement
     epoch_lines = [line for line in lines if " epoch " in line]
     assert ["not validated" in line for line in epoch_lines] == [False, False, True, False, False]
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx512f avx512bw avx512_bf16 avx512_vnni", True),
+    ("fpu sse amx_bf16 amx_tile", True),
+    ("fpu sse avx2 avx512f avx512bw", False),  # oneDNN would emulate bf16 here: slower than float32
+])
+def test_native_bf16_on_a_cpu_reads_its_flags(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some cpu\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(training, "CPU_FLAGS_FILE", cpuinfo)
+    assert training.native_bf16(torch.device("cpu")) is native
+    monkeypatch.setattr(training, "CPU_FLAGS_FILE", tmp_path / "absent")  # not Linux: no
+    assert training.native_bf16(torch.device("cpu")) is False
+
+
+@pytest.mark.parametrize("setting, native, trains_in_bf16", [
+    (True, True, True), (True, False, False), (False, True, False),
+])
+def test_training_runs_in_bf16_only_where_asked_and_native_and_ranking_never(
+        tmp_path, monkeypatch, fake_encoder, setting, native, trains_in_bf16):
+    data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
+    seen = {"training": set(), "ranking": set()}
+    rows_loss, recommend = Tiger.rows_loss, Tiger.recommend
+
+    def spy_loss(self, *args):
+        seen["training"].add(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return rows_loss(self, *args)
+
+    def spy_recommend(self, *args):
+        seen["ranking"].add(torch.is_autocast_enabled("cpu"))
+        return recommend(self, *args)
+
+    monkeypatch.setattr(tiger, "native_bf16", lambda device: native)
+    monkeypatch.setattr(Tiger, "rows_loss", spy_loss)
+    monkeypatch.setattr(Tiger, "recommend", spy_recommend)
+    method = fitted(data, {**PROFILES["smoke"], "epochs": 1, "bf16": setting}, tmp_path)
+    assert seen == {"training": {trains_in_bf16}, "ranking": {False}}
+    assert method.report()["bf16"] is trains_in_bf16 and np.isfinite(method.report()["history"][0]["loss"])
 
 
 def test_model_has_tigers_shape_in_the_paper_profile():
