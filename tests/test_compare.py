@@ -69,6 +69,8 @@ def test_the_study_pairs_and_the_pause_ablations_against_pauserec(two_seeds):
         ("pauserec", "sft"), ("pauserec", "onerec_think"), ("pauserec:pauses=1", "pauserec")]
     assert study_pairs(["sasrec", "rearec", "rearec:reasoning_steps=0"]) == [
         ("rearec", "sasrec"), ("rearec", "rearec:reasoning_steps=0")]
+    assert study_pairs(["sasrec", "rearec", "rearec:scheme=prl"]) == [
+        ("rearec", "sasrec"), ("rearec:scheme=prl", "sasrec"), ("rearec:scheme=prl", "rearec")]
     assert study_pairs(["sft", "onerec_think"]) == []
     out, records = two_seeds
     renamed = [{**r, "method": "pauserec"} for r in of(records, "pop")] + \
