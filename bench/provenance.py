@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -39,3 +40,11 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
+
+
+@functools.cache
+def process_commit() -> str:
+    """The commit of the code this process runs: :func:`git_commit` at the first call, kept for the process's
+    life. A process loads its modules when it starts, so a commit made while it trains (hours, on a CPU) did not
+    produce its numbers; the runner calls this before its first cell, and its records name this commit."""
+    return git_commit()

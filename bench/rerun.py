@@ -24,7 +24,7 @@ from bench.costs import hardware
 from bench.data import dataset_name, load_dataset
 from bench.errors import GRBenchError
 from bench.profiles import get_profile
-from bench.provenance import git_commit, versions
+from bench.provenance import process_commit, versions
 from bench.registry import parse_method_spec
 from bench.results import ResultKey, ResultStore, check_writable, read_rankings
 from bench.runner import is_main_process, make_progress, resolve_methods, run_cell
@@ -72,7 +72,7 @@ def _differences(stored: dict, current: dict) -> list[str]:
 def provenance_warnings(record: dict, settings: dict) -> list[str]:
     """What changed since the stored run besides the data: explains a difference, never forbids the rerun."""
     warnings = []
-    if record.get("git_commit") != (commit := git_commit()):
+    if record.get("git_commit") != (commit := process_commit()):
         warnings.append(f"git commit differs: stored {record.get('git_commit')}, now {commit}")
     if changed := _differences(record.get("versions", {}), versions()):
         warnings.append(f"package versions differ: {'; '.join(changed)}")

@@ -29,7 +29,7 @@ from bench.evaluate import check_rankings, list_stats, per_user_metrics, summari
 from bench.leaderboard import render_dataset_tables, write_leaderboards
 from bench.paths import cache_dir
 from bench.profiles import Profile, get_profile
-from bench.provenance import git_commit, versions
+from bench.provenance import process_commit, versions
 from bench.registry import Method, RunContext, methods, parse_method_spec, seed_everything
 from bench.results import ResultKey, ResultStore, check_writable, slug, write_atomically
 from bench.split import EVAL_SUBSET_SEED, Split, leave_last_out
@@ -141,6 +141,7 @@ def make_progress(console: Console) -> Progress:
 def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
     """Runs the plan and writes results and leaderboards; returns the records made by this call."""
     console = console or Console(stderr=True)
+    process_commit()  # the code loaded now is what runs, whatever is committed while it does
     profile = get_profile(plan.profile)
     method_runs = resolve_methods(plan.methods, profile)
     for spec in plan.datasets:
@@ -217,6 +218,7 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
     cache, trained first where missing), then its own analyses (:meth:`Method.analyze`): plots and a summary
     under ``folder/<dataset>/<method spec>/``. Returns the summary files."""
     console = console or Console(stderr=True)
+    process_commit()
     profile = get_profile(profile_name)
     method_runs = resolve_methods(method_specs, profile)
     for run in method_runs:
@@ -241,7 +243,7 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
                 record = {"method": run.spec, "dataset": split.dataset, "profile": profile.name, "seed": seed,
                           "split_fingerprint": split.fingerprint, "variant": run.method.variant(run.settings),
                           "settings": run.settings, "analyses": summary, "hardware": hardware(),
-                          "versions": versions(), "git_commit": git_commit(), "command": shlex.join(sys.argv),
+                          "versions": versions(), "git_commit": process_commit(), "command": shlex.join(sys.argv),
                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 path = target / "analysis.json"
                 write_atomically(path, json.dumps(record, indent=1, default=str).encode())
@@ -326,7 +328,7 @@ def _score(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.
         "report": method.report(),
         "hardware": hardware(),
         "versions": versions(),
-        "git_commit": git_commit(),
+        "git_commit": process_commit(),
         "command": shlex.join(sys.argv),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

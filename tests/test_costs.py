@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import costs, leaderboard
+from bench import costs, leaderboard, provenance
 from bench.cli import main
 from bench.leaderboard import costs_table, hardware_label, llm_costs_table, render_dataset_tables
 from bench.provenance import git_commit
@@ -251,6 +251,21 @@ def test_a_shipped_commit_wins_over_a_stale_git_folder(monkeypatch):
     assert git_commit() == "abc123"
     monkeypatch.delenv("GRBENCH_GIT_COMMIT")
     assert git_commit() != "abc123"
+
+
+def test_a_record_names_the_commit_its_process_started_from(tmp_path, monkeypatch):
+    """A commit made while a run trains (hours on a CPU) is not the code that ran: the record names the commit at
+    the run's start, however late it is written."""
+    commits = iter(["started-here"])
+    monkeypatch.setattr(provenance, "git_commit", lambda: next(commits, "committed-while-training"))
+    provenance.process_commit.cache_clear()
+    try:
+        assert main(["run", "--profile", "smoke", "--methods", "pop,random", "--datasets", "synthetic",
+                     "--out", str(tmp_path)]) == 0
+        assert provenance.git_commit() == "committed-while-training"
+    finally:
+        provenance.process_commit.cache_clear()
+    assert [record["git_commit"] for record in ResultStore(tmp_path).load()] == ["started-here"] * 2
 
 
 def test_cpu_labels_count_cores_in_the_right_number_even_for_stored_records():
