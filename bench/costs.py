@@ -52,17 +52,27 @@ def cpu_name() -> str:
 
 
 def hardware() -> dict:
-    """The machine a result was measured on, with a short label for tables."""
+    """The machine a result was measured on, with a short label for tables: ``cpu_cores`` the cores the process
+    may run on, ``torch_threads`` the threads torch computes with (``OMP_NUM_THREADS=1`` on a 2-core machine
+    computes on one core, and a CPU label says one)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict = {"cpu": cpu_name(), "cpu_cores": cores, "gpus": []}
     torch = _torch()
-    if torch is not None and torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     if info["gpus"]:
         info["label"] = f"{len(info['gpus'])}x {info['gpus'][0]}"
     else:
-        info["label"] = cpu_label(cores)
+        info["label"] = cpu_label(computing_cores(info))
     return info
+
+
+def computing_cores(machine: dict) -> int:
+    """The cores a CPU run computed on: its cores, or fewer where torch had fewer threads (records from before
+    ``torch_threads`` was stored count their cores)."""
+    return min(machine["cpu_cores"], machine.get("torch_threads") or machine["cpu_cores"])
 
 
 def cpu_label(cores: int) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from bench.costs import cpu_label
+from bench.costs import computing_cores, cpu_label
 from bench.evaluate import METRICS
 from bench.results import record_device, slug, write_atomically
 
@@ -40,7 +40,8 @@ def hardware_label(record: dict) -> str:
     upper bounds)."""
     machine = record["hardware"]
     # labels stored before cpu_label said "CPU 1 cores"
-    label = cpu_label(machine["cpu_cores"]) if not machine.get("gpus") and "cpu_cores" in machine else machine["label"]
+    label = (cpu_label(computing_cores(machine)) if not machine.get("gpus") and "cpu_cores" in machine
+             else machine["label"])
     # a reused stage's carried time was measured on the GPU of the run that trained it, perhaps shared
     shared = max([machine.get("gpu_processes_max") or 0,
                   *(stage.get("extra", {}).get("trained_shared_by") or 0 for stage in record.get("stages", []))])

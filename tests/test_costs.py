@@ -272,8 +272,22 @@ def test_cpu_labels_count_cores_in_the_right_number_even_for_stored_records():
     assert costs.cpu_label(1) == "CPU 1 core" and costs.cpu_label(2) == "CPU 2 cores"
     stored_before_the_fix = {"hardware": {"label": "CPU 1 cores", "cpu_cores": 1, "gpus": []}}
     assert hardware_label(stored_before_the_fix) == "CPU 1 core"
+    one_thread = {"hardware": {"label": "CPU 1 core", "cpu_cores": 2, "torch_threads": 1, "gpus": []}}
+    assert hardware_label(one_thread) == "CPU 1 core"  # OMP_NUM_THREADS=1 on 2 cores computes on one
     gpu = {"hardware": {"label": "1x NVIDIA H100", "cpu_cores": 16, "gpus": ["NVIDIA H100"], "gpu_processes_max": 2}}
     assert hardware_label(gpu) == "1x NVIDIA H100, shared by 2 runs"
+
+
+def test_a_cpu_run_is_labelled_with_the_cores_torch_computes_on(monkeypatch):
+    monkeypatch.setattr(costs.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert costs.hardware()["label"] == "CPU 1 core" and costs.hardware()["cpu_cores"] == 2
+        torch.set_num_threads(2)
+        assert costs.hardware()["label"] == "CPU 2 cores" and costs.hardware()["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_shared_gpu_takes_the_matmul_rate_measured_alone_from_the_environment(monkeypatch):
