@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+CPU_INFO_FILE = Path("/proc/cpuinfo")
 BF16_RATE_VARIABLE = "GRBENCH_BF16_MATMUL_TFLOPS"  # a rate measured alone on this GPU (bf16_matmul_tflops)
 LATENCY_BATCH_SIZE = 16
 THROUGHPUT_BATCH_SIZES = (16, 64, 128)  # users per decoding batch tried for the best throughput (GPU only)
@@ -40,15 +42,22 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def cpu_name() -> str:
+def cpu_info(field: str) -> str | None:
+    """The first ``field : value`` of :data:`CPU_INFO_FILE` (Linux's ``/proc/cpuinfo``), or None without the
+    file or the field."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with CPU_INFO_FILE.open(encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def hardware() -> dict:

@@ -12,20 +12,18 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.checkpoint import EpochCheckpoint, restore_rng, rng_state
-from bench.costs import gpu_count
+from bench.costs import cpu_info, gpu_count
 from bench.evaluate import per_user_metrics
 from bench.registry import RunContext
 from bench.split import TrainData
 
 VALID_METRIC = "ndcg@10"
 VALID_TOP_K = 10
-CPU_FLAGS_FILE = Path("/proc/cpuinfo")
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -34,19 +32,15 @@ def native_bf16(device: Any) -> bool:
     whose flags include AVX512-BF16 or AMX-BF16. Elsewhere bf16 autocast is emulated, slower than float32, so
     methods that train in bf16 where they can train in float32 there.
 
-    The CPU check reads ``/proc/cpuinfo`` by hand: torch 2.13 has no public test for it, and oneDNN's
-    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on AVX512 CPUs that only emulate bf16.
-    Without that file (not Linux) the answer is no.
+    The CPU check reads the flags of ``/proc/cpuinfo`` (:func:`bench.costs.cpu_info`): torch 2.13 has no public
+    test for it, and oneDNN's (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on AVX512 CPUs that
+    only emulate bf16. Without that file (not Linux) the answer is no.
     """
     import torch
 
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu" or not CPU_FLAGS_FILE.exists():
-        return False
-    flags = {flag for line in CPU_FLAGS_FILE.read_text().splitlines() if line.startswith("flags")
-             for flag in line.partition(":")[2].split()}
-    return bool(flags & NATIVE_BF16_CPU_FLAGS)
+    return device.type == "cpu" and bool(set((cpu_info("flags") or "").split()) & NATIVE_BF16_CPU_FLAGS)
 
 
 def validation_score(recommend: Callable[[Sequence[np.ndarray], int, np.ndarray], np.ndarray], data: TrainData,

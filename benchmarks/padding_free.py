@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
             values = {name: float(loss(batches[0])) for name, loss in losses.items()}
         model.train()
 
+        device = torch.device(args.device)
+
         def step(loss_of: Callable[[Any], torch.Tensor], bf16: bool = False) -> Callable[[Any], None]:
             def one(batch: Any) -> None:
-                with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = loss_of(batch)
                 optimizer.zero_grad()
                 loss.backward()
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.anomaly:
             with torch.autograd.set_detect_anomaly(True):
                 timings["full width, anomaly detection on"] = mean_ms(step(losses["full width"]), batches)
-        native = f", native bf16: {'yes' if native_bf16(torch.device(args.device)) else 'no'}" if args.bf16 else ""
+        native = f", native bf16: {'yes' if native_bf16(device) else 'no'}" if args.bf16 else ""
         print(f"{args.method} on {data.dataset} ({args.profile}), {len(batches)} training batches, "
               f"{torch.get_num_threads()} thread(s), device {args.device}{native}")
         full, free = values["full width"], values["padding-free"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench.costs as costs
 import bench.sid as sid
 import bench.training as training
 from baselines import tiger
@@ -260,9 +261,9 @@ def test_validation_between_eval_epochs_repeats_the_last_score(tmp_path, fake_en
 def test_native_bf16_on_a_cpu_reads_its_flags(tmp_path, monkeypatch, flags, native):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some cpu\nflags\t\t: {flags}\n\n")
-    monkeypatch.setattr(training, "CPU_FLAGS_FILE", cpuinfo)
+    monkeypatch.setattr(costs, "CPU_INFO_FILE", cpuinfo)
     assert training.native_bf16(torch.device("cpu")) is native
-    monkeypatch.setattr(training, "CPU_FLAGS_FILE", tmp_path / "absent")  # not Linux: no
+    monkeypatch.setattr(costs, "CPU_INFO_FILE", tmp_path / "absent")  # not Linux: no
     assert training.native_bf16(torch.device("cpu")) is False
 
 
