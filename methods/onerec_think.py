@@ -87,7 +87,7 @@ from bench.results import write_atomically
 from bench.runner import is_main_process
 from bench.split import EVAL_SUBSET_SEED, TrainData, fixed_subset
 from methods.llm.backbone import SidVocabulary
-from methods.llm.config import llm_profiles, shared_variant
+from methods.llm.config import shared_variant
 from methods.llm.prompts import THINK_CLOSE, THINK_OPEN, chat_head, recent, sid_history, think_prefix
 from methods.llm.rationales import (
     RATIONALES,
@@ -103,7 +103,6 @@ from methods.llm.stages import (
     TRAINER_DIR,
     Example,
     LLMRecipe,
-    PaddingCollator,
     Schedule,
     StageCache,
     answer_example,
@@ -117,7 +116,7 @@ from methods.llm.stages import (
     user_next_item_pairs,
     with_lora,
 )
-from methods.sft import SFT_DEFAULTS, SFT_PROFILES, NextItemSFT, fine_tune, next_item_sft, sft_stage
+from methods.sft import NextItemSFT, fine_tune, next_item_sft, sft_based_profiles, sft_stage
 
 ONEREC_THINK_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"analysis_users": 8, "max_rationale_tokens": 16,
@@ -287,8 +286,7 @@ class OneRecThink(NextItemSFT):
     name = "onerec_think"
     description = ("OneRec-Think-style explicit reasoning: CoT SFT on history -> rationale -> SID after the shared "
                    "SFT, then GRPO on a recommendation reward; greedy rationale, then constrained SID decoding")
-    profiles = llm_profiles({profile: {**SFT_DEFAULTS, **SFT_PROFILES[profile], **ONEREC_THINK_DEFAULTS, **own}
-                             for profile, own in ONEREC_THINK_PROFILES.items()})
+    profiles = sft_based_profiles(ONEREC_THINK_DEFAULTS, ONEREC_THINK_PROFILES)
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
@@ -394,13 +392,10 @@ class OneRecThink(NextItemSFT):
         s = recipe.settings
         with recipe.training(cache, [sft_stage(recipe)]) as run:
             examples, rationales = self.cot_examples(recipe, tokenizer, vocab)
-            schedule = Schedule.of(s, "cot")
-            model, report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True), schedule,
-                                      recipe, run.folder, "CoT SFT steps")
-            save_model(run.folder, model, tokenizer)
+            model, report = fine_tune(model, examples, tokenizer=tokenizer, vocab=vocab, recipe=recipe, run=run,
+                                      stage="cot", description="CoT SFT steps")
             run.report = {**report, "rationale": s["rationale"], "empty_rationales": sum(not r for r in rationales),
                           "rationale_examples": rationales[:3]}
-            run.vocab = vocab
 
     def train_grpo(self, recipe: LLMRecipe, cache: StageCache, cot: StageCache, model: Any, tokenizer: Any,
                    vocab: SidVocabulary) -> None:

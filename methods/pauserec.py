@@ -42,7 +42,7 @@ from bench.errors import GRBenchError
 from bench.registry import RunContext, TrainingInputs, register_method
 from bench.split import TrainData
 from methods.llm.backbone import PAUSE, SidVocabulary, embedding_weights, init_rows_at_mean
-from methods.llm.config import llm_profiles, shared_variant
+from methods.llm.config import shared_variant
 from methods.llm.prompts import described_history, pause_prefix, recent
 from methods.llm.stages import (
     IGNORE,
@@ -58,12 +58,11 @@ from methods.llm.stages import (
     only_rows_trainable,
     pad_token_id,
     prompt_ids,
-    save_model,
     save_rows,
     train,
     user_next_item_pairs,
 )
-from methods.sft import SFT_DEFAULTS, SFT_PROFILES, NextItemSFT, fine_tune, next_item_sft, sft_stage
+from methods.sft import NextItemSFT, fine_tune, next_item_sft, sft_based_profiles, sft_stage
 
 PAUSE_INITS = ("pretrained", "default", "text-mean", "sid-mean")
 
@@ -172,8 +171,7 @@ class PauseRec(NextItemSFT):
     name = "pauserec"
     description = ("PauseRec: k trainable <pause> tokens between history and SID, pretrained on the CPT corpus, "
                    "then implicit-reasoning SFT (the study reproduced)")
-    profiles = llm_profiles({profile: {**SFT_DEFAULTS, **SFT_PROFILES[profile], **PAUSEREC_DEFAULTS, **own}
-                             for profile, own in PAUSEREC_PROFILES.items()})
+    profiles = sft_based_profiles(PAUSEREC_DEFAULTS, PAUSEREC_PROFILES)
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
@@ -224,11 +222,8 @@ class PauseRec(NextItemSFT):
         with recipe.training(cache, upstream) as run:
             self.tokenizer, self.vocab = tokenizer, vocab
             examples = self.implicit_sft_examples(recipe.data)
-            schedule = Schedule.of(s, "isft")
-            model, run.report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
-                                          schedule, recipe, run.folder, "implicit SFT steps")
-            save_model(run.folder, model, tokenizer)
-            run.vocab = vocab
+            model, run.report = fine_tune(model, examples, tokenizer=tokenizer, vocab=vocab, recipe=recipe, run=run,
+                                          stage="isft", description="implicit SFT steps")
         return model, tokenizer, vocab
 
     def implicit_sft_examples(self, data: TrainData) -> list[Example]:

@@ -18,7 +18,6 @@ Choices DESIGN.md leaves open, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from methods.llm.stages import (
     PaddingCollator,
     Schedule,
     StageCache,
+    StageRun,
     StageTrainedElsewhere,
     pad_token_id,
     save_model,
@@ -167,21 +167,29 @@ def next_item_sft(recipe: LLMRecipe, after_cpt: tuple[Any, Any, SidVocabulary] |
     s = recipe.settings
     with recipe.training(cache, [recipe.cpt]) as run:
         examples = recipe.sft_examples(tokenizer, vocab, s["sft_loss_tokens"])
-        schedule = Schedule.of(s, "sft")
-        model, run.report = fine_tune(model, examples, PaddingCollator(pad_token_id(tokenizer), left=True),
-                                      schedule, recipe, run.folder, "SFT steps")
-        save_model(run.folder, model, tokenizer)
-        run.vocab = vocab
+        model, run.report = fine_tune(model, examples, tokenizer=tokenizer, vocab=vocab, recipe=recipe, run=run,
+                                      stage="sft", description="SFT steps")
     return model, tokenizer, vocab
 
 
-def fine_tune(model: Any, examples: Sequence[Example], collator: PaddingCollator, schedule: Schedule,
-              recipe: LLMRecipe, folder: Path, description: str) -> tuple[Any, dict[str, Any]]:
-    """Trains every weight (or LoRA adapters, merged afterwards, with ``lora=true``); returns the model."""
+def fine_tune(model: Any, examples: Sequence[Example], *, tokenizer: Any, vocab: SidVocabulary, recipe: LLMRecipe,
+              run: StageRun, stage: str, description: str) -> tuple[Any, dict[str, Any]]:
+    """Trains every weight (or LoRA adapters, merged afterwards, with ``lora=true``) on left-padded ``examples``
+    with the ``stage`` schedule (``<stage>_epochs``, ``<stage>_lr``, ...), then saves the model in the stage's
+    folder and notes its vocabulary; returns the model and the training report."""
     s = recipe.settings
     trained = with_lora(model, s) if s["lora"] else model
-    report = train(trained, examples, collator, schedule, settings=s, context=recipe.context, folder=folder,
-                   description=description)
+    report = train(trained, examples, PaddingCollator(pad_token_id(tokenizer), left=True), Schedule.of(s, stage),
+                   settings=s, context=recipe.context, folder=run.folder, description=description)
     if s["lora"]:
         model = trained.merge_and_unload()
+    save_model(run.folder, model, tokenizer)
+    run.vocab = vocab
     return model, report
+
+
+def sft_based_profiles(defaults: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The profiles of a method that trains on from the shared SFT checkpoint: SFT's settings (they key that
+    checkpoint, so they must match ``sft``'s), then the method's ``defaults``, then its per-profile settings."""
+    return llm_profiles({profile: {**SFT_DEFAULTS, **SFT_PROFILES[profile], **defaults, **own}
+                         for profile, own in profiles.items()})

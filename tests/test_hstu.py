@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -10,40 +9,18 @@ import torch.nn.functional as F
 
 from baselines import sequential
 from baselines.hstu import HSTU, HSTUEncoder, HSTULayer
-from baselines.popularity import Popularity
 from baselines.sequential import next_item_examples
 from bench.cli import main
 from bench.data import load_dataset
-from bench.data.base import Dataset, make_catalog, make_interactions
-from bench.registry import RunContext, methods, seed_everything
-from bench.results import ResultStore
+from bench.data.base import Dataset
+from bench.registry import RunContext, methods
 from bench.split import leave_last_out
-from bench.training import validation_score
+from tests.id_based import check_learns_successor, check_smoke_cli_run, context, fit_smoke, sequences_dataset
 from tests.resume import check_resume_after_kill
 
 
-def context(tmp_path: Path, seed: int = 0) -> RunContext:
-    return RunContext(seed=seed, profile="smoke", device="cpu", cache_dir=tmp_path / "cache")
-
-
 def fitted(tmp_path: Path, dataset: Dataset, **options: str) -> tuple[HSTU, RunContext]:
-    """An HSTU trained with the smoke settings (plus ``options``) on ``dataset``, as the harness would."""
-    seed_everything(0)
-    run = context(tmp_path)
-    method = HSTU(HSTU.settings_for("smoke", options), run)
-    method.fit(leave_last_out(dataset).train_view(), run)
-    return method, run
-
-
-def sequences_dataset(name: str, sequences: list[list[int]]) -> Dataset:
-    """One user per sequence, events in list order."""
-    users, items, times = [], [], []
-    for user, seq in enumerate(sequences):
-        users += [f"u{user}"] * len(seq)
-        items += [str(item) for item in seq]
-        times += list(range(len(seq)))
-    catalog = make_catalog([{"item": str(item), "title": None} for item in sorted(set(items), key=int)])
-    return Dataset(name, make_interactions(users, items, times), catalog, source="test")
+    return fit_smoke(HSTU, tmp_path, dataset, **options)
 
 
 def test_hstu_is_an_id_based_method():
@@ -186,40 +163,18 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys, spec, message):
 
 
 def test_smoke_runs_through_the_cli(tmp_path):
-    assert main(["run", "--profile", "smoke", "--methods", "hstu,hstu:loss=ce", "--out", str(tmp_path)]) == 0
-    records = {r["method"]: r for r in ResultStore(tmp_path).load()}
-    assert set(records) == {"hstu", "hstu:loss=ce"}
-    for record in records.values():
-        assert record["family"] == "id-based" and record["report"]["epochs_run"] == 2
-        assert all(math.isfinite(epoch["loss"]) for epoch in record["report"]["history"])
-        assert all(math.isfinite(record["metrics"][m]["mean"]) for m in ("hit@10", "ndcg@10"))
-    board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
-    assert "| hstu (loss sampled softmax, 16 negatives)" in board and "| hstu:loss=ce (loss CE)" in board
+    check_smoke_cli_run(tmp_path, {"hstu": "hstu (loss sampled softmax, 16 negatives)",
+                                   "hstu:loss=ce": "hstu:loss=ce (loss CE)"})
 
 
 @pytest.mark.parametrize("loss", ["sampled", "ce"])
 def test_hstu_learns_a_sequential_pattern(tmp_path, loss):
-    """Next item = previous + 1 (mod 30): popularity cannot rank it, a sequential model must."""
-    rng = np.random.default_rng(0)
-    sequences = []
-    for _ in range(150):
-        start, length = int(rng.integers(30)), int(rng.integers(6, 12))
-        sequences.append([(start + step) % 30 + 1 for step in range(length)])
-    dataset = sequences_dataset("successor", sequences)
-    method, run = fitted(tmp_path, dataset, epochs="8", patience="8", learning_rate="0.01", loss=loss)
-    data = leave_last_out(dataset).train_view()
-    floor = Popularity({}, run)
-    floor.fit(data, run)
-    pop_ndcg = validation_score(floor.recommend, data, 512)
-    hstu_ndcg = method.report()["best_valid_ndcg@10"]
-    assert hstu_ndcg == pytest.approx(validation_score(method.recommend, data, 512))  # best weights kept
-    assert hstu_ndcg > 0.6 and hstu_ndcg > 4 * pop_ndcg, (hstu_ndcg, pop_ndcg)
+    check_learns_successor(HSTU, tmp_path, loss=loss)
 
 
 def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
     """An interruption after epoch 2 of 4, then a rerun: same history and metrics as one straight run."""
     check_resume_after_kill(tmp_path, monkeypatch, "hstu", sequential)
-
 
 
 @pytest.mark.parametrize("spec", ["hstu:loss=ce", "rearec", "rearec:scheme=prl,warmup=5", "rearec:diversity=paper"])

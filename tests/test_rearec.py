@@ -9,30 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from baselines import sequential
-from baselines.popularity import Popularity
 from bench.cli import main
 from bench.data import load_dataset
 from bench.data.base import Dataset
-from bench.registry import RunContext, methods, seed_everything
-from bench.results import ResultStore
+from bench.registry import RunContext, methods
 from bench.split import leave_last_out
-from bench.training import validation_score
 from methods.rearec import ReaRec, ReaRecEncoder, erl_loss, prl_loss, reasoning_mask
+from tests.id_based import check_learns_successor, check_smoke_cli_run, context, fit_smoke, sequences_dataset
 from tests.resume import check_resume_after_kill
-from tests.test_hstu import sequences_dataset
-
-
-def context(tmp_path: Path, seed: int = 0) -> RunContext:
-    return RunContext(seed=seed, profile="smoke", device="cpu", cache_dir=tmp_path / "cache")
 
 
 def fitted(tmp_path: Path, dataset: Dataset, **options: str) -> tuple[ReaRec, RunContext]:
-    """A ReaRec trained with the smoke settings (plus ``options``) on ``dataset``, as the harness would."""
-    seed_everything(0)
-    run = context(tmp_path)
-    method = ReaRec(ReaRec.settings_for("smoke", options), run)
-    method.fit(leave_last_out(dataset).train_view(), run)
-    return method, run
+    return fit_smoke(ReaRec, tmp_path, dataset, **options)
 
 
 def untrained(n_items: int = 30, **options: str) -> ReaRec:
@@ -365,34 +353,13 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys, spec, message):
 
 
 def test_smoke_runs_through_the_cli(tmp_path):
-    assert main(["run", "--profile", "smoke", "--methods", "rearec,rearec:scheme=prl", "--out", str(tmp_path)]) == 0
-    records = {r["method"]: r for r in ResultStore(tmp_path).load()}
-    assert set(records) == {"rearec", "rearec:scheme=prl"}
-    for record in records.values():
-        assert record["family"] == "id-based" and record["report"]["epochs_run"] == 2
-        assert all(math.isfinite(epoch["loss"]) for epoch in record["report"]["history"])
-        assert all(math.isfinite(record["metrics"][m]["mean"]) for m in ("hit@10", "ndcg@10"))
-    board = (tmp_path / "leaderboards" / "synthetic.md").read_text()
-    assert "| rearec (ERL, 2 reasoning steps)" in board and "| rearec:scheme=prl (PRL, 2 reasoning steps)" in board
+    check_smoke_cli_run(tmp_path, {"rearec": "rearec (ERL, 2 reasoning steps)",
+                                   "rearec:scheme=prl": "rearec:scheme=prl (PRL, 2 reasoning steps)"})
 
 
 @pytest.mark.parametrize("scheme", ["erl", "prl"])
 def test_rearec_learns_a_sequential_pattern(tmp_path, scheme):
-    """Next item = previous + 1 (mod 30): popularity cannot rank it, a sequential model must."""
-    rng = np.random.default_rng(0)
-    sequences = []
-    for _ in range(150):
-        start, length = int(rng.integers(30)), int(rng.integers(6, 12))
-        sequences.append([(start + step) % 30 + 1 for step in range(length)])
-    dataset = sequences_dataset("successor", sequences)
-    method, run = fitted(tmp_path, dataset, scheme=scheme, epochs="8", patience="8", learning_rate="0.01")
-    data = leave_last_out(dataset).train_view()
-    floor = Popularity({}, run)
-    floor.fit(data, run)
-    pop_ndcg = validation_score(floor.recommend, data, 512)
-    ndcg = method.report()["best_valid_ndcg@10"]
-    assert ndcg == pytest.approx(validation_score(method.recommend, data, 512))  # best weights kept
-    assert ndcg > 0.6 and ndcg > 4 * pop_ndcg, (ndcg, pop_ndcg)
+    check_learns_successor(ReaRec, tmp_path, scheme=scheme)
 
 
 def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_path, monkeypatch):
