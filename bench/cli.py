@@ -163,7 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
                             help="dataset specs to use instead of those in the records' commands (by name: "
                             "seq:<path> is seq:<file stem>), e.g. where a GPU run read its files elsewhere")
     list_stats.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    progress = commands.add_parser(
+        "progress", help="how far each training run in the cache has got (epochs, best validation, patience left)",
+        description="Reads the epoch checkpoints and LLM stage folders under the cache ($GRBENCH_CACHE, else the "
+        "user cache folder) and prints a table: a run's epochs done, its best and latest validation score, and "
+        "whether it finished, stopped early or can be resumed by rerunning its command.")
+    progress.add_argument("--cache", type=Path, default=None, help="cache folder (default: the one runs use)")
     return parser
+
+
+def command_progress(args: argparse.Namespace) -> int:
+    from bench.paths import cache_dir
+    from bench.progress import format_progress, training_progress
+
+    cache = args.cache or cache_dir()
+    if not cache.is_dir():
+        raise GRBenchError(f"{cache}: no such cache folder (set GRBENCH_CACHE or pass --cache)")
+    print(format_progress(training_progress(cache), cache))
+    return 0
 
 
 def command_list_stats(args: argparse.Namespace) -> int:
@@ -383,7 +400,8 @@ def command_sids(args: argparse.Namespace) -> int:
 COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": command_datasets,
             "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
             "audit": command_audit, "rerun": command_rerun, "withdraw": command_withdraw,
-            "compare": command_compare, "list-stats": command_list_stats}
+            "compare": command_compare, "list-stats": command_list_stats,
+            "progress": command_progress}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -26,16 +28,7 @@ def check_resume_after_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spe
     straight = ResultStore(tmp_path / "straight").load()[0]
 
     monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache-resumed"))
-    original = module.validation_score
-    calls = []
-
-    def killed_in_epoch_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, "validation_score", killed_in_epoch_three)
+    original = interrupt_in_epoch_three(monkeypatch, module)
     assert main([*run, "--out", str(tmp_path / "resumed")]) == 130
     assert not (tmp_path / "resumed" / "results.jsonl").exists()
     monkeypatch.setattr(module, "validation_score", original)
@@ -49,3 +42,19 @@ def check_resume_after_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spe
     # the epochs of the interrupted process count in the cost of the run
     assert straight["train"]["carried_wall_s"] == 0 < resumed["train"]["carried_wall_s"] < resumed["train"]["wall_s"]
     return straight, resumed
+
+
+def interrupt_in_epoch_three(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> Callable[..., float]:
+    """Makes the third call of ``module.validation_score`` raise KeyboardInterrupt (after epoch 2's checkpoint,
+    before epoch 3's, with one validation per epoch); returns the original function, to put back."""
+    original = module.validation_score
+    calls = []
+
+    def killed_in_epoch_three(*args: Any, **kwargs: Any) -> float:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "validation_score", killed_in_epoch_three)
+    return original

@@ -1,0 +1,115 @@
+"""How far each training run in the cache has got: ``python -m bench progress``.
+
+Long runs outlive a working session (TIGER on Amazon Beauty trains for days on a CPU), and a rerun of the same
+command resumes them from their checkpoints. This reads those checkpoints without building any method: the epoch
+checkpoints of :func:`bench.training.train_with_early_stopping` (epochs done, best and latest validation score,
+patience left) and the LLM stage folders (finished, or the last Trainer checkpoint of one in progress).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from bench.training import VALID_METRIC
+
+EPOCH_CHECKPOINT = "training-state.pt"
+LLM_STAGES = "llm-stages"
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """One run (or LLM stage) found in the cache; its fields are already worded for the table."""
+
+    folder: str  # relative to the cache
+    method: str
+    done: str  # "12/200 epochs", "40/120 steps"
+    best: str
+    latest: str
+    status: str
+    hours: float | None  # training wall time so far
+    updated: float  # modification time of what was read (seconds since the epoch)
+
+
+def training_progress(cache: Path) -> list[RunProgress]:
+    """Every epoch checkpoint and LLM stage under ``cache``, the most recently updated first."""
+    rows = [epoch_progress(path, cache) for path in cache.rglob(EPOCH_CHECKPOINT)]
+    rows += [stage_progress(folder, cache) for stages in cache.rglob(LLM_STAGES) if stages.is_dir()
+             for folder in stages.iterdir() if folder.is_dir()]
+    return sorted(rows, key=lambda row: row.updated, reverse=True)
+
+
+def epoch_progress(path: Path, cache: Path) -> RunProgress:
+    """One epoch checkpoint: read whole (torch's format holds the history beside the weights)."""
+    import torch
+
+    from bench.checkpoint import CHECKPOINT_VERSION
+
+    folder, updated = str(path.parent.relative_to(cache)), path.stat().st_mtime
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        key, state = json.loads(saved["key"]), saved["state"]
+    except Exception as error:  # noqa: BLE001 - a table row says what is wrong; the run would start over
+        return RunProgress(folder, "?", "", "", "", f"unreadable ({type(error).__name__}): training starts over",
+                           None, updated)
+    settings: dict[str, Any] = key.get("settings", {})
+    history: list[dict[str, Any]] = state["history"]
+    epochs, patience = settings.get("epochs"), settings.get("patience")
+    validated = state.get("validated_epochs") or [entry["epoch"] for entry in history]
+    latest = history[validated[-1]] if validated and history else None
+    if saved.get("version") != CHECKPOINT_VERSION:
+        status = f"checkpoint version {saved.get('version')} (this code reads {CHECKPOINT_VERSION}): starts over"
+    elif state["stopped"]:
+        status = f"stopped early (no gain in {patience} epochs)"
+    elif epochs is not None and len(history) >= epochs:
+        status = "finished"
+    else:
+        left = "" if patience is None else f", {patience - (len(history) - 1 - state['best_epoch'])} epochs of " \
+                                           f"patience left"
+        status = f"resumable{left}"
+    return RunProgress(
+        folder, key.get("method", "?"), f"{len(history)}/{epochs if epochs is not None else '?'} epochs",
+        f"{state['best_score']:.4f} (epoch {state['best_epoch'] + 1})" if history else "",
+        f"{latest[VALID_METRIC]:.4f} (epoch {latest['epoch'] + 1})" if latest else "",
+        status, state.get("wall_s", 0.0) / 3600, updated)
+
+
+def stage_progress(folder: Path, cache: Path) -> RunProgress:
+    """One LLM stage folder: finished (its ``stage.json``), or in progress at its newest Trainer checkpoint."""
+    from methods.llm.stages import DONE, STAGE_FILE, TRAINER_DIR
+
+    name = str(folder.relative_to(cache))
+    stage = folder.name.rsplit("-", 1)[0]
+    if (folder / DONE).is_file():
+        info = json.loads((folder / STAGE_FILE).read_text())
+        cost = info.get("cost", {})
+        hours = cost.get("wall_s", 0.0) / 3600 if cost else None
+        steps = info.get("report", {}).get("steps")
+        return RunProgress(name, f"LLM stage {stage}", f"{steps} steps" if steps else "", "", "", "finished",
+                           hours, (folder / DONE).stat().st_mtime)
+    states = sorted((folder / TRAINER_DIR).glob("checkpoint-*/trainer_state.json"),
+                    key=lambda path: int(path.parent.name.rsplit("-", 1)[1]))
+    if not states:
+        return RunProgress(name, f"LLM stage {stage}", "", "", "", "started, no checkpoint yet: starts over", None,
+                           folder.stat().st_mtime)
+    trainer = json.loads(states[-1].read_text())
+    return RunProgress(name, f"LLM stage {stage}", f"{trainer['global_step']}/{trainer['max_steps']} steps", "", "",
+                       "resumable from its Trainer checkpoint", None, states[-1].stat().st_mtime)
+
+
+def format_progress(rows: list[RunProgress], cache: Path) -> str:
+    """The rows as a table, with a line naming the cache (and how to resume) above it."""
+    if not rows:
+        return f"no training checkpoints under {cache}"
+    table = [[row.folder, row.method, row.done, row.best, row.latest, row.status,
+              "" if row.hours is None else f"{row.hours:.2f}",
+              time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))] for row in rows]
+    headers = ["run folder", "method", "done", f"best valid {VALID_METRIC}", f"latest valid {VALID_METRIC}",
+               "status", "train h", "updated"]
+    return (f"training checkpoints under {cache}; rerun a run's own command to resume it\n\n"
+            + tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))

@@ -1,0 +1,70 @@
+"""``python -m bench progress``: what the cache's checkpoints say about runs interrupted, stopped or finished."""
+
+from __future__ import annotations
+
+import json
+
+from baselines import sequential
+from bench.cli import main
+from bench.paths import cache_dir
+from bench.progress import training_progress
+from bench.results import ResultStore
+from methods.llm.stages import DONE, STAGE_FILE, TRAINER_DIR
+from tests.resume import interrupt_in_epoch_three
+
+
+def test_an_interrupted_run_shows_its_epochs_best_score_and_patience_then_finished(tmp_path, monkeypatch, capsys):
+    run = ["run", "--profile", "smoke", "--methods", "hstu:epochs=4,patience=3", "--out", str(tmp_path / "out")]
+    original = interrupt_in_epoch_three(monkeypatch, sequential)
+    assert main(run) == 130
+    [row] = training_progress(cache_dir())
+    assert row.method == "hstu" and row.done == "2/4 epochs" and row.folder.endswith("smoke/seed0")
+    assert row.status.startswith("resumable, ") and row.status.endswith(" epochs of patience left")
+    patience_left = int(row.status.split(", ")[1].split()[0])
+    best_epoch = int(row.best.split("(epoch ")[1].rstrip(")"))
+    assert patience_left == 3 - (2 - best_epoch)  # epochs since the best one count against the patience
+    assert row.latest.endswith("(epoch 2)") and row.hours is not None and row.hours > 0
+
+    monkeypatch.setattr(sequential, "validation_score", original)
+    capsys.readouterr()
+    assert main(run) == 0
+    [record] = ResultStore(tmp_path / "out").load()
+    [row] = training_progress(cache_dir())
+    assert row.done == "4/4 epochs" and row.status == "finished"
+    report = record["report"]
+    assert row.best == f"{report['best_valid_ndcg@10']:.4f} (epoch {report['best_epoch'] + 1})"
+    assert main(["progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"training checkpoints under {cache_dir()}" in out and "| 4/4 epochs" in out and "finished" in out
+
+
+def test_an_unreadable_checkpoint_and_llm_stages_get_their_own_rows(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    broken = cache / "ml-100k" / "f" / "tiger" / "small" / "seed0"
+    broken.mkdir(parents=True)
+    (broken / "training-state.pt").write_bytes(b"not a checkpoint")
+    stages = cache / "ml-100k" / "f" / "llm-stages"
+    finished, running, fresh = stages / "sft-0123", stages / "cpt-4567", stages / "isft-89ab"
+    for folder in (finished, running / TRAINER_DIR / "checkpoint-10", running / TRAINER_DIR / "checkpoint-40",
+                   fresh):
+        folder.mkdir(parents=True)
+    (finished / STAGE_FILE).write_text(json.dumps({"cost": {"wall_s": 7200.0}, "report": {"steps": 120}}))
+    (finished / DONE).write_text("0123")
+    for step in (10, 40):
+        state = running / TRAINER_DIR / f"checkpoint-{step}" / "trainer_state.json"
+        state.write_text(json.dumps({"global_step": step, "max_steps": 90}))
+
+    rows = {row.folder.split("/")[-1] if "llm-stages" in row.folder else "tiger": row
+            for row in training_progress(cache)}
+    assert rows["tiger"].status.startswith("unreadable") and "starts over" in rows["tiger"].status
+    assert (rows["sft-0123"].method, rows["sft-0123"].done, rows["sft-0123"].status) == ("LLM stage sft", "120 steps",
+                                                                                         "finished")
+    assert rows["sft-0123"].hours == 2.0
+    assert rows["cpt-4567"].done == "40/90 steps" and rows["cpt-4567"].status.startswith("resumable")
+    assert "starts over" in rows["isft-89ab"].status
+
+    assert main(["progress", "--cache", str(tmp_path / "empty")]) == 2
+    assert "no such cache folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["progress", "--cache", str(tmp_path / "empty")]) == 0
+    assert "no training checkpoints under" in capsys.readouterr().out
