@@ -53,18 +53,20 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
     folder, updated = str(path.parent.relative_to(cache)), path.stat().st_mtime
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
+        version = saved["version"]
         key, state = json.loads(saved["key"]), saved["state"]
     except Exception as error:  # noqa: BLE001 - a table row says what is wrong; the run would start over
         return RunProgress(folder, "?", "", "", "", f"unreadable ({type(error).__name__}): training starts over",
                            None, updated)
+    if version != CHECKPOINT_VERSION:
+        return RunProgress(folder, key.get("method", "?"), "", "", "", f"checkpoint version {version} (this code "
+                           f"reads {CHECKPOINT_VERSION}): training starts over", None, updated)
     settings: dict[str, Any] = key.get("settings", {})
     history: list[dict[str, Any]] = state["history"]
     epochs, patience = settings.get("epochs"), settings.get("patience")
     validated = state.get("validated_epochs") or [entry["epoch"] for entry in history]
     latest = history[validated[-1]] if validated and history else None
-    if saved.get("version") != CHECKPOINT_VERSION:
-        status = f"checkpoint version {saved.get('version')} (this code reads {CHECKPOINT_VERSION}): starts over"
-    elif state["stopped"]:
+    if state["stopped"]:
         status = f"stopped early (no gain in {patience} epochs)"
     elif epochs is not None and len(history) >= epochs:
         status = "finished"

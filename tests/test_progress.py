@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from baselines import sequential
+from bench.checkpoint import CHECKPOINT_VERSION
 from bench.cli import main
 from bench.paths import cache_dir
 from bench.progress import training_progress
@@ -43,6 +46,10 @@ def test_an_unreadable_checkpoint_and_llm_stages_get_their_own_rows(tmp_path, ca
     broken = cache / "ml-100k" / "f" / "tiger" / "small" / "seed0"
     broken.mkdir(parents=True)
     (broken / "training-state.pt").write_bytes(b"not a checkpoint")
+    older = cache / "ml-100k" / "f" / "hstu" / "small" / "seed0"
+    older.mkdir(parents=True)
+    torch.save({"version": CHECKPOINT_VERSION - 1, "key": json.dumps({"method": "hstu"}), "state": {"epochs": []}},
+               older / "training-state.pt")
     stages = cache / "ml-100k" / "f" / "llm-stages"
     finished, running, fresh = stages / "sft-0123", stages / "cpt-4567", stages / "isft-89ab"
     for folder in (finished, running / TRAINER_DIR / "checkpoint-10", running / TRAINER_DIR / "checkpoint-40",
@@ -54,9 +61,11 @@ def test_an_unreadable_checkpoint_and_llm_stages_get_their_own_rows(tmp_path, ca
         state = running / TRAINER_DIR / f"checkpoint-{step}" / "trainer_state.json"
         state.write_text(json.dumps({"global_step": step, "max_steps": 90}))
 
-    rows = {row.folder.split("/")[-1] if "llm-stages" in row.folder else "tiger": row
+    rows = {row.folder.split("/")[-1] if "llm-stages" in row.folder else row.folder.split("/")[2]: row
             for row in training_progress(cache)}
     assert rows["tiger"].status.startswith("unreadable") and "starts over" in rows["tiger"].status
+    assert rows["hstu"].method == "hstu"
+    assert rows["hstu"].status.startswith(f"checkpoint version {CHECKPOINT_VERSION - 1}")
     assert (rows["sft-0123"].method, rows["sft-0123"].done, rows["sft-0123"].status) == ("LLM stage sft", "120 steps",
                                                                                          "finished")
     assert rows["sft-0123"].hours == 2.0
