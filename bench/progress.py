@@ -33,6 +33,7 @@ class RunProgress:
     latest: str
     status: str
     hours: float | None  # training wall time so far
+    epoch_minutes: float | None  # mean wall time of an epoch (validation included), to plan the rest
     updated: float  # modification time of what was read (seconds since the epoch)
 
 
@@ -57,10 +58,10 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
         key, state = json.loads(saved["key"]), saved["state"]
     except Exception as error:  # noqa: BLE001 - a table row says what is wrong; the run would start over
         return RunProgress(folder, "?", "", "", "", f"unreadable ({type(error).__name__}): training starts over",
-                           None, updated)
+                           None, None, updated)
     if version != CHECKPOINT_VERSION:
         return RunProgress(folder, key.get("method", "?"), "", "", "", f"checkpoint version {version} (this code "
-                           f"reads {CHECKPOINT_VERSION}): training starts over", None, updated)
+                           f"reads {CHECKPOINT_VERSION}): training starts over", None, None, updated)
     settings: dict[str, Any] = key.get("settings", {})
     history: list[dict[str, Any]] = state["history"]
     epochs, patience = settings.get("epochs"), settings.get("patience")
@@ -78,7 +79,8 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
         folder, key.get("method", "?"), f"{len(history)}/{epochs if epochs is not None else '?'} epochs",
         f"{state['best_score']:.4f} (epoch {state['best_epoch'] + 1})" if history else "",
         f"{latest[VALID_METRIC]:.4f} (epoch {latest['epoch'] + 1})" if latest else "",
-        status, state.get("wall_s", 0.0) / 3600, updated)
+        status, state.get("wall_s", 0.0) / 3600, state.get("wall_s", 0.0) / 60 / len(history) if history else None,
+        updated)
 
 
 def stage_progress(folder: Path, cache: Path) -> RunProgress:
@@ -93,15 +95,15 @@ def stage_progress(folder: Path, cache: Path) -> RunProgress:
         hours = cost.get("wall_s", 0.0) / 3600 if cost else None
         steps = info.get("report", {}).get("steps")
         return RunProgress(name, f"LLM stage {stage}", f"{steps} steps" if steps else "", "", "", "finished",
-                           hours, (folder / DONE).stat().st_mtime)
+                           hours, None, (folder / DONE).stat().st_mtime)
     states = sorted((folder / TRAINER_DIR).glob("checkpoint-*/trainer_state.json"),
                     key=lambda path: int(path.parent.name.rsplit("-", 1)[1]))
     if not states:
         return RunProgress(name, f"LLM stage {stage}", "", "", "", "started, no checkpoint yet: starts over", None,
-                           folder.stat().st_mtime)
+                           None, folder.stat().st_mtime)
     trainer = json.loads(states[-1].read_text())
     return RunProgress(name, f"LLM stage {stage}", f"{trainer['global_step']}/{trainer['max_steps']} steps", "", "",
-                       "resumable from its Trainer checkpoint", None, states[-1].stat().st_mtime)
+                       "resumable from its Trainer checkpoint", None, None, states[-1].stat().st_mtime)
 
 
 def format_progress(rows: list[RunProgress], cache: Path) -> str:
@@ -110,8 +112,9 @@ def format_progress(rows: list[RunProgress], cache: Path) -> str:
         return f"no training checkpoints under {cache}"
     table = [[row.folder, row.method, row.done, row.best, row.latest, row.status,
               "" if row.hours is None else f"{row.hours:.2f}",
+              "" if row.epoch_minutes is None else f"{row.epoch_minutes:.1f}",
               time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))] for row in rows]
     headers = ["run folder", "method", "done", f"best valid {VALID_METRIC}", f"latest valid {VALID_METRIC}",
-               "status", "train h", "updated"]
+               "status", "train h", "min/epoch", "updated"]
     return (f"training checkpoints under {cache}; rerun a run's own command to resume it\n\n"
             + tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from baselines import sequential
@@ -27,6 +28,7 @@ def test_an_interrupted_run_shows_its_epochs_best_score_and_patience_then_finish
     best_epoch = int(row.best.split("(epoch ")[1].rstrip(")"))
     assert patience_left == 3 - (2 - best_epoch)  # epochs since the best one count against the patience
     assert row.latest.endswith("(epoch 2)") and row.hours is not None and row.hours > 0
+    assert row.epoch_minutes == pytest.approx(row.hours * 60 / 2)
 
     monkeypatch.setattr(sequential, "validation_score", original)
     capsys.readouterr()
