@@ -47,6 +47,14 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The whole saved file, as :meth:`EpochCheckpoint.save` wrote it: ``version``, ``key`` (JSON text) and
+    ``state``. Raises whatever torch raises on a file it cannot read."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 class EpochCheckpoint:
     """One training run's latest state, at ``path``, valid only for the run described by ``key``."""
 
@@ -57,12 +65,10 @@ class EpochCheckpoint:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none, it belongs to another run, or it cannot be read."""
-        import torch
-
         if not self.path.is_file():
             return None
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+            saved = read_checkpoint(self.path)
         except Exception:  # noqa: BLE001 - any unreadable checkpoint means: train from the start
             return None
         if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION or saved.get("key") != self.key:

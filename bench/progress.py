@@ -16,6 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from bench.checkpoint import CHECKPOINT_VERSION, read_checkpoint
 from bench.training import VALID_METRIC
 
 EPOCH_CHECKPOINT = "training-state.pt"
@@ -47,13 +48,9 @@ def training_progress(cache: Path) -> list[RunProgress]:
 
 def epoch_progress(path: Path, cache: Path) -> RunProgress:
     """One epoch checkpoint: read whole (torch's format holds the history beside the weights)."""
-    import torch
-
-    from bench.checkpoint import CHECKPOINT_VERSION
-
     folder, updated = str(path.parent.relative_to(cache)), path.stat().st_mtime
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = read_checkpoint(path)
         version = saved["version"]
         key, state = json.loads(saved["key"]), saved["state"]
     except Exception as error:  # noqa: BLE001 - a table row says what is wrong; the run would start over
@@ -75,12 +72,12 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
         left = "" if patience is None else f", {patience - (len(history) - 1 - state['best_epoch'])} epochs of " \
                                            f"patience left"
         status = f"resumable{left}"
+    wall_s = state.get("wall_s", 0.0)
     return RunProgress(
         folder, key.get("method", "?"), f"{len(history)}/{epochs if epochs is not None else '?'} epochs",
         f"{state['best_score']:.4f} (epoch {state['best_epoch'] + 1})" if history else "",
         f"{latest[VALID_METRIC]:.4f} (epoch {latest['epoch'] + 1})" if latest else "",
-        status, state.get("wall_s", 0.0) / 3600, state.get("wall_s", 0.0) / 60 / len(history) if history else None,
-        updated)
+        status, wall_s / 3600, wall_s / 60 / len(history) if history else None, updated)
 
 
 def stage_progress(folder: Path, cache: Path) -> RunProgress:
