@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from baselines.sequential import groups_pay_off, mean_over_length_groups
-from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard
+from bench.compat import import_recbole, recbole_config, recbole_trainer
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.split import TrainData
@@ -399,7 +399,7 @@ class RecBoleSequential(Method):
         return config, dataset, train_loader
 
     def fit(self, data: TrainData, context: RunContext) -> None:
-        from recbole.utils import get_model, get_trainer
+        from recbole.utils import get_model
 
         data_folder = context.cache_dir / "recbole-data" / RECBOLE_DATASET
         config, dataset, train_loader = self.load_recbole_data(data, context, data_folder)
@@ -407,8 +407,7 @@ class RecBoleSequential(Method):
         if self.settings["positions"] == "from-end":
             count_positions_from_end(self.model)
         self.device = config["device"]
-        with silence_recbole_tensorboard():
-            trainer = get_trainer(config["MODEL_TYPE"], self.recbole_model)(config, self.model)
+        trainer = recbole_trainer(config, self.recbole_model, self.model)
         self._map_ids(dataset, data)
 
         self.training_report = train_with_early_stopping(

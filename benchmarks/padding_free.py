@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from baselines import recbole_models, sequential, tiger  # noqa: E402
 from baselines.recbole_models import RecBoleSequential  # noqa: E402
 from baselines.tiger import Tiger, build_model, training_examples  # noqa: E402
+from bench.compat import recbole_trainer  # noqa: E402
 from bench.costs import synchronize  # noqa: E402
 from bench.data import load_dataset  # noqa: E402
 from bench.registry import RunContext, parse_method_spec  # noqa: E402
@@ -81,11 +82,11 @@ def length_groups_on(grouped: bool) -> Iterator[None]:
 def recbole_losses(method: RecBoleSequential, data: TrainData, context: RunContext, steps: int,
                    folder: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Any], dict[str, Callable]]:
     """The RecBole model, its optimizer, ``steps`` training batches from its own loader, and both losses."""
-    from recbole.utils import get_model, get_trainer
+    from recbole.utils import get_model
 
     config, _, loader = method.load_recbole_data(data, context, folder / "grbench")
     method.model = get_model(method.recbole_model)(config, loader._dataset)
-    optimizer = get_trainer(config["MODEL_TYPE"], method.recbole_model)(config, method.model).optimizer
+    optimizer = recbole_trainer(config, method.recbole_model, method.model).optimizer
     batches = [batch.to(config["device"]) for batch, _ in zip(loader, range(steps))]
     return method.model, optimizer, batches, {"full width": method.model_loss, "padding-free": method.training_loss}
 

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from baselines.recbole_models import PROFILES, RECBOLE_MODELS  # noqa: E402
-from bench.compat import import_recbole, recbole_config, silence_recbole_tensorboard  # noqa: E402
+from bench.compat import import_recbole, recbole_config, recbole_trainer  # noqa: E402
 from bench.data.base import Dataset, make_catalog, make_interactions  # noqa: E402
 from bench.data.movielens import ml100k_dir, read_atomic_file  # noqa: E402
 from bench.evaluate import per_user_metrics  # noqa: E402
@@ -83,7 +83,7 @@ def recbole_pipeline(model: str, dataset_name: str, data_root: Path, base_config
 
     import_recbole()
     from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_seed
+    from recbole.utils import get_model, init_seed
 
     config_dict = {
         # RecBole's own files have no item_id_list column: its augmentation builds one in the item_id space
@@ -100,8 +100,7 @@ def recbole_pipeline(model: str, dataset_name: str, data_root: Path, base_config
     train, valid, test = data_preparation(config, dataset)
     same, users = same_test_rows(ours, recbole_test_rows(dataset, test), config["MAX_ITEM_LIST_LENGTH"])
     network = get_model(model)(config, train._dataset).to(config["device"])
-    with silence_recbole_tensorboard():
-        trainer = get_trainer(config["MODEL_TYPE"], model)(config, network)
+    trainer = recbole_trainer(config, model, network)
     trainer.fit(train, valid, saved=True, show_progress=False, verbose=False)
     # RecBole's load_best_model calls torch.load without weights_only=False, which fails on torch >= 2.6.
     checkpoint = torch.load(trainer.saved_model_file, map_location=config["device"], weights_only=False)

@@ -10,9 +10,11 @@ from tests.test_sid import fake_embed
 
 
 @pytest.mark.parametrize("method", ["bert4rec", "hstu:loss=ce", "tiger"])
-def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys, monkeypatch):
+def test_the_benchmark_times_both_ways_and_finds_the_same_loss(method, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(sid, "embed_texts", lambda texts, *args, **kwargs: fake_embed(texts))  # TIGER's SIDs
+    monkeypatch.chdir(tmp_path)
     main(["--method", method, "--dataset", "synthetic", "--profile", "smoke", "--steps", "2", "--rank-users", "50"])
+    assert list(tmp_path.iterdir()) == []  # RecBole's trainer left no log_tensorboard/ in the working directory
     out = capsys.readouterr().out
     assert re.search(r"full width [\d.]+, padding-free [\d.]+ \(equal\)", out)
     assert re.search(r"full width +[\d.]+ ms/step +[\d.]+x the padding-free step", out)

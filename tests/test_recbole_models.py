@@ -163,10 +163,13 @@ def test_dropout_option_reaches_the_recbole_model(tmp_path, name, keys):
     assert method.variant(changed) == "loss CE, dropout 0.2" and method.variant(default) == "loss CE"
 
 
-def test_smoke_runs_of_every_recbole_model(tmp_path):
+def test_smoke_runs_of_every_recbole_model(tmp_path, monkeypatch):
     specs = [*RECBOLE_MODELS, "sasrec:loss=bce", "gru4rec:loss=ce-all", "sasrec:loss=ce-all,rows=users",
              "sasrec:loss=bce-all,rows=users", "sasrec:loss=bce-all,rows=users,positions=from-end"]
+    (tmp_path / "workdir").mkdir()
+    monkeypatch.chdir(tmp_path / "workdir")
     assert main(["run", "--profile", "smoke", "--methods", ",".join(specs), "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "workdir" / "log_tensorboard").exists()  # RecBole's trainer wrote no TensorBoard logs
     records = {r["method"]: r for r in ResultStore(tmp_path).load()}
     assert set(records) == set(specs)
     for record in records.values():
