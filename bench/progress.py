@@ -3,7 +3,8 @@
 Long runs outlive a working session (TIGER on Amazon Beauty trains for days on a CPU), and a rerun of the same
 command resumes them from their checkpoints. This reads those checkpoints without building any method: the epoch
 checkpoints of :func:`bench.training.train_with_early_stopping` (epochs done, best and latest validation score,
-patience left) and the LLM stage folders (finished, or the last Trainer checkpoint of one in progress).
+patience left, and the epoch that ends the run if no new best comes: the least it has left to train) and the
+LLM stage folders (finished, or the last Trainer checkpoint of one in progress).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class RunProgress:
     hours: float | None  # training wall time so far
     epoch_minutes: float | None  # mean wall time of an epoch (validation included), to plan the rest
     updated: float  # modification time of what was read (seconds since the epoch)
+    # when early stopping ends a resumable run if validation never improves again: "epoch 42, about 4.8 h more"
+    ends_without_gain: str = ""
 
 
 def training_progress(cache: Path) -> list[RunProgress]:
@@ -64,20 +67,27 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
     epochs, patience = settings.get("epochs"), settings.get("patience")
     validated = state.get("validated_epochs") or [entry["epoch"] for entry in history]
     latest = history[validated[-1]] if validated and history else None
+    patience_left: int | None = None  # for a run that can still train
     if state["stopped"]:
         status = f"stopped early (no gain in {patience} epochs)"
     elif epochs is not None and len(history) >= epochs:
         status = "finished"
     else:
-        left = "" if patience is None else f", {patience - (len(history) - 1 - state['best_epoch'])} epochs of " \
-                                           f"patience left"
-        status = f"resumable{left}"
+        patience_left = None if patience is None else patience - (len(history) - 1 - state["best_epoch"])
+        status = "resumable" if patience_left is None else f"resumable, {patience_left} epochs of patience left"
     wall_s = state.get("wall_s", 0.0)
+    epoch_minutes = wall_s / 60 / len(history) if history else None
+    ends = ""
+    if patience_left is not None and epochs is not None:
+        # train_with_early_stopping stops at the epoch that uses up the patience, or at the last one
+        last_epoch = min(epochs, len(history) + patience_left)
+        ends = f"epoch {last_epoch}" + ("" if epoch_minutes is None else
+                                        f", about {(last_epoch - len(history)) * epoch_minutes / 60:.1f} h more")
     return RunProgress(
         folder, key.get("method", "?"), f"{len(history)}/{epochs if epochs is not None else '?'} epochs",
         f"{state['best_score']:.4f} (epoch {state['best_epoch'] + 1})" if history else "",
         f"{latest[VALID_METRIC]:.4f} (epoch {latest['epoch'] + 1})" if latest else "",
-        status, wall_s / 3600, wall_s / 60 / len(history) if history else None, updated)
+        status, wall_s / 3600, epoch_minutes, updated, ends)
 
 
 def stage_progress(folder: Path, cache: Path) -> RunProgress:
@@ -110,8 +120,8 @@ def format_progress(rows: list[RunProgress], cache: Path) -> str:
     table = [[row.folder, row.method, row.done, row.best, row.latest, row.status,
               "" if row.hours is None else f"{row.hours:.2f}",
               "" if row.epoch_minutes is None else f"{row.epoch_minutes:.1f}",
-              time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))] for row in rows]
+              row.ends_without_gain, time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated))] for row in rows]
     headers = ["run folder", "method", "done", f"best valid {VALID_METRIC}", f"latest valid {VALID_METRIC}",
-               "status", "train h", "min/epoch", "updated"]
+               "status", "train h", "min/epoch", "ends if no new best", "updated"]
     return (f"training checkpoints under {cache}; rerun a run's own command to resume it\n\n"
             + tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))

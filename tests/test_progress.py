@@ -79,3 +79,24 @@ def test_an_unreadable_checkpoint_and_llm_stages_get_their_own_rows(tmp_path, ca
     (tmp_path / "empty").mkdir()
     assert main(["progress", "--cache", str(tmp_path / "empty")]) == 0
     assert "no training checkpoints under" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("epochs, stopped, ends", [
+    (200, False, "epoch 45, about 2.5 h more"),  # best at epoch 25, patience 20: no gain by epoch 45 ends it
+    (32, False, "epoch 32, about 0.3 h more"),  # the last epoch comes first
+    (200, True, ""),  # nothing left to run
+])
+def test_a_resumable_run_says_when_early_stopping_ends_it_without_a_new_best(tmp_path, epochs, stopped, ends):
+    folder = tmp_path / "cache" / "seq-Beauty" / "f" / "tiger" / "small" / "seed0"
+    folder.mkdir(parents=True)
+    history = [{"epoch": epoch, "loss": 1.0, "ndcg@10": 0.01 + 0.001 * min(epoch, 24)} for epoch in range(30)]
+    state = {"history": history, "validated_epochs": list(range(0, 30, 2)), "best_epoch": 24,
+             "best_score": history[24]["ndcg@10"], "stopped": stopped, "wall_s": 30 * 600.0}
+    torch.save({"version": CHECKPOINT_VERSION, "state": state,
+                "key": json.dumps({"method": "tiger", "settings": {"epochs": epochs, "patience": 20}})},
+               folder / "training-state.pt")
+    [row] = training_progress(tmp_path / "cache")
+    assert row.done == f"30/{epochs} epochs" and row.epoch_minutes == 10.0
+    assert row.ends_without_gain == ends
+    assert row.status == ("stopped early (no gain in 20 epochs)" if stopped else
+                          "resumable, 15 epochs of patience left")
