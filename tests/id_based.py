@@ -1,5 +1,6 @@
 """Checks every trained ID-based sequential method's tests share (HSTU, ReaRec): tiny datasets given as item
-sequences, the "learns a successor pattern" check and the smoke run through the CLI."""
+sequences, the leakage check of the training batches, the "learns a successor pattern" check and the smoke run
+through the CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from baselines.popularity import Popularity
 from bench.cli import main
@@ -41,6 +43,46 @@ def sequences_dataset(name: str, sequences: list[list[int]]) -> Dataset:
         times += list(range(len(seq)))
     catalog = make_catalog([{"item": str(item), "title": None} for item in sorted(set(items), key=int)])
     return Dataset(name, make_interactions(users, items, times), catalog, source="test")
+
+
+def check_training_batches_hold_training_items_only(method_class: type[Method], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, **options: str) -> None:
+    """Validation and test targets are items that occur nowhere else: no batch that ``method_class.loss`` sees may
+    contain one, and its rows are exactly each user's last ``max_len + 1 = 11`` training items, the targets being
+    the inputs shifted by one and padded on the right."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for user in range(30):
+        length = int(rng.integers(2, 25))  # several longer than max_len + 1 = 11
+        sequences.append([*rng.integers(1, 21, size=length).tolist(), 100 + user, 200 + user])
+    split = leave_last_out(sequences_dataset("held-out-targets", sequences))
+    data = split.train_view()
+    held_out = set(data.valid_targets.tolist()) | set(split.test_targets().tolist())
+    assert len(held_out) == 60
+
+    batches = []
+    original = method_class.loss
+
+    def recording_loss(self, inputs, targets):
+        batches.append((inputs.clone(), targets.clone()))
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(method_class, "loss", recording_loss)
+    run = context(tmp_path)
+    method_class(method_class.settings_for("smoke", {"epochs": "1", **options}), run).fit(data, run)
+
+    seen = torch.cat([torch.cat([i.flatten(), t.flatten()]) for i, t in batches])
+    assert seen.numel() and not set(seen.tolist()) & held_out
+    windows = []
+    for inputs, targets in batches:
+        for row_in, row_target in zip(inputs.tolist(), targets.tolist()):
+            n = sum(1 for item in row_target if item)
+            assert row_in[1:n] == row_target[:n - 1]  # targets are the inputs shifted by one
+            assert not any(row_in[n:]) and not any(row_target[n:])  # padding on the right only
+            windows.append(tuple(row_in[:n] + row_target[n - 1:n]))
+    # one example per user with 2+ training items: its last max_len + 1 = 11 training items
+    expected = [tuple(seq[-11:].tolist()) for seq in data.train_sequences if len(seq) >= 2]
+    assert sorted(windows) == sorted(expected)
 
 
 def check_learns_successor(method_class: type[Method], tmp_path: Path, **options: str) -> None:

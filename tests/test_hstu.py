@@ -15,7 +15,13 @@ from bench.data import load_dataset
 from bench.data.base import Dataset
 from bench.registry import RunContext, methods
 from bench.split import leave_last_out
-from tests.id_based import check_learns_successor, check_smoke_cli_run, context, fit_smoke, sequences_dataset
+from tests.id_based import (
+    check_learns_successor,
+    check_smoke_cli_run,
+    check_training_batches_hold_training_items_only,
+    context,
+    fit_smoke,
+)
 from tests.resume import check_resume_after_kill
 
 
@@ -97,40 +103,7 @@ def test_scores_of_a_history_do_not_depend_on_its_batch(tmp_path):
 
 
 def test_training_batches_hold_training_items_only(tmp_path, monkeypatch):
-    """Validation and test targets are items that occur nowhere else: no batch may contain one."""
-    rng = np.random.default_rng(0)
-    sequences = []
-    for user in range(30):
-        length = int(rng.integers(2, 25))  # several longer than max_len + 1 = 11
-        sequences.append([*rng.integers(1, 21, size=length).tolist(), 100 + user, 200 + user])
-    split = leave_last_out(sequences_dataset("held-out-targets", sequences))
-    data = split.train_view()
-    held_out = set(data.valid_targets.tolist()) | set(split.test_targets().tolist())
-    assert len(held_out) == 60
-
-    batches = []
-    original = HSTU.loss
-
-    def recording_loss(self, inputs, targets):
-        batches.append((inputs.clone(), targets.clone()))
-        return original(self, inputs, targets)
-
-    monkeypatch.setattr(HSTU, "loss", recording_loss)
-    run = context(tmp_path)
-    HSTU(HSTU.settings_for("smoke", {"epochs": "1"}), run).fit(data, run)
-
-    seen = torch.cat([torch.cat([i.flatten(), t.flatten()]) for i, t in batches])
-    assert seen.numel() and not set(seen.tolist()) & held_out
-    windows = []
-    for inputs, targets in batches:
-        for row_in, row_target in zip(inputs.tolist(), targets.tolist()):
-            n = sum(1 for item in row_target if item)
-            assert row_in[1:n] == row_target[:n - 1]  # targets are the inputs shifted by one
-            assert not any(row_in[n:]) and not any(row_target[n:])  # padding on the right only
-            windows.append(tuple(row_in[:n] + row_target[n - 1:n]))
-    # one example per user with 2+ training items: its last max_len + 1 = 11 training items
-    expected = [tuple(seq[-11:].tolist()) for seq in data.train_sequences if len(seq) >= 2]
-    assert sorted(windows) == sorted(expected)
+    check_training_batches_hold_training_items_only(HSTU, tmp_path, monkeypatch)
 
 
 def test_next_item_examples_are_left_aligned_windows():
