@@ -118,6 +118,13 @@ from methods.llm.stages import (
 )
 from methods.sft import NextItemSFT, fine_tune, next_item_sft, sft_based_profiles, sft_stage
 
+# the study's CoT SFT and GRPO settings: the same for SmolLM2 (small) and Qwen3-1.7B (paper)
+STUDY_RECIPE: dict[str, Any] = {
+    "analysis_users": 500, "max_rationale_tokens": 128,
+    "cot_epochs": 2, "cot_lr": 1e-5, "cot_batch_size": 16, "cot_max_steps": 0, "cot_warmup": 0.1,
+    "grpo_epochs": 1, "grpo_lr": 1e-6, "grpo_batch_size": 64, "grpo_max_steps": 0, "grpo_num_generations": 8,
+    "grpo_max_completion_length": 160, "grpo_beta": 0.001,
+}
 ONEREC_THINK_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"analysis_users": 8, "max_rationale_tokens": 16,
               "cot_epochs": 1, "cot_lr": 1e-3, "cot_batch_size": 4, "cot_max_steps": 3, "cot_warmup": 0.0,
@@ -127,14 +134,8 @@ ONEREC_THINK_PROFILES: dict[str, dict[str, Any]] = {
               "cot_epochs": 1, "cot_lr": 1e-4, "cot_batch_size": 4, "cot_max_steps": 32, "cot_warmup": 0.0,
               "grpo_epochs": 1, "grpo_lr": 1e-5, "grpo_batch_size": 8, "grpo_max_steps": 4, "grpo_num_generations": 4,
               "grpo_max_completion_length": 32, "grpo_beta": 0.0},
-    "small": {"analysis_users": 500, "max_rationale_tokens": 128,
-              "cot_epochs": 2, "cot_lr": 1e-5, "cot_batch_size": 16, "cot_max_steps": 0, "cot_warmup": 0.1,
-              "grpo_epochs": 1, "grpo_lr": 1e-6, "grpo_batch_size": 64, "grpo_max_steps": 0, "grpo_num_generations": 8,
-              "grpo_max_completion_length": 160, "grpo_beta": 0.001},
-    "paper": {"analysis_users": 500, "max_rationale_tokens": 128,
-              "cot_epochs": 2, "cot_lr": 1e-5, "cot_batch_size": 16, "cot_max_steps": 0, "cot_warmup": 0.1,
-              "grpo_epochs": 1, "grpo_lr": 1e-6, "grpo_batch_size": 64, "grpo_max_steps": 0, "grpo_num_generations": 8,
-              "grpo_max_completion_length": 160, "grpo_beta": 0.001},
+    "small": STUDY_RECIPE,
+    "paper": STUDY_RECIPE,
 }
 ONEREC_THINK_DEFAULTS = {"rationale": "template-category", "teacher_url": "", "teacher_model": "",
                          "teacher_timeout": 120.0, "cot_weight_decay": 0.01, "grpo": True, "grpo_level_credit": 0.25,
