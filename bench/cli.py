@@ -12,6 +12,7 @@ from bench.errors import GRBenchError
 
 DEFAULT_OUT = Path("results")
 DEFAULT_LEADERBOARDS = Path("leaderboards")
+RUNNING_ELSEWHERE = 3  # exit status of a run that left cells to other processes running them (bench.runner.cell_lock)
 
 
 def _list(text: str) -> list[str]:
@@ -56,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "one leaderboard for generative recommendation.")
     commands = parser.add_subparsers(dest="command")
 
-    run = commands.add_parser("run", help="train and evaluate methods on datasets, then write leaderboards")
+    run = commands.add_parser(
+        "run", help="train and evaluate methods on datasets, then write leaderboards",
+        description="Trains and evaluates every (method, dataset, seed) cell on the shared split, stores each "
+        "finished cell at once and skips cells already stored. A cell that another process sharing the cache is "
+        "running is skipped too; the run then ends with exit status 3 and names those cells.")
     run.add_argument("--methods", type=split_specs, default=["all"],
                      help="comma-separated method specs (name or name:key=value,...), or 'all' (default)")
     run.add_argument("--datasets", type=split_specs, default=None,
@@ -240,8 +245,8 @@ def command_run(args: argparse.Namespace) -> int:
         raise GRBenchError("--max-test-users must be at least 1")
     plan = RunPlan(methods=methods, datasets=datasets, profile=profile.name, seeds=args.seeds, out=args.out,
                    leaderboards=_leaderboard_dir(args), force=args.force, max_test_users=args.max_test_users)
-    run_benchmark(plan)
-    return 0
+    outcome = run_benchmark(plan)
+    return RUNNING_ELSEWHERE if outcome.running_elsewhere else 0
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from tabulate import tabulate
 
 from bench.checkpoint import CHECKPOINT_VERSION, read_checkpoint
@@ -39,6 +40,23 @@ class RunProgress:
     updated: float  # modification time of what was read (seconds since the epoch)
     # when early stopping ends a resumable run if validation never improves again: "epoch 42, about 4.8 h more"
     ends_without_gain: str = ""
+
+
+def locked_by_another_process(folder: Path) -> bool:
+    """Whether a process is running the cell (:func:`bench.runner.cell_lock`) or training the LLM stage
+    (``methods.llm.stages.stage_lock``) whose lock file sits beside ``folder``. Found by trying the lock, which a
+    holder keeps; a run that reaches the cell in the same instant would skip it (it says so), so this is cheap
+    enough a risk for a status command."""
+    path = folder.with_name(folder.name + ".lock")
+    if not path.is_file():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def training_progress(cache: Path) -> list[RunProgress]:
@@ -74,7 +92,8 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
         status = "finished"
     else:
         patience_left = None if patience is None else patience - (len(history) - 1 - state["best_epoch"])
-        status = "resumable" if patience_left is None else f"resumable, {patience_left} epochs of patience left"
+        status = "training now" if locked_by_another_process(path.parent) else "resumable"
+        status += "" if patience_left is None else f", {patience_left} epochs of patience left"
     wall_s = state.get("wall_s", 0.0)
     epoch_minutes = wall_s / 60 / len(history) if history else None
     ends = ""
@@ -109,8 +128,9 @@ def stage_progress(folder: Path, cache: Path) -> RunProgress:
         return RunProgress(name, f"LLM stage {stage}", "", "", "", "started, no checkpoint yet: starts over", None,
                            None, folder.stat().st_mtime)
     trainer = json.loads(states[-1].read_text())
+    status = "training now" if locked_by_another_process(folder) else "resumable from its Trainer checkpoint"
     return RunProgress(name, f"LLM stage {stage}", f"{trainer['global_step']}/{trainer['max_steps']} steps", "", "",
-                       "resumable from its Trainer checkpoint", None, None, states[-1].stat().st_mtime)
+                       status, None, None, states[-1].stat().st_mtime)
 
 
 def format_progress(rows: list[RunProgress], cache: Path) -> str:

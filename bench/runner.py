@@ -2,7 +2,10 @@
 
 Every name is checked before any work starts; each finished cell is written at once (rankings,
 then its record), so an interrupted run loses at most the cell in progress and a rerun of the same
-command skips what is finished.
+command skips what is finished. A cell is run under a lock file beside its cache folder: a second process
+that reaches a cell another one is running skips it (the command ends with exit status 3 and names it), so
+the same command launched twice, or two commands sharing cells, never train one cell twice at once, fight
+over its checkpoint or store it twice.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
@@ -67,6 +72,51 @@ def resolve_methods(specs: Sequence[str], profile: Profile) -> list[MethodRun]:
         method, options = parse_method_spec(spec)
         resolved.append(MethodRun(spec, method, method.settings_for(profile.name, options), options))
     return resolved
+
+
+@dataclass
+class RunOutcome:
+    """What one :func:`run_benchmark` call did: the records it stored, and the cells it left to other processes
+    that were running them (by result id)."""
+
+    made: list[dict] = field(default_factory=list)
+    running_elsewhere: list[str] = field(default_factory=list)
+
+
+def cell_lock_path(key: ResultKey) -> Path:
+    """The lock file of one cell, beside its cache folder (``.../seed0.lock``)."""
+    folder = cache_dir() / key.cache_folder
+    return folder.with_name(folder.name + ".lock")
+
+
+@contextmanager
+def cell_lock(key: ResultKey) -> Iterator[bool]:
+    """Yields True while this process holds the cell's lock, False at once if another process holds it. The
+    operating system drops a lock whose process dies (even by SIGKILL), so a killed run never blocks a rerun.
+    The ranks of one distributed launch run every cell together, so they take no lock."""
+    if world_size() > 1:
+        yield True
+        return
+    path = cell_lock_path(key)
+    lock = FileLock(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    except OSError as error:
+        raise GRBenchError(f"cannot write the cell lock {path} in the cache folder ({error.strerror or error}); "
+                           f"set GRBENCH_CACHE to a writable folder") from None
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def world_size() -> int:
+    """Processes of a distributed launch (``accelerate launch`` / ``torchrun`` set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:
@@ -138,8 +188,9 @@ def make_progress(console: Console) -> Progress:
                           TimeElapsedColumn(), console=console, transient=False)
 
 
-def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
-    """Runs the plan and writes results and leaderboards; returns the records made by this call."""
+def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
+    """Runs the plan and writes results and leaderboards; returns the records made by this call and the cells
+    skipped because another process was running them."""
     console = console or Console(stderr=True)
     process_commit()  # the code loaded now is what runs, whatever is committed while it does
     profile = get_profile(plan.profile)
@@ -148,10 +199,12 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
         parse_spec(spec)
     check_writable(plan.out)
     check_writable(plan.leaderboards, "leaderboards")
+    check_writable(cache_dir(), "stage caches, checkpoints and cell locks (GRBENCH_CACHE)")
     store = ResultStore(plan.out)
     finished = store.finished()
     max_users = plan.max_test_users if plan.max_test_users is not None else profile.max_test_users
-    made: list[dict] = []
+    outcome = RunOutcome()
+    made = outcome.made
     with make_progress(console) as progress:
         for dataset_spec in plan.datasets:
             task = progress.add_task(f"load + split {dataset_spec}", total=1)
@@ -171,11 +224,21 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
                     if key in finished and not plan.force:
                         console.print(f"skip {key.id}: already in {store.path} (use --force to rerun)")
                         continue
-                    record, rows = run_cell(split, run, profile, seed, users, progress)
-                    if not is_main_process():
-                        continue  # under `accelerate launch`, every rank trains; only rank 0 writes
-                    record["rankings"] = str(store.write_rankings(key, rows).relative_to(plan.out))
-                    store.add(record)
+                    with cell_lock(key) as ours:
+                        if not ours:
+                            console.print(f"[yellow]skip {key.id}: another process is running it (it holds "
+                                          f"{cell_lock_path(key)}); `python -m bench progress` shows how far it "
+                                          f"got[/yellow]", soft_wrap=True)
+                            outcome.running_elsewhere.append(key.id)
+                            continue
+                        if key in store.finished() and not plan.force:  # stored by another process meanwhile
+                            console.print(f"skip {key.id}: another process has just stored it in {store.path}")
+                            continue
+                        record, rows = run_cell(split, run, profile, seed, users, progress)
+                        if not is_main_process():
+                            continue  # under `accelerate launch`, every rank trains; only rank 0 writes
+                        record["rankings"] = str(store.write_rankings(key, rows).relative_to(plan.out))
+                        store.add(record)
                     made.append(record)
                     latency = record["inference"]["ms_per_user"]
                     latency_text = "latency not timed (too few test users)" if latency is None else \
@@ -183,13 +246,17 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> list[dict]:
                     console.print(f"done {key.id}: NDCG@10 {record['metrics']['ndcg@10']['mean']:.4f}, trained in "
                                   f"{record['train']['wall_s']:.0f} s, {latency_text}", highlight=False, soft_wrap=True)
     if not is_main_process():
-        return made
+        return outcome
     with store.locked():  # of concurrent runs sharing --out, the last to write the leaderboards read every record
         records = store.load()
         write_leaderboards(records, plan.leaderboards, plan.out)
     print(render_dataset_tables(records, datasets={r["dataset"] for r in made} or None))
     console.print(f"results: {store.path}   leaderboards: {plan.leaderboards}")
-    return made
+    if outcome.running_elsewhere:
+        console.print(f"[yellow]{len(outcome.running_elsewhere)} cell(s) left to the other processes running "
+                      f"them: {', '.join(outcome.running_elsewhere)}; rerun this command after they finish to "
+                      f"see every row[/yellow]", soft_wrap=True)
+    return outcome
 
 
 def make_method(split: Split, run: MethodRun, profile: Profile, seed: int,

@@ -1,6 +1,7 @@
 """Reliability of the output folder and of large loads.
 
-- Two ``python -m bench run`` processes sharing one ``--out`` at once lose nothing and corrupt nothing.
+- Two ``python -m bench run`` processes sharing one ``--out`` at once lose nothing and corrupt nothing, and
+  sharing one cache they never run the same cell at once: the second skips a cell the first is running.
 - A read-only or full output folder fails early, with one clear line, and never damages earlier results.
 - The Amazon loader streams its reviews file: peak memory stays far below the file's raw size.
 """
@@ -47,14 +48,14 @@ def start_run(tmp_path: Path, out: Path, name: str, methods: str, seeds: str) ->
     return process, log
 
 
-def run_at_once(tmp_path: Path, out: Path, *runs: tuple[str, str]) -> list[str]:
-    """Runs every (methods, seeds) at the same time; all must exit 0. Returns their logs."""
+def run_at_once(tmp_path: Path, out: Path, *runs: tuple[str, str], statuses: tuple[int, ...] = (0,)) -> list[str]:
+    """Runs every (methods, seeds) at the same time; each must exit with one of ``statuses``. Returns their logs."""
     started = [start_run(tmp_path, out, f"run{n}", methods, seeds) for n, (methods, seeds) in enumerate(runs)]
     logs = []
     for process, log in started:
         status = process.wait(timeout=600)
         text = log.read_text()
-        assert status == 0, text
+        assert status in statuses, text
         assert "Traceback" not in text
         logs.append(text)
     return logs
@@ -95,15 +96,34 @@ def test_two_runs_of_different_cells_share_one_out(tmp_path):
     assert (out / "results.jsonl.lock").exists()  # the lock file stays; nothing reads it as a result
 
 
-def test_two_runs_of_the_same_cells_store_each_once(tmp_path):
-    """The same command twice at once (a trained method included, sharing its stage cache): each cell is
-    computed by both, and stored once; its record and its rankings file agree."""
+def test_two_runs_of_the_same_cells_compute_and_store_each_once(tmp_path):
+    """The same command twice at once, sharing the cache: each cell is computed by one process only (the other
+    skips it while it runs, under its cell lock, or finds it stored), and stored once; its record and its
+    rankings file agree. A process that skipped a running cell exits with status 3."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.jsonl.lock").touch()  # as a killed run leaves it: an flock on it is released with its process
-    logs = run_at_once(tmp_path, out, ("hstu,pop,random", "0,1"), ("hstu,pop,random", "0,1"))
-    assert sum(log.count("done ") for log in logs) >= 6  # where both ran a cell, the later record replaced the other
+    logs = run_at_once(tmp_path, out, ("hstu,pop,random", "0,1"), ("hstu,pop,random", "0,1"), statuses=(0, 3))
+    assert sum(log.count("done ") for log in logs) == 6
     assert_consistent(out, {(m, s) for m in ("hstu", "pop", "random") for s in (0, 1)})
+
+
+def test_a_cell_another_process_is_running_is_skipped_and_named(tmp_path, capsys):
+    """While another process holds a cell's lock, a run skips that cell (and only it), names it, and exits with
+    status 3; once the lock is free, the same command runs the cell and exits 0."""
+    out = tmp_path / "out"
+    split = runner.leave_last_out(load_dataset("synthetic"))
+    key = ResultKey("pop", split.dataset, "smoke", 0, split.fingerprint)
+    command = [*SMOKE, "--methods", "pop,random", "--out", str(out)]
+    with runner.cell_lock(key) as ours:
+        assert ours
+        assert main(command) == 3
+    err = capsys.readouterr().err
+    assert f"skip {key.id}: another process is running it" in err
+    assert f"cell(s) left to the other processes running them: {key.id}" in err
+    assert [r["method"] for r in ResultStore(out).load()] == ["random"]
+    assert main(command) == 0
+    assert sorted(r["method"] for r in ResultStore(out).load()) == ["pop", "random"]
 
 
 # ------------------------------------------------------------------------------- unwritable and full disks
@@ -174,11 +194,12 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("read_only", ["out", "leaderboards"])
+@pytest.mark.parametrize("read_only", ["out", "leaderboards", "cache"])
 def test_read_only_output_fails_before_any_training(tmp_path, monkeypatch, capsys, no_training, read_only):
-    folders = {"out": tmp_path / "out", "leaderboards": tmp_path / "boards"}
+    folders = {"out": tmp_path / "out", "leaderboards": tmp_path / "boards", "cache": tmp_path / "cache"}
     for folder in folders.values():
         folder.mkdir()
+    monkeypatch.setenv("GRBENCH_CACHE", str(folders["cache"]))
     make_read_only(folders[read_only], monkeypatch)
     try:
         status = main([*SMOKE, "--methods", "pop", "--out", str(folders["out"]),
@@ -187,9 +208,10 @@ def test_read_only_output_fails_before_any_training(tmp_path, monkeypatch, capsy
         folders[read_only].chmod(0o700)
     err = capsys.readouterr().err
     assert status == 2
-    what = "results" if read_only == "out" else "leaderboards"
+    what = {"out": "results", "leaderboards": "leaderboards",
+            "cache": "stage caches, checkpoints and cell locks (GRBENCH_CACHE)"}[read_only]
     assert err.strip().splitlines() == [f"error: cannot write {what} to {folders[read_only]}: Permission denied"]
-    assert [list(folder.iterdir()) for folder in folders.values()] == [[], []]
+    assert [list(folder.iterdir()) for folder in folders.values()] == [[], [], []]
 
 
 @needs_dev_full

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from baselines import sequential
 from bench.checkpoint import CHECKPOINT_VERSION
@@ -87,7 +89,17 @@ def test_an_unreadable_checkpoint_and_llm_stages_get_their_own_rows(tmp_path, ca
     (200, True, ""),  # nothing left to run
 ])
 def test_a_resumable_run_says_when_early_stopping_ends_it_without_a_new_best(tmp_path, epochs, stopped, ends):
-    folder = tmp_path / "cache" / "seq-Beauty" / "f" / "tiger" / "small" / "seed0"
+    write_tiger_checkpoint(tmp_path / "cache", epochs, stopped)
+    [row] = training_progress(tmp_path / "cache")
+    assert row.done == f"30/{epochs} epochs" and row.epoch_minutes == 10.0
+    assert row.ends_without_gain == ends
+    assert row.status == ("stopped early (no gain in 20 epochs)" if stopped else
+                          "resumable, 15 epochs of patience left")
+
+
+def write_tiger_checkpoint(cache: Path, epochs: int, stopped: bool) -> Path:
+    """An epoch checkpoint of 30 epochs done (10 minutes each), the best at epoch 25, patience 20; its folder."""
+    folder = cache / "seq-Beauty" / "f" / "tiger" / "small" / "seed0"
     folder.mkdir(parents=True)
     history = [{"epoch": epoch, "loss": 1.0, "ndcg@10": 0.01 + 0.001 * min(epoch, 24)} for epoch in range(30)]
     state = {"history": history, "validated_epochs": list(range(0, 30, 2)), "best_epoch": 24,
@@ -95,8 +107,28 @@ def test_a_resumable_run_says_when_early_stopping_ends_it_without_a_new_best(tmp
     torch.save({"version": CHECKPOINT_VERSION, "state": state,
                 "key": json.dumps({"method": "tiger", "settings": {"epochs": epochs, "patience": 20}})},
                folder / "training-state.pt")
-    [row] = training_progress(tmp_path / "cache")
-    assert row.done == f"30/{epochs} epochs" and row.epoch_minutes == 10.0
-    assert row.ends_without_gain == ends
-    assert row.status == ("stopped early (no gain in 20 epochs)" if stopped else
-                          "resumable, 15 epochs of patience left")
+    return folder
+
+
+def test_runs_and_stages_another_process_holds_show_as_training_now(tmp_path):
+    """The cell lock of ``bench run`` and the stage lock of LLM stages, held by another process (here: another
+    file handle), turn "resumable" into "training now"; a lock file left by a finished or killed process does not."""
+    cache = tmp_path / "cache"
+    cell = write_tiger_checkpoint(cache, 200, False)
+    stage = cache / "ml-100k" / "f" / "llm-stages" / "cpt-4567"
+    (stage / TRAINER_DIR / "checkpoint-10").mkdir(parents=True)
+    (stage / TRAINER_DIR / "checkpoint-10" / "trainer_state.json").write_text(
+        json.dumps({"global_step": 10, "max_steps": 90}))
+    locks = [FileLock(str(folder.with_name(folder.name + ".lock"))) for folder in (cell, stage)]
+
+    def statuses() -> list[str]:
+        return sorted(row.status for row in training_progress(cache))
+
+    assert statuses() == ["resumable from its Trainer checkpoint", "resumable, 15 epochs of patience left"]
+    for lock in locks:
+        lock.acquire()
+    assert statuses() == ["training now", "training now, 15 epochs of patience left"]
+    for lock in locks:
+        lock.release()
+    assert all(Path(lock.lock_file).is_file() for lock in locks)  # left behind, as after a run
+    assert statuses() == ["resumable from its Trainer checkpoint", "resumable, 15 epochs of patience left"]

@@ -51,7 +51,7 @@ from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.registry import RunContext
 from bench.results import slug, write_atomically
-from bench.runner import is_main_process
+from bench.runner import is_main_process, world_size
 from bench.sid import SemanticIds, SidConfig, semantic_ids_stage
 from bench.split import TrainData
 from methods.llm.backbone import (
@@ -76,11 +76,6 @@ IGNORE = -100  # label of positions without loss (Hugging Face convention)
 
 
 # ------------------------------------------------------------------------------------------- processes
-
-def world_size() -> int:
-    """Processes of a distributed launch (``accelerate launch`` / ``torchrun`` set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
 
 def barrier() -> None:
     """Waits for every process (no-op outside a distributed launch)."""
