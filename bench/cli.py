@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         "profile, seed, evaluated users), refuses if the data's split fingerprint changed, warns if the git "
         "commit, package versions, settings or hardware did, reruns it into a separate folder and prints stored "
         "vs rerun metric means. Exit status 0: identical, or different but within the stored 95% CI; "
-        "1: outside it; 2: error. Stage caches (trained stages, checkpoints) are reused as in any run; for a "
+        "1: outside it; 2: error (also while another process runs the cell). Stage caches (trained stages, "
+        "checkpoints) are reused as in any run; for a "
         "from-scratch rerun, point GRBENCH_CACHE at an empty folder: GRBENCH_CACHE=$(mktemp -d) python -m bench "
         "rerun ID.")
     rerun.add_argument("result_id", help="the id of a record in OUT/results.jsonl, e.g. "

@@ -27,7 +27,7 @@ from bench.profiles import get_profile
 from bench.provenance import process_commit, versions
 from bench.registry import parse_method_spec
 from bench.results import ResultKey, ResultStore, check_writable, read_rankings
-from bench.runner import is_main_process, make_progress, resolve_methods, run_cell
+from bench.runner import cell_lock, cell_lock_path, is_main_process, make_progress, resolve_methods, run_cell
 from bench.split import EVAL_SUBSET_SEED, leave_last_out
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
@@ -138,10 +138,15 @@ def rerun(result_id: str, out: Path, into: Path | None = None, dataset: str | No
     for warning in provenance_warnings(record, current.settings):
         console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False, soft_wrap=True)
 
-    check_writable(into)
     users = split.evaluation_users(max_test_users)
-    with make_progress(console) as progress:
-        made, rows = run_cell(split, run, profile, int(record["seed"]), users, progress)
+    # the rerun trains in the cell's own cache folder: not while another process runs that cell
+    with cell_lock(ResultKey.of(record)) as ours:
+        if not ours:
+            raise GRBenchError(f"another process is running the cell of {result_id} (it holds "
+                               f"{cell_lock_path(ResultKey.of(record))}); rerun it once that process is done")
+        check_writable(into)
+        with make_progress(console) as progress:
+            made, rows = run_cell(split, run, profile, int(record["seed"]), users, progress)
     if not is_main_process():
         return 0  # under `accelerate launch` every rank trains; rank 0 writes and compares
     store = ResultStore(into)

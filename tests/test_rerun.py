@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.results import ResultStore
+from bench.results import ResultKey, ResultStore
+from bench.runner import cell_lock
 
 SMOKE = ["run", "--profile", "smoke", "--max-test-users", "50"]
 
@@ -56,6 +57,18 @@ def test_rerun_from_an_empty_cache_is_bit_identical(tmp_path, monkeypatch, capsy
         assert rerun["id"] == result_id and rerun["options"] == record["options"] and rerun["eval_users"] == 50
         assert rerun["metrics"] == record["metrics"]
     assert (out / "results.jsonl").read_bytes() == before  # the stored results are never touched
+
+
+def test_a_cell_another_process_is_running_is_not_rerun(pop_result, capsys):
+    """The rerun trains in the cell's cache folder, so it waits for no one and never trains beside a run of it."""
+    out, result_id = pop_result
+    [record] = ResultStore(out).load()
+    with cell_lock(ResultKey.of(record)) as ours:
+        assert ours
+        assert run_cli("rerun", result_id, "--out", out) == 2
+    assert f"another process is running the cell of {result_id}" in capsys.readouterr().err
+    assert not (out / "reruns").exists()
+    assert run_cli("rerun", result_id, "--out", out) == 0
 
 
 def test_unknown_id_lists_close_ids(pop_result, capsys):
