@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leaderboards", type=Path, default=None,
                      help="leaderboard folder (default leaderboards/ for the default --out, else OUT/leaderboards)")
     run.add_argument("--force", action="store_true", help="rerun cells that already have a result")
+    run.add_argument("--dry-run", action="store_true",
+                     help="train nothing: list each cell and what the run would do with it (skip it as stored or "
+                     "running elsewhere, resume it from its checkpoint, or train it)")
     run.add_argument("--max-test-users", type=int, default=None,
                      help="score a fixed-seed subset of this many test users (same subset for every method)")
 
@@ -246,6 +249,11 @@ def command_run(args: argparse.Namespace) -> int:
         raise GRBenchError("--max-test-users must be at least 1")
     plan = RunPlan(methods=methods, datasets=datasets, profile=profile.name, seeds=args.seeds, out=args.out,
                    leaderboards=_leaderboard_dir(args), force=args.force, max_test_users=args.max_test_users)
+    if args.dry_run:
+        from bench.progress import format_plan, plan_cells
+
+        print(format_plan(plan_cells(plan)))
+        return 0
     outcome = run_benchmark(plan)
     return RUNNING_ELSEWHERE if outcome.running_elsewhere else 0
 

@@ -1,4 +1,5 @@
-"""How far each training run in the cache has got: ``python -m bench progress``.
+"""How far each training run in the cache has got (``python -m bench progress``), and what a ``bench run``
+command would do with each of its cells (``python -m bench run ... --dry-run``).
 
 Long runs outlive a working session (TIGER on Amazon Beauty trains for days on a CPU), and a rerun of the same
 command resumes them from their checkpoints. This reads those checkpoints without building any method: the epoch
@@ -13,13 +14,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 from tabulate import tabulate
 
 from bench.checkpoint import CHECKPOINT_VERSION, read_checkpoint
+from bench.paths import cache_dir
 from bench.training import VALID_METRIC
+
+if TYPE_CHECKING:
+    from bench.runner import RunPlan
 
 EPOCH_CHECKPOINT = "training-state.pt"
 LLM_STAGES = "llm-stages"
@@ -145,3 +150,69 @@ def format_progress(rows: list[RunProgress], cache: Path) -> str:
                "status", "train h", "min/epoch", "ends if no new best", "updated"]
     return (f"training checkpoints under {cache}; rerun a run's own command to resume it\n\n"
             + tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+
+
+# ------------------------------------------------------------------------------------------ bench run --dry-run
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One (method, dataset, seed) cell of a ``bench run`` command, and what the command would do with it."""
+
+    method: str
+    dataset: str
+    seed: int
+    action: str
+
+
+def plan_cells(plan: RunPlan) -> list[PlannedCell]:
+    """What ``bench run`` would do with each cell of ``plan``, found without training anything: skip it (stored,
+    another process running it, or no item text), resume it from its epoch checkpoint, or train it. Loads and
+    splits each dataset, as the run would, for the split fingerprint that names the cell."""
+    from bench.data import load_dataset
+    from bench.profiles import get_profile
+    from bench.results import ResultKey, ResultStore
+    from bench.runner import resolve_methods, run_device
+    from bench.split import leave_last_out
+
+    profile = get_profile(plan.profile)
+    method_runs = resolve_methods(plan.methods, profile)
+    finished = ResultStore(plan.out).finished()
+    cells = []
+    for dataset_spec in plan.datasets:
+        split = leave_last_out(load_dataset(dataset_spec))
+        has_text = split.train_view().has_text
+        for run in method_runs:
+            for seed in plan.seeds:
+                key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint, run_device())
+                folder = cache_dir() / key.cache_folder
+                checkpoint = folder / EPOCH_CHECKPOINT
+                if run.method.needs_text and not has_text:
+                    action = "skip: needs item text, and this dataset has none"
+                elif key in finished and not plan.force:
+                    action = f"skip: stored in {plan.out} (--force reruns it)"
+                elif locked_by_another_process(folder):
+                    action = "skip: another process is running it"
+                elif checkpoint.is_file():
+                    action = checkpoint_action(epoch_progress(checkpoint, cache_dir()))
+                else:
+                    action = "train and rank" if run.method.family != "baseline" else "rank"
+                cells.append(PlannedCell(run.spec, split.dataset, seed, action))
+    return cells
+
+
+def checkpoint_action(row: RunProgress) -> str:
+    """What a run does with a cell whose epoch checkpoint ``row`` describes."""
+    if row.status.startswith("resumable"):
+        return f"resume after {row.done}; best valid {VALID_METRIC} so far {row.best}"
+    if row.status.startswith(("stopped early", "finished")):
+        return f"rank with its trained weights ({row.status})"
+    return f"train from the start (checkpoint {row.status})"  # unreadable, or from another checkpoint version
+
+
+def format_plan(cells: list[PlannedCell]) -> str:
+    """The planned cells as a table, with a count of those the command would compute."""
+    table = [[cell.method, cell.dataset, cell.seed, cell.action] for cell in cells]
+    computed = sum(not cell.action.startswith("skip") for cell in cells)
+    return (f"{computed} of {len(cells)} cells would be computed; nothing was run (--dry-run)\n\n"
+            + tabulate(table, headers=["method", "dataset", "seed", "what the run would do"], tablefmt="github",
+                       disable_numparse=True))

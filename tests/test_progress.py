@@ -14,7 +14,8 @@ from bench.checkpoint import CHECKPOINT_VERSION
 from bench.cli import main
 from bench.paths import cache_dir
 from bench.progress import training_progress
-from bench.results import ResultStore
+from bench.results import ResultKey, ResultStore
+from bench.runner import cell_lock
 from methods.llm.stages import DONE, STAGE_FILE, TRAINER_DIR
 from tests.resume import interrupt_in_epoch_three
 
@@ -132,3 +133,35 @@ def test_runs_and_stages_another_process_holds_show_as_training_now(tmp_path):
         lock.release()
     assert all(Path(lock.lock_file).is_file() for lock in locks)  # left behind, as after a run
     assert statuses() == ["resumable from its Trainer checkpoint", "resumable, 15 epochs of patience left"]
+
+
+def test_dry_run_says_what_a_run_would_do_with_each_cell_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    """Stored, interrupted (with its epoch checkpoint), running in another process, never run, and needing text
+    the dataset lacks: each cell gets its own line, and the dry run trains, stores and writes nothing."""
+    out = tmp_path / "out"
+    smoke = ["run", "--profile", "smoke", "--out", str(out)]
+    assert main([*smoke, "--methods", "pop"]) == 0
+    original = interrupt_in_epoch_three(monkeypatch, sequential)
+    assert main([*smoke, "--methods", "hstu:epochs=4"]) == 130
+    monkeypatch.setattr(sequential, "validation_score", original)
+    [record] = ResultStore(out).load()
+    held = ResultKey("random", record["dataset"], "smoke", 1, record["split_fingerprint"])
+    capsys.readouterr()
+
+    with cell_lock(held):  # its lock file is the one thing made here
+        stored_before, cache_before = (out / "results.jsonl").read_bytes(), sorted(cache_dir().rglob("*"))
+        assert main([*smoke, "--methods", "pop,hstu:epochs=4,random,sft", "--seeds", "0,1", "--dry-run",
+                     "--datasets", "synthetic,synthetic:users=40,items=30,seed=3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    actions = {tuple(cell.strip() for cell in line.strip("|").split("|"))[:3]: line.split("|")[4].strip()
+               for line in lines[1:]}
+    synthetic = record["dataset"]
+    assert actions[("pop", synthetic, "0")] == f"skip: stored in {out} (--force reruns it)"
+    assert actions[("pop", synthetic, "1")] == "rank"
+    assert actions[("hstu:epochs=4", synthetic, "0")].startswith("resume after 2/4 epochs; best valid ndcg@10 so far")
+    assert actions[("hstu:epochs=4", synthetic, "1")] == "train and rank"
+    assert actions[("random", synthetic, "1")] == "skip: another process is running it"
+    assert actions[("sft", synthetic, "0")] == "train and rank"  # synthetic items have titles
+    assert len(actions) == 2 * 4 * 2
+    assert (out / "results.jsonl").read_bytes() == stored_before
+    assert sorted(cache_dir().rglob("*")) == cache_before  # no cell folder made, no SIDs built
