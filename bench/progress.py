@@ -60,6 +60,8 @@ def locked_by_another_process(folder: Path) -> bool:
         lock.acquire(timeout=0)
     except Timeout:
         return True
+    except OSError:  # a cache this user may read but not lock (another user's): no way to tell, so not shown
+        return False
     lock.release()
     return False
 
