@@ -61,10 +61,12 @@ declare -A STREAMS=(
     # the H200's memory (pause pretraining held 33-36 GB a process). Each stream then goes on with what reuses its
     # seed's stages: seed 0's analyses and `sft` on each user's last 10 training items (does more SFT data lift the
     # collapse? 2,950 steps, about 10 minutes; `pauserec:sft_targets=10` would add 2,950 implicit-SFT steps, about
-    # 37 minutes, more than a session), seed 1's PauseRec ablation without pause pretraining, seed 2's 10 targets
+    # 37 minutes, more than a session), seed 1's PauseRec ablation without pause pretraining; seed 2's stream goes on
+    # with TIGER `small` on ml-100k before its 10 targets: TIGER's epoch checkpoint comes back when the session ends
+    # first (resume-out), an unfinished SFT stage (a whole model) does not
     [pause0]="$(cells $ml 0 pauserec) analyze:pauserec $(cells $ml 0 sft:sft_targets=10)"
     [pause1]="$(cells $ml 1 pauserec pauserec:pause_init=default)"
-    [pause2]="$(cells $ml 2 pauserec sft:sft_targets=10) $(cells $ml 0 tiger)"
+    [pause2]="$(cells $ml 2 pauserec) $(cells $ml 0 tiger) $(cells $ml 2 sft:sft_targets=10)"
     [sft]="$(cells $ml 0 sft) $(cells $ml 1 sft) $(cells $ml 2 sft)"
     # OneRec-Think (run 5: SFT 56 s and CoT SFT about 20 s beside two pause streams, then GRPO at about 6 s a step of
     # 64 completions of up to 160 tokens, 117 steps; its completions now end at their SID, grpo_valid_sids) and its
