@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -419,12 +421,24 @@ COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": 
             "progress": command_progress}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit, ``timeout``), raised in the main thread so that a run stops as
+    it does on Ctrl-C: ``finally`` blocks run (locks released, temporary files removed), finished results and
+    checkpoints are kept, and the message says how to continue. Without it the process would just die."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return COMMANDS[args.command](args)
     except GRBenchError as error:
@@ -432,6 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished results are kept; rerun the same command to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"{how}: finished results are kept; rerun the same command to continue", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
+    finally:
+        if in_main_thread:  # a handler set outside Python reads as None: put the default back then
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -73,8 +73,10 @@ def run_to_end(command: list[str], cache: Path, log: Path) -> None:
     assert code == 0, f"{' '.join(command)} exited with {code}:\n{tail(log)}"
 
 
-def kill_when(command: list[str], cache: Path, log: Path, ready: Callable[[], bool]) -> None:
-    """Runs ``command`` and SIGKILLs its process group as soon as ``ready()`` holds; fails if it ends first."""
+def kill_when(command: list[str], cache: Path, log: Path, ready: Callable[[], bool],
+              sent: signal.Signals = signal.SIGKILL, exit_status: int = -signal.SIGKILL) -> None:
+    """Runs ``command`` and sends ``sent`` to its process group as soon as ``ready()`` holds; fails if it ends first
+    or does not end with ``exit_status`` (negative: killed by that signal)."""
     process = start(command, cache, log)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -82,8 +84,8 @@ def kill_when(command: list[str], cache: Path, log: Path, ready: Callable[[], bo
             assert process.poll() is None, f"ended ({process.returncode}) before the moment to kill it:\n{tail(log)}"
             assert time.monotonic() < deadline, f"no moment to kill it in {RUN_TIMEOUT_S} s:\n{tail(log)}"
             time.sleep(POLL_S)
-        os.killpg(process.pid, signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL, f"not killed:\n{tail(log)}"
+        os.killpg(process.pid, sent)
+        assert process.wait(timeout=30) == exit_status, f"not ended by {sent.name}:\n{tail(log)}"
     finally:
         kill_group(process)
 
@@ -134,6 +136,24 @@ def test_a_run_killed_mid_training_continues_from_its_last_epoch(tmp_path):
     before = (out / "results.jsonl").read_bytes()
     run_to_end(command, cache, log)  # the same command once more: the cell is done, nothing is added
     assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_rerun_continues(tmp_path):
+    """SIGTERM (kill, a batch system's time limit) mid-training: the run says it was terminated and how to go on,
+    exits with 143, leaves no temporary file and no result; the same command then resumes after the epochs its
+    checkpoint holds."""
+    out, cache, log = tmp_path / "out", tmp_path / "cache", tmp_path / "run.log"
+    command = bench_run(SASREC, out)
+    kill_when(command, cache, log, lambda: checkpoint_epochs(cache) >= 1, signal.SIGTERM, 128 + signal.SIGTERM)
+    assert "terminated (SIGTERM): finished results are kept; rerun the same command to continue" in tail(log)
+    assert "Traceback" not in tail(log)
+    epochs = checkpoint_epochs(cache)
+    assert 1 <= epochs < EPOCHS and result_lines(out) == []
+    assert not [path for path in tmp_path.rglob("*") if TEMPORARY.match(path.name)]
+
+    run_to_end(command, cache, log)
+    [resumed] = ResultStore(out).load()
+    assert resumed["report"]["resumed_after_epochs"] == epochs
 
 
 @pytest.mark.parametrize("after", ["cpt", pytest.param("sft", marks=pytest.mark.slow)])
