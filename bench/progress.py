@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from bench.checkpoint import CHECKPOINT_VERSION, read_checkpoint
 from bench.paths import cache_dir
-from bench.training import VALID_METRIC
+from bench.training import VALID_METRIC, last_epoch_without_gain
 
 if TYPE_CHECKING:
     from bench.runner import RunPlan
@@ -105,8 +105,7 @@ def epoch_progress(path: Path, cache: Path) -> RunProgress:
     epoch_minutes = wall_s / 60 / len(history) if history else None
     ends = ""
     if patience_left is not None and epochs is not None:
-        # train_with_early_stopping stops at the epoch that uses up the patience, or at the last one
-        last_epoch = min(epochs, len(history) + patience_left)
+        last_epoch = last_epoch_without_gain(state["best_epoch"], patience, epochs)
         ends = f"epoch {last_epoch}" + ("" if epoch_minutes is None else
                                         f", about {(last_epoch - len(history)) * epoch_minutes / 60:.1f} h more")
     return RunProgress(

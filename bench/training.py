@@ -57,6 +57,12 @@ def validation_score(recommend: Callable[[Sequence[np.ndarray], int, np.ndarray]
     return float(per_user_metrics(data.valid_targets[users], topk)[VALID_METRIC].mean())
 
 
+def last_epoch_without_gain(best_epoch: int, patience: int, epochs: int) -> int:
+    """The epoch (1-based) after which :func:`train_with_early_stopping` stops if no epoch beats ``best_epoch``
+    (0-based): the one that uses up the patience, or the last."""
+    return min(epochs, best_epoch + patience + 1)
+
+
 def train_with_early_stopping(
     context: RunContext,
     *,
@@ -109,9 +115,15 @@ def train_with_early_stopping(
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
         measured = f"valid {VALID_METRIC} {score:.4f}" if validated else "not validated this epoch"
-        context.log(f"{name} epoch {epoch + 1}/{epochs}: loss {float(loss):.4g}, {measured} "
-                    f"(best {state['best_score']:.4f} at epoch {state['best_epoch'] + 1})")
         state["stopped"] = epoch - state["best_epoch"] >= patience
+        last_epoch = last_epoch_without_gain(state["best_epoch"], patience, epochs)
+        ends = ""
+        if state["stopped"]:
+            ends = "; stops here"
+        elif last_epoch < epochs:
+            ends = f"; ends after epoch {last_epoch} without a better one"
+        context.log(f"{name} epoch {epoch + 1}/{epochs}: loss {float(loss):.4g}, {measured} "
+                    f"(best {state['best_score']:.4f} at epoch {state['best_epoch'] + 1}{ends})")
         elapsed = time.perf_counter() - started
         checkpoint.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "rng": rng_state(), "extra": extra_state[0]() if extra_state is not None else None,

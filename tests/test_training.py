@@ -1,0 +1,68 @@
+"""``bench.training.train_with_early_stopping``, the epoch loop every trained method shares, on scripted validation
+scores: when it stops, which weights it keeps, what it validates and what its log lines say."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.registry import RunContext
+from bench.training import last_epoch_without_gain, train_with_early_stopping
+
+
+def run_loop(tmp_path, scores: list[float], *, epochs: int, patience: int, validate_every: int = 1
+             ) -> tuple[dict, torch.nn.Module, list[str], list[int]]:
+    """The loop over a one-weight model whose weight after epoch ``e`` (0-based) is ``e``; ``scores`` are the
+    validation scores in the order ``validate`` is called. Returns the report, the model, the log lines and the
+    epochs that were validated."""
+    lines: list[str] = []
+    context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=tmp_path / "cache", log=lines.append)
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    validated: list[int] = []
+    current = {"epoch": -1}
+
+    def train_epoch(epoch: int) -> float:
+        current["epoch"] = epoch
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        return 1.0 / (epoch + 1)
+
+    def validate() -> float:
+        validated.append(current["epoch"])
+        return scores[len(validated) - 1]
+
+    report = train_with_early_stopping(context, name="toy", key={"scores": scores}, model=model, optimizer=optimizer,
+                                       epochs=epochs, patience=patience, train_epoch=train_epoch, validate=validate,
+                                       validate_every=validate_every)
+    return report, model, lines, validated
+
+
+def test_it_stops_once_the_patience_is_used_up_and_keeps_the_best_weights(tmp_path):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.29, 0.28, 0.9]  # best at epoch 2; epochs 3-5 never beat it
+    report, model, lines, _ = run_loop(tmp_path, scores, epochs=20, patience=3)
+    assert report["epochs_run"] == 5 and report["best_epoch"] == 1  # epoch 5 (1-based) uses up the patience
+    assert report["best_valid_ndcg@10"] == 0.3
+    assert model.weight.item() == 1.0  # the weights after the best epoch, not the last
+    assert lines[1].endswith("(best 0.3000 at epoch 2; ends after epoch 5 without a better one)")
+    assert lines[2].endswith("(best 0.3000 at epoch 2; ends after epoch 5 without a better one)")
+    assert lines[-1].endswith("(best 0.3000 at epoch 2; stops here)")
+    assert last_epoch_without_gain(report["best_epoch"], 3, 20) == 5
+
+
+def test_a_new_best_moves_the_end_and_the_last_epoch_caps_it(tmp_path):
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    report, model, lines, _ = run_loop(tmp_path, scores, epochs=6, patience=3)
+    assert report["epochs_run"] == 6 and report["best_epoch"] == 5 and model.weight.item() == 5.0
+    assert lines[0].endswith("(best 0.1000 at epoch 1; ends after epoch 4 without a better one)")
+    assert lines[1].endswith("(best 0.2000 at epoch 2; ends after epoch 5 without a better one)")
+    assert lines[2].endswith("(best 0.3000 at epoch 3)")  # epoch 6, the last, comes first: nothing to announce
+
+
+@pytest.mark.parametrize("validate_every, validated", [(1, [0, 1, 2, 3, 4]), (2, [0, 1, 3, 4])])
+def test_costly_validation_runs_after_the_first_every_nth_and_the_last_epoch(tmp_path, validate_every, validated):
+    report, _, lines, seen = run_loop(tmp_path, [0.1, 0.2, 0.3, 0.4, 0.5], epochs=5, patience=10,
+                                      validate_every=validate_every)
+    assert seen == validated and report["validated_epochs"] == validated
+    assert [entry["ndcg@10"] for entry in report["history"]][2] == (0.3 if validate_every == 1 else 0.2)
+    assert ("not validated this epoch" in lines[2]) == (validate_every == 2)
