@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train and evaluate methods on datasets, then write leaderboards",
         description="Trains and evaluates every (method, dataset, seed) cell on the shared split, stores each "
         "finished cell at once and skips cells already stored. A cell that another process sharing the cache is "
-        "running is skipped too; the run then ends with exit status 3 and names those cells.")
+        "running is skipped too; the run then ends with exit status 3 and names those cells. Stopped by Ctrl-C (exit "
+        "status 130) or SIGTERM (143), it keeps what is finished: rerun the same command to continue.")
     run.add_argument("--methods", type=split_specs, default=["all"],
                      help="comma-separated method specs (name or name:key=value,...), or 'all' (default)")
     run.add_argument("--datasets", type=split_specs, default=None,
