@@ -18,3 +18,10 @@ def cache_dir() -> Path:
     """Stage caches (checkpoints, semantic IDs): ``$GRBENCH_CACHE``, else ``<user cache dir>/grbench/cache``."""
     configured = os.environ.get("GRBENCH_CACHE")
     return Path(configured).expanduser() if configured else Path(user_cache_dir("grbench")) / "cache"
+
+
+def lock_beside(folder: Path) -> Path:
+    """The lock file of a cell or LLM stage folder, beside it (``<folder>.lock``): one naming rule for the processes
+    that take it (:func:`bench.runner.cell_lock`, ``methods.llm.stages.stage_lock``) and for ``bench progress``,
+    which looks for it."""
+    return folder.with_name(folder.name + ".lock")

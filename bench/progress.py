@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 from tabulate import tabulate
 
 from bench.checkpoint import CHECKPOINT_VERSION, read_checkpoint
-from bench.paths import cache_dir
+from bench.paths import cache_dir, lock_beside
 from bench.training import VALID_METRIC, last_epoch_without_gain
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def locked_by_another_process(folder: Path) -> bool:
     (``methods.llm.stages.stage_lock``) whose lock file sits beside ``folder``. Found by trying the lock, which a
     holder keeps; a run that reaches the cell in the same instant would skip it (it says so), so this is cheap
     enough a risk for a status command."""
-    path = folder.with_name(folder.name + ".lock")
+    path = lock_beside(folder)
     if not path.is_file():
         return False
     lock = FileLock(str(path))

@@ -140,10 +140,11 @@ def rerun(result_id: str, out: Path, into: Path | None = None, dataset: str | No
 
     users = split.evaluation_users(max_test_users)
     # the rerun trains in the cell's own cache folder: not while another process runs that cell
-    with cell_lock(ResultKey.of(record)) as ours:
+    key = ResultKey.of(record)
+    with cell_lock(key) as ours:
         if not ours:
             raise GRBenchError(f"another process is running the cell of {result_id} (it holds "
-                               f"{cell_lock_path(ResultKey.of(record))}); rerun it once that process is done")
+                               f"{cell_lock_path(key)}); rerun it once that process is done")
         check_writable(into)
         with make_progress(console) as progress:
             made, rows = run_cell(split, run, profile, int(record["seed"]), users, progress)

@@ -32,7 +32,7 @@ from bench.data import load_dataset, parse_spec
 from bench.errors import GRBenchError
 from bench.evaluate import check_rankings, list_stats, per_user_metrics, summarize
 from bench.leaderboard import render_dataset_tables, write_leaderboards
-from bench.paths import cache_dir
+from bench.paths import cache_dir, lock_beside
 from bench.profiles import Profile, get_profile
 from bench.provenance import process_commit, versions
 from bench.registry import Method, RunContext, methods, parse_method_spec, seed_everything
@@ -85,8 +85,7 @@ class RunOutcome:
 
 def cell_lock_path(key: ResultKey) -> Path:
     """The lock file of one cell, beside its cache folder (``.../seed0.lock``)."""
-    folder = cache_dir() / key.cache_folder
-    return folder.with_name(folder.name + ".lock")
+    return lock_beside(cache_dir() / key.cache_folder)
 
 
 @contextmanager

@@ -48,7 +48,7 @@ from bench.costs import (
     training_flops_per_token,
 )
 from bench.errors import GRBenchError
-from bench.paths import cache_dir
+from bench.paths import cache_dir, lock_beside
 from bench.registry import RunContext
 from bench.results import slug, write_atomically
 from bench.runner import is_main_process, world_size
@@ -151,7 +151,7 @@ def stage_lock(cache: StageCache, context: RunContext) -> Iterator[None]:
         yield
         return
     cache.folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(cache.folder) + ".lock")
+    lock = FileLock(str(lock_beside(cache.folder)))
     try:
         lock.acquire(timeout=0)
     except Timeout:
