@@ -24,7 +24,7 @@ from bench.paths import cache_dir, lock_beside
 from bench.training import VALID_METRIC, last_epoch_without_gain
 
 if TYPE_CHECKING:
-    from bench.runner import RunPlan
+    from bench.runner import MethodRun, RunPlan
 
 EPOCH_CHECKPOINT = "training-state.pt"
 LLM_STAGES = "llm-stages"
@@ -163,16 +163,18 @@ class PlannedCell:
     dataset: str
     seed: int
     action: str
+    downloads: tuple[Path, ...] = ()  # files the run would download before it can split the dataset
 
 
 def plan_cells(plan: RunPlan) -> list[PlannedCell]:
     """What ``bench run`` would do with each cell of ``plan``, found without training anything: skip it (stored,
     another process running it, or no item text), resume it from its epoch checkpoint, or train it. Loads and
-    splits each dataset, as the run would, for the split fingerprint that names the cell."""
-    from bench.data import load_dataset
+    splits each dataset, as the run would, for the split fingerprint that names the cell; a dataset whose files
+    would be downloaded first is not downloaded, and its cells say so."""
+    from bench.data import dataset_name, load_dataset, parse_spec
     from bench.profiles import get_profile
     from bench.results import ResultKey, ResultStore
-    from bench.runner import resolve_methods, run_device
+    from bench.runner import reason_to_skip, resolve_methods, run_device
     from bench.split import leave_last_out
 
     profile = get_profile(plan.profile)
@@ -180,25 +182,35 @@ def plan_cells(plan: RunPlan) -> list[PlannedCell]:
     finished = ResultStore(plan.out).finished()
     cells = []
     for dataset_spec in plan.datasets:
+        source, argument = parse_spec(dataset_spec)
+        missing = source.pending_downloads(argument) if source.pending_downloads else []
+        if missing:  # a dry run downloads nothing; without the files there is no split to look cells up by
+            cells += [PlannedCell(run.spec, dataset_name(dataset_spec), seed,
+                                  f"download the data, then {fresh_action(run)}", tuple(missing))
+                      for run in method_runs for seed in plan.seeds]
+            continue
         split = leave_last_out(load_dataset(dataset_spec))
-        has_text = split.train_view().has_text
         for run in method_runs:
             for seed in plan.seeds:
                 key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint, run_device())
                 folder = cache_dir() / key.cache_folder
                 checkpoint = folder / EPOCH_CHECKPOINT
-                if run.method.needs_text and not has_text:
-                    action = "skip: needs item text, and this dataset has none"
-                elif key in finished and not plan.force:
-                    action = f"skip: stored in {plan.out} (--force reruns it)"
+                reason = reason_to_skip(run, split, key, finished, plan)
+                if reason:
+                    action = f"skip: {reason}"
                 elif locked_by_another_process(folder):
                     action = "skip: another process is running it"
                 elif checkpoint.is_file():
                     action = checkpoint_action(epoch_progress(checkpoint, cache_dir()))
                 else:
-                    action = "train and rank" if run.method.family != "baseline" else "rank"
+                    action = fresh_action(run)
                 cells.append(PlannedCell(run.spec, split.dataset, seed, action))
     return cells
+
+
+def fresh_action(run: MethodRun) -> str:
+    """What a run does with a cell it has nothing of yet."""
+    return "train and rank" if run.method.family != "baseline" else "rank"
 
 
 def checkpoint_action(row: RunProgress) -> str:
@@ -214,6 +226,10 @@ def format_plan(cells: list[PlannedCell]) -> str:
     """The planned cells as a table, with a count of those the command would compute."""
     table = [[cell.method, cell.dataset, cell.seed, cell.action] for cell in cells]
     computed = sum(not cell.action.startswith("skip") for cell in cells)
-    return (f"{computed} of {len(cells)} cells would be computed; nothing was run (--dry-run)\n\n"
-            + tabulate(table, headers=["method", "dataset", "seed", "what the run would do"], tablefmt="github",
+    downloads = list(dict.fromkeys(path for cell in cells for path in cell.downloads))
+    download_text = "".join(f"\n  {path}" for path in downloads)
+    return (f"{computed} of {len(cells)} cells would be computed; nothing was run (--dry-run)\n"
+            + (f"Files the run would download first (their cells may already be stored: that is known once the "
+               f"files are here, since a cell is named by its split):{download_text}\n" if downloads else "")
+            + "\n" + tabulate(table, headers=["method", "dataset", "seed", "what the run would do"], tablefmt="github",
                        disable_numparse=True))

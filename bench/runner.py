@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -214,14 +214,11 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
             progress.update(task, completed=1)
             users = split.evaluation_users(max_users)
             for run in method_runs:
-                if run.method.needs_text and not split.train_view().has_text:
-                    console.print(f"[yellow]skip {run.spec} on {split.dataset}: it needs item text and "
-                                  f"this dataset has no titles[/yellow]")
-                    continue
                 for seed in plan.seeds:
                     key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint, run_device())
-                    if key in finished and not plan.force:
-                        console.print(f"skip {key.id}: already in {store.path} (use --force to rerun)")
+                    reason = reason_to_skip(run, split, key, finished, plan)
+                    if reason:
+                        console.print(f"skip {key.id}: {reason}", soft_wrap=True)
                         continue
                     with cell_lock(key) as ours:
                         if not ours:
@@ -256,6 +253,17 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
                       f"them: {', '.join(outcome.running_elsewhere)}; rerun this command after they finish to "
                       f"see every row[/yellow]", soft_wrap=True)
     return outcome
+
+
+def reason_to_skip(run: MethodRun, split: Split, key: ResultKey, finished: Container[ResultKey],
+                   plan: RunPlan) -> str | None:
+    """Why a run leaves cell ``key`` alone before it tries the cell's lock, or None: one rule for `bench run`
+    and for its dry run, which must agree."""
+    if run.method.needs_text and not split.train_view().has_text:
+        return "needs item text, and this dataset has none"
+    if key in finished and not plan.force:
+        return f"stored in {plan.out} (--force reruns it)"
+    return None
 
 
 def make_method(split: Split, run: MethodRun, profile: Profile, seed: int,

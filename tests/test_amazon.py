@@ -248,3 +248,23 @@ def test_broken_transfer_is_resumed_and_a_bad_download_deleted(folder, monkeypat
     with pytest.raises(DataError, match=rf"{REVIEWS}: damaged gzip file"):
         load_dataset("beauty")
     assert not (folder / REVIEWS).exists()
+
+
+def test_a_dry_run_lists_the_files_it_would_download_and_fetches_nothing(folder, tmp_path, capsys):
+    """`bench run --dry-run` on a category not downloaded yet names its two files and leaves the network alone
+    (the fixture fails any use of it); once the files are here, the same dry run splits the data as usual."""
+    from bench.cli import main
+
+    dry_run = ["run", "--profile", "smoke", "--methods", "pop,sasrec", "--datasets", "beauty", "--dry-run",
+               "--out", str(tmp_path / "out")]
+    assert main(dry_run) == 0
+    printed = capsys.readouterr().out
+    assert f"{folder / REVIEWS}\n" in printed and f"{folder / META}\n" in printed
+    assert "| pop      | beauty    | 0      | download the data, then rank" in printed
+    assert "| sasrec   | beauty    | 0      | download the data, then train and rank" in printed
+    assert not folder.exists()
+
+    place(folder, core_reviews())
+    assert main(dry_run) == 0
+    printed = capsys.readouterr().out
+    assert "download" not in printed and "| sasrec   | beauty    | 0      | train and rank" in printed

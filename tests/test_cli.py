@@ -53,7 +53,7 @@ def test_rerun_skips_finished_and_force_never_duplicates(tmp_path, capsys):
     run_cli(*SMOKE, "--out", out)
     before = (out / "results.jsonl").read_text()
     run_cli(*SMOKE, "--out", out)
-    assert "already in" in capsys.readouterr().err
+    assert f"stored in {out} (--force reruns it)" in capsys.readouterr().err
     assert (out / "results.jsonl").read_text() == before
     run_cli(*SMOKE, "--out", out, "--force")
     records = ResultStore(out).load()

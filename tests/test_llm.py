@@ -532,7 +532,7 @@ def test_datasets_without_text_stop_llm_methods_with_a_clear_message(tmp_path, c
     assert main(["run", "--profile", "smoke", "--methods", "sft", "--datasets", f"seq:{path}",
                  "--out", str(tmp_path / "out")]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "skip sft" in err and "needs item text" in err
+    assert "skip seq-bare--sft--smoke--seed0" in err and "needs item text, and this dataset has none" in err
     assert not (tmp_path / "out" / "results.jsonl").exists()
     bare = leave_last_out(load_dataset(f"seq:{path}")).train_view()
     method = NextItemSFT(smoke_settings(), context(tmp_path))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from bench.data.base import Dataset, SourceInfo
 from bench.errors import GRBenchError, UnknownNameError
@@ -19,14 +19,16 @@ _DISCOVERED = False
 
 
 def register_source(
-    name: str, description: str, *, argument: str | None = None, argument_required: bool = False
+    name: str, description: str, *, argument: str | None = None, argument_required: bool = False,
+    pending_downloads: Callable[[str | None], list[Path]] | None = None,
 ) -> Callable[[Callable[[str | None], Dataset]], Callable[[str | None], Dataset]]:
-    """Decorator registering ``loader(argument) -> Dataset`` under ``name``."""
+    """Decorator registering ``loader(argument) -> Dataset`` under ``name``. A source that downloads on first use
+    passes ``pending_downloads(argument)``: the files still to fetch, so that a dry run can list them instead."""
 
     def decorate(loader: Callable[[str | None], Dataset]) -> Callable[[str | None], Dataset]:
         if name in _SOURCES:
             raise ValueError(f"dataset source {name!r} registered twice")
-        _SOURCES[name] = SourceInfo(name, description, loader, argument, argument_required)
+        _SOURCES[name] = SourceInfo(name, description, loader, argument, argument_required, pending_downloads)
         return loader
 
     return decorate

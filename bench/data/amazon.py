@@ -158,11 +158,20 @@ def _download_failure(url: str, error: Exception, paths: tuple[Path, Path]) -> s
     )
 
 
+def local_paths(category: str) -> tuple[Path, Path]:
+    """Where the category's reviews and meta files are (or will be once downloaded)."""
+    reviews_name, meta_name = file_names(category)
+    return amazon_dir() / reviews_name, amazon_dir() / meta_name
+
+
+def pending_downloads(category: str, argument: str | None = None) -> list[Path]:
+    """The category's files not downloaded yet."""
+    return [path for path in local_paths(category) if not path.is_file()]
+
+
 def ensure_files(category: str) -> tuple[Path, Path]:
     """The category's reviews and meta files, downloaded if absent and checked against known checksums."""
-    folder = amazon_dir()
-    reviews_name, meta_name = file_names(category)
-    paths = (folder / reviews_name, folder / meta_name)
+    paths = local_paths(category)
     for path in paths:
         if not path.is_file():
             url = BASE_URL + path.name
@@ -381,4 +390,5 @@ def load_amazon(name: str, category: str, argument: str | None = None) -> Datase
 
 for _name, (_category, _size_note) in CATEGORIES.items():
     register_source(_name, f"Amazon 2014 {_category} 5-core ({_size_note}) with titles, category paths and "
-                    "brands; downloaded on first use")(functools.partial(load_amazon, _name, _category))
+                    "brands; downloaded on first use", pending_downloads=functools.partial(pending_downloads, _category)
+                    )(functools.partial(load_amazon, _name, _category))

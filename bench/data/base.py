@@ -10,6 +10,7 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -111,3 +112,6 @@ class SourceInfo:
     loader: Callable[[str | None], Dataset]
     argument: str | None = None  # what may follow "name:", e.g. "<path>" for seq:<path>
     argument_required: bool = False
+    # The files loading would download first (none once they are here), so that `bench run --dry-run` can say
+    # so instead of downloading; None for sources that never download.
+    pending_downloads: Callable[[str | None], list[Path]] | None = None
