@@ -290,7 +290,7 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
                  folder: Path, console: Console | None = None) -> list[Path]:
     """``python -m bench analyze``: for each method and dataset, the method's trained model (from its stage
     cache, trained first where missing), then its own analyses (:meth:`Method.analyze`): plots and a summary
-    under ``folder/<dataset>/<method spec>/``. Returns the summary files."""
+    under ``folder/<dataset>/<method spec>/<profile>-seed<k>/``. Returns the summary files."""
     console = console or Console(stderr=True)
     process_commit()
     profile = get_profile(profile_name)
@@ -310,7 +310,8 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
                 method, context = make_method(split, run, profile, seed, progress)
                 with context.stage("train"):
                     method.fit(data, context)
-                target = folder / slug(split.dataset) / slug(run.spec)
+                # one folder per profile and seed, so that a quick analysis never overwrites a small one
+                target = folder / slug(split.dataset) / slug(run.spec) / f"{profile.name}-seed{seed}"
                 task = progress.add_task(f"analyze {run.spec} / {split.dataset}", total=1)
                 summary = method.analyze(data, target)
                 progress.update(task, completed=1)

@@ -446,7 +446,7 @@ def test_cli_run_and_rationale_perturbation_analysis(tmp_path, monkeypatch, caps
                         real_metrics(targets, topk))
     analysis = tmp_path / "analysis"
     assert main(["analyze", "--profile", "smoke", "--methods", "onerec_think", "--out", str(analysis)]) == 0
-    folder = analysis / "synthetic" / "onerec_think"
+    folder = analysis / "synthetic" / "onerec_think" / "smoke-seed0"
     table = (folder / "rationale_perturbation.md").read_text()
     conditions = ["ground-truth rationale", "target category removed", "5 random words dropped",
                   "5 noise words added", "generated rationale"]

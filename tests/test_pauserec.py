@@ -178,7 +178,7 @@ def test_ablations_are_rows_of_their_own_and_bad_settings_fail_early(tmp_path, m
 def test_analyze_writes_plots_and_a_summary_and_refuses_methods_without_analyses(tmp_path, capsys):
     out = tmp_path / "analysis"
     assert main(["analyze", "--profile", "smoke", "--methods", "pauserec", "--out", str(out)]) == 0
-    folder = out / "synthetic" / "pauserec"
+    folder = out / "synthetic" / "pauserec" / "smoke-seed0"
     for plot in ("embeddings.png", "pause_attention.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG")
     summary = json.loads((folder / "analysis.json").read_text())
