@@ -494,16 +494,21 @@ class OneRecThink(NextItemSFT):
         truth = [self.writer.write(recent(h, s["max_history"]), int(t)) for h, t in zip(histories, targets)]
         rng = np.random.default_rng(self.context.seed)
         vocabulary = noise_vocabulary(data.catalog)
-        conditions = {
-            "ground-truth rationale": truth,
-            "target category removed": [remove_target_category(r, data.catalog, int(t))
-                                        for r, t in zip(truth, targets)],
-            f"{NOISE_WORDS} random words dropped": [drop_words(r, NOISE_WORDS, rng) for r in truth],
-            f"{NOISE_WORDS} noise words added": [add_noise_words(r, NOISE_WORDS, rng, vocabulary) for r in truth],
-            "generated rationale": self.rationales(model, histories),
+        # built one at a time, in this order (the random ones draw from rng in turn), under a progress bar:
+        # each condition decodes every user, and the generated one also writes their rationales
+        builders: dict[str, Callable[[], list[str]]] = {
+            "ground-truth rationale": lambda: truth,
+            "target category removed": lambda: [remove_target_category(r, data.catalog, int(t))
+                                                for r, t in zip(truth, targets)],
+            f"{NOISE_WORDS} random words dropped": lambda: [drop_words(r, NOISE_WORDS, rng) for r in truth],
+            f"{NOISE_WORDS} noise words added": lambda: [add_noise_words(r, NOISE_WORDS, rng, vocabulary)
+                                                         for r in truth],
+            "generated rationale": lambda: self.rationales(model, histories),
         }
-        results = {name: summarize(per_user_metrics(targets, self.decode(model, histories, rationales, 10)))
-                   for name, rationales in conditions.items()}
+        conditions, results = {}, {}
+        for name in self.context.progress(list(builders), "rationale perturbation conditions", total=len(builders)):
+            conditions[name] = builders[name]()
+            results[name] = summarize(per_user_metrics(targets, self.decode(model, histories, conditions[name], 10)))
         write_atomically(folder / PERTURBATION_TABLE, perturbation_table(results, len(users), s).encode())
         return {"model": "cot_sft", "users": len(users), "rationale": s["rationale"], "metrics": results,
                 "examples": {name: rationales[:2] for name, rationales in conditions.items()},
