@@ -208,7 +208,7 @@ def llm_costs_table(records: list[dict]) -> str:
     """The LLM methods side by side (the study's efficiency comparison: SFT vs PauseRec vs OneRec-Think): per
     dataset, profile and hardware, each method's training cost by stage (GPU-hours, or wall seconds on a CPU;
     shared stages such as CPT count for every method built on them), total, and inference latency; means over
-    seeds."""
+    seeds. The commit column shows which rows came from one run of the same code."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for record in records:
         if record.get("family") == "llm":
@@ -222,12 +222,17 @@ def llm_costs_table(records: list[dict]) -> str:
                      for name in stage_names]
             table.append([method, len(runs), *cells,
                           f"{np.mean([r['train']['gpu_hours'] for r in runs]):.4f}",
-                          _seconds(np.mean([r["train"]["wall_s"] for r in runs])), _ms(runs)])
+                          _seconds(np.mean([r["train"]["wall_s"] for r in runs])), _ms(runs), _commits(runs)])
         headers = ["Method", "Seeds", *stage_names, "Train GPU-h", "Train wall (s)",
-                   "Latency (ms/user)"]
+                   "Latency (ms/user)", "Commit"]
         sections += [f"### {dataset}, profile {profile}, {hardware}", "",
                      tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(sections) if sections else "No LLM results yet."
+
+
+def _commits(runs: list[dict]) -> str:
+    """The short commits of ``runs``, each once."""
+    return ", ".join(dict.fromkeys(str(r.get("git_commit") or "?")[:7] for r in runs))
 
 
 def write_leaderboards(records: list[dict], folder: Path, results_folder: Path) -> list[Path]:

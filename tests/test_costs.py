@@ -57,6 +57,7 @@ def test_a_gpu_run_sits_beside_the_cpu_run_never_over_it(tmp_path):
 def test_the_llm_costs_table_puts_methods_side_by_side_by_stage():
     def run(method: str, stages: list[tuple[str, float]], gpus: int) -> dict:
         return {"method": method, "family": "llm", "dataset": "ml-100k", "profile": "small", "seed": 0,
+                "git_commit": f"{gpus}{method}" * 8,
                 "hardware": {"label": "1x GPU" if gpus else "CPU 2 cores", "gpus": ["GPU"] * gpus},
                 "stages": [{"name": n, "wall_s": h * 3600, "gpu_hours": h * gpus, "gpus": gpus} for n, h in stages],
                 "train": {"gpu_hours": sum(h for _, h in stages) * gpus, "wall_s": 1.0},
@@ -70,6 +71,7 @@ def test_the_llm_costs_table_puts_methods_side_by_side_by_stage():
     gpu_section = sections["ml-100k, profile small, 1x GPU"]
     pauserec_row = next(line for line in gpu_section.splitlines() if line.startswith("| pauserec"))
     assert "0.5000 GPU-h" in pauserec_row and "0.8750" in pauserec_row
+    assert pauserec_row.rstrip(" |").endswith("| 1pauser")  # the run's commit, shortened
     sft_row = next(line for line in gpu_section.splitlines() if line.startswith("| sft"))
     assert "0.5000" not in sft_row  # no pause stage
     assert "36 s" in sections["ml-100k, profile small, CPU 2 cores"]  # a CPU run's stage cost is its wall time
