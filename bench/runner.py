@@ -259,7 +259,7 @@ def reason_to_skip(run: MethodRun, split: Split, key: ResultKey, finished: Conta
                    plan: RunPlan) -> str | None:
     """Why a run leaves cell ``key`` alone before it tries the cell's lock, or None: one rule for `bench run`
     and for its dry run, which must agree."""
-    if run.method.needs_text and not split.train_view().has_text:
+    if run.method.needs_text and not split.has_text:
         return "needs item text, and this dataset has none"
     if key in finished and not plan.force:
         return f"stored in {plan.out} (--force reruns it)"
@@ -389,7 +389,7 @@ def _score(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.
         "settings": run.settings,
         "variant": run.method.variant(run.settings),
         "reduced_schedule": profile.reduced_schedule and run.method.has_training_schedule,
-        "dataset_info": {**split.stats, "has_text": split.train_view().has_text},
+        "dataset_info": {**split.stats, "has_text": split.has_text},
         "eval_users": int(len(users)),
         "eval_subset": "all" if len(users) == split.n_users else f"fixed subset (seed {EVAL_SUBSET_SEED})",
         "top_k": TOP_K,

@@ -34,6 +34,11 @@ def _sorted_ids(ids: pd.Series) -> np.ndarray:
     return np.array(sorted(unique), dtype=object)
 
 
+def catalog_has_text(catalog: pd.DataFrame) -> bool:
+    """Whether any item of a split's catalog has a title (row 0 is the padding item)."""
+    return bool(catalog["title"].iloc[1:].notna().any())
+
+
 @dataclass(frozen=True)
 class TrainData:
     """What a method may learn from: training sequences, validation targets and item metadata."""
@@ -53,7 +58,7 @@ class TrainData:
 
     @property
     def has_text(self) -> bool:
-        return bool(self.catalog["title"].iloc[1:].notna().any())
+        return catalog_has_text(self.catalog)
 
     def valid_histories(self) -> list[np.ndarray]:
         """The history given when predicting the validation target: the training sequence."""
@@ -75,6 +80,11 @@ class Split:
     @property
     def n_users(self) -> int:
         return len(self.sequences)
+
+    @property
+    def has_text(self) -> bool:
+        """As the training view's (the catalog is the same), without building that view's sequences."""
+        return catalog_has_text(self.catalog)
 
     @property
     def n_items(self) -> int:
