@@ -5,13 +5,18 @@ default), and a difference between two leaderboard means says nothing about its 
 top-10 lists are scored by :mod:`bench.evaluate` again, user by user, and the difference A - B gets:
 
 - per seed: the paired bootstrap over the users both methods ranked (:func:`bench.evaluate.paired_bootstrap`);
-- over seeds: each user's metric averaged over every seed each method ran, then the same paired bootstrap over
-  users, and how many seeds A won. Seeds are few (3 in the study), so the spread between them is shown as the
+- over seeds: each user's metric averaged over every seed compared on each side (see below), then the same
+  paired bootstrap over users, and how many seeds A won. Seeds are few (3 in the study), so the spread between them is shown as the
   per-seed differences rather than summarised by an interval of its own.
 
 When both methods ran the same seeds, seed s of A is set against seed s of B. When they did not (five ReaRec
 seeds against one SASRec run), each seed of A is set against B's mean over its seeds: pairing only the seeds
-both happen to share would drop runs, and seed s of two different models shares nothing but its number.
+both happen to share would drop runs, and seed s of two different models shares nothing but its number. The
+exception is seeds whose models were built from the same trained parts (:func:`trained_parts`: the same SID
+table, or a cached stage both reused): a PauseRec ablation starts from the SFT checkpoint of default PauseRec's
+seed 0, so the ablation's seed 0 is compared with that seed alone, and the other seeds of either side are left
+out (and named): against a mean over seeds, the ablation's difference would mix the effect of its option with
+the spread between SFT checkpoints.
 
 Only records of the same dataset split, profile and device are paired; the rankings files are the source, so a
 comparison can be recomputed from ``results/`` alone (``python -m bench compare``, and ``comparisons.md`` beside
@@ -58,6 +63,9 @@ class Comparison:
     b_seeds: list[int]
     users: int
     reduced: bool  # either side trained on a reduced CPU schedule: a pipeline check, not evidence for a claim
+    # seeds left out because the others were paired on the trained parts they share (see the module docstring)
+    a_left_out: list[int] = field(default_factory=list)
+    b_left_out: list[int] = field(default_factory=list)
     # metric -> A - B of each seed of A, in seed order (against B's same seed when matched, else B's seed mean)
     per_seed: dict[str, list[float]] = field(default_factory=dict)
     pooled: dict[str, PairedComparison] = field(default_factory=dict)  # metric -> over seeds, paired over users
@@ -70,6 +78,10 @@ class Comparison:
 
     def seeds_text(self) -> str:
         seeds = lambda ss: ", ".join(map(str, ss))  # noqa: E731
+        if self.matched and (self.a_left_out or self.b_left_out):
+            left_out = "; ".join(f"{side} {seeds(left)}" for side, left in (("A", self.a_left_out),
+                                                                             ("B", self.b_left_out)) if left)
+            return f"{seeds(self.a_seeds)} (built from shared trained parts; left out: {left_out})"
         if self.matched:
             return seeds(self.a_seeds)
         return f"A {seeds(self.a_seeds)}; B {seeds(self.b_seeds)} (each A seed against B's mean)"
@@ -87,13 +99,35 @@ def user_metrics(results_folder: Path, record: dict) -> dict[str, dict[str, floa
     return {row["user"]: {name: float(vectors[name][n]) for name in METRICS} for n, row in enumerate(rows)}
 
 
+def trained_parts(record: dict) -> set[str]:
+    """What a record's model was built from that another record's can share: its SID table (by fingerprint) and
+    the cached training stages its report names (by folder, which is the stage's key)."""
+    report = record.get("report") or {}
+    parts = {f"sids-{fingerprint}"} if (fingerprint := (report.get("sids") or {}).get("fingerprint")) else set()
+    stages = report.get("stages") or {}
+    return parts | {Path(stage["folder"]).name for stage in stages.values()
+                    if isinstance(stage, dict) and stage.get("folder")}
+
+
+def seeds_sharing_trained_parts(by_seed_a: dict[int, dict], by_seed_b: dict[int, dict]) -> list[int]:
+    """The seeds both ran whose two models share a trained part (:func:`trained_parts`)."""
+    return [seed for seed in sorted(by_seed_a) if seed in by_seed_b
+            and trained_parts(by_seed_a[seed]) & trained_parts(by_seed_b[seed])]
+
+
 def compare_records(results_folder: Path, a_records: Iterable[dict], b_records: Iterable[dict]) -> Comparison:
-    """Compares every seed of A with every seed of B (one dataset split, profile and device), paired over users."""
+    """Compares every seed of A with every seed of B (one dataset split, profile and device), paired over users;
+    where the two ran different seeds but some of them share trained parts, only those seeds, seed with seed."""
     by_seed_a = {r["seed"]: r for r in a_records}
     by_seed_b = {r["seed"]: r for r in b_records}
     if not by_seed_a or not by_seed_b:
         raise GRBenchError(f"nothing to pair: A has {len(by_seed_a)} records, B {len(by_seed_b)}")
     a_seeds, b_seeds = sorted(by_seed_a), sorted(by_seed_b)
+    a_left_out: list[int] = []
+    b_left_out: list[int] = []
+    if a_seeds != b_seeds and (shared := seeds_sharing_trained_parts(by_seed_a, by_seed_b)):
+        a_left_out, b_left_out = [s for s in a_seeds if s not in shared], [s for s in b_seeds if s not in shared]
+        a_seeds = b_seeds = shared
     records = [by_seed_a[s] for s in a_seeds] + [by_seed_b[s] for s in b_seeds]
     keys = {(ResultKey.of(r).dataset, r["split_fingerprint"], r["profile"], record_device(r)) for r in records}
     if len(keys) != 1:
@@ -106,7 +140,8 @@ def compare_records(results_folder: Path, a_records: Iterable[dict], b_records: 
     first = records[0]
     result = Comparison(first["method"], by_seed_b[b_seeds[0]]["method"], first["dataset"], first["profile"],
                         record_device(first), a_seeds, b_seeds, len(common),
-                        reduced=any(r.get("reduced_schedule") for r in records))
+                        reduced=any(r.get("reduced_schedule") for r in records), a_left_out=a_left_out,
+                        b_left_out=b_left_out)
     for metric in METRICS:
         a = np.array([[users[u][metric] for u in common] for users in a_users])  # (A's seeds, users)
         b = np.array([[users[u][metric] for u in common] for users in b_users])  # (B's seeds, users)
@@ -174,7 +209,10 @@ COMPARISONS_LEGEND = (
     "OneRec-Think, ReaRec (ERL and PRL) against SASRec, ERL against its own encoder without reasoning steps, PRL "
     "against ERL, and every PauseRec ablation row against the default PauseRec, on the same users, dataset split, "
     "profile and device. Each "
-    "user's metric is averaged over every seed each method ran; the interval and the two-sided p-value are a "
+    "user's metric is averaged over the seeds compared on each side; the interval and the two-sided p-value are a "
     "paired bootstrap over users (1,000 resamples). 'A - B per seed' shows the spread between seeds: seed "
-    "against seed where both ran the same seeds, else each seed of A against B's mean. Generated by "
+    "against seed where both ran the same seeds, else each seed of A against B's mean; but where the two ran "
+    "different seeds and some seeds' models share trained parts (the same SID table or cached stage, as a "
+    "PauseRec ablation shares the SFT checkpoint of PauseRec's seed 0), only those seeds, seed against seed, and "
+    "the Seeds column names the seeds left out. Generated by "
     "`python -m bench leaderboard`: do not edit by hand.")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.compare import compare_records, comparison_table, study_comparisons, study_pairs
+from bench.compare import compare_records, comparison_table, study_comparisons, study_pairs, trained_parts
 from bench.errors import GRBenchError
 from bench.results import ResultStore
 
@@ -53,6 +53,37 @@ def test_unmatched_seeds_set_each_seed_of_a_against_the_mean_of_b(two_seeds):
         assert fewer.pooled[metric].mean_difference == pytest.approx(
             mean["pop", 0] - (mean["random", 0] + mean["random", 1]) / 2)
         assert fewer.per_seed[metric] == pytest.approx([fewer.pooled[metric].mean_difference])
+
+
+def with_parts(record, sids=None, stages=()):
+    """The record as if its model were built from this SID table and these cached stages."""
+    report = {"sids": {"fingerprint": sids} if sids else {},
+              "stages": {name: {"folder": f"/any/cache/llm-stages/{name}"} for name in stages}}
+    return {**record, "report": report}
+
+
+def test_trained_parts_are_the_sid_table_and_the_cached_stages_by_folder_name(two_seeds):
+    _, records = two_seeds
+    assert trained_parts(records[0]) == set()  # popularity is built from nothing trained
+    record = with_parts(records[0], sids="abc", stages=("cpt-1", "sft-2"))
+    assert trained_parts(record) == {"sids-abc", "cpt-1", "sft-2"}
+
+
+def test_seeds_built_from_shared_trained_parts_are_paired_seed_with_seed_and_the_rest_left_out(two_seeds):
+    out, records = two_seeds
+    mean = {(r["method"], r["seed"]): r["metrics"]["ndcg@10"]["mean"] for r in records}
+    # an ablation (A, seed 0 only) built from the SFT stage of the default's seed 0 (B, seeds 0 and 1)
+    ablation = [with_parts(r, stages=("sft-0",)) for r in of(records, "pop") if r["seed"] == 0]
+    default = [with_parts(r, stages=(f"sft-{r['seed']}",)) for r in of(records, "random")]
+    comparison = compare_records(out, ablation, default)
+    assert comparison.matched and (comparison.a_seeds, comparison.b_left_out, comparison.a_left_out) == ([0], [1], [])
+    assert comparison.pooled["ndcg@10"].mean_difference == pytest.approx(mean["pop", 0] - mean["random", 0])
+    assert "0 (built from shared trained parts; left out: B 1)" in comparison_table([comparison])
+    # the same seeds without a shared part: against B's mean over both seeds, as before
+    unrelated = compare_records(out, [with_parts(r, stages=("sft-9",)) for r in ablation], default)
+    assert not unrelated.matched and unrelated.b_left_out == []
+    assert unrelated.pooled["ndcg@10"].mean_difference == pytest.approx(
+        mean["pop", 0] - (mean["random", 0] + mean["random", 1]) / 2)
 
 
 def test_only_records_of_one_split_are_paired(two_seeds):
