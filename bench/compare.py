@@ -6,8 +6,8 @@ top-10 lists are scored by :mod:`bench.evaluate` again, user by user, and the di
 
 - per seed: the paired bootstrap over the users both methods ranked (:func:`bench.evaluate.paired_bootstrap`);
 - over seeds: each user's metric averaged over every seed compared on each side (see below), then the same
-  paired bootstrap over users, and how many seeds A won. Seeds are few (3 in the study), so the spread between them is shown as the
-  per-seed differences rather than summarised by an interval of its own.
+  paired bootstrap over users, and how many seeds A won. Seeds are few (3 in the study), so the spread between
+  them is shown as the per-seed differences rather than summarised by an interval of its own.
 
 When both methods ran the same seeds, seed s of A is set against seed s of B. When they did not (five ReaRec
 seeds against one SASRec run), each seed of A is set against B's mean over its seeds: pairing only the seeds
