@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="paired comparison of two methods from their stored rankings (per seed and over seeds)",
         description="Scores both methods' stored top-10 lists again, user by user, on the users both ranked, and "
-        "prints A - B of every metric: a paired bootstrap over users of each user's metric averaged over every "
-        "seed each method ran, how many seeds A won, and each seed's difference (against B's same seed when "
+        "prints A - B of every metric: a paired bootstrap over users of each user's metric averaged over the "
+        "seeds compared on each side, how many seeds A won, and each seed's difference (against B's same seed when "
         "both ran the same seeds, else against B's mean; where they ran different seeds, seeds whose models share a "
         "trained part (SID table or cached stage) are paired seed with seed and the others left out).")
     compare.add_argument("a", help="method spec A, as in the leaderboard (e.g. pauserec)")
