@@ -21,6 +21,9 @@ from bench.results import record_device, slug, write_atomically
 REDUCED_MARK = "†"
 REDUCED_NOTE = (f"{REDUCED_MARK} reduced schedule (CPU profile): proves the pipeline runs end to end, "
                 "not a ranking of methods.")
+UNCONVERGED_MARK = "‡"
+UNCONVERGED_NOTE = (f"{UNCONVERGED_MARK} training ended at its epoch limit with its best validation score at the last "
+                    "epoch: still improving, so below what the method reaches when trained until early stopping.")
 METRIC_TITLES = {"hit@5": "Hit@5", "hit@10": "Hit@10", "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10"}
 LIST_STATS = {"coverage@10": "Coverage@10", "history@10": "History@10"}
 
@@ -89,7 +92,7 @@ def dataset_table(rows: dict[tuple[str, str, str], list[dict]]) -> str:
     for row in order:
         runs = rows[row]
         method, profile, _ = row
-        mark = f" {REDUCED_MARK}" if any(r.get("reduced_schedule") for r in runs) else ""
+        mark = _row_mark(runs)
         variant = f" ({runs[0]['variant']})" if runs[0].get("variant") else ""
         metric_cells = []
         for metric in METRICS:
@@ -117,9 +120,30 @@ def _dataset_section(dataset: str, fingerprint: str, rows: dict[tuple[str, str, 
              f"{info['users_dropped_lt3']:,} users with fewer than 3 interactions dropped; "
              f"item text: {'yes' if info.get('has_text') else 'no'}")
     lines = [f"## {dataset} (split {fingerprint})", "", facts, "", dataset_table(rows), ""]
-    if any(r.get("reduced_schedule") for runs in rows.values() for r in runs):
-        lines += [REDUCED_NOTE, ""]
+    marks = {_row_mark(runs).strip() for runs in rows.values()}
+    for mark, note in ((REDUCED_MARK, REDUCED_NOTE), (UNCONVERGED_MARK, UNCONVERGED_NOTE)):
+        if mark in marks:
+            lines += [note, ""]
     return "\n".join(lines)
+
+
+def still_improving(record: dict) -> bool:
+    """Whether training stopped at its epoch limit while its best validation score was the last one measured.
+
+    Such a row (e.g. ``tiger:epochs=6`` cut to fit a CPU session) scores below the converged method and must not
+    pass for it; rows stopped by patience, and methods without an epoch history, are not marked.
+    """
+    report = record.get("report") or {}
+    epochs = (record.get("settings") or {}).get("epochs")
+    runs = report.get("epochs_run")
+    return bool(report.get("history")) and runs == epochs and report.get("best_epoch") == runs - 1
+
+
+def _row_mark(runs: list[dict]) -> str:
+    """† for a reduced CPU schedule (which says more than ‡, so it wins), else ‡ for a run cut short."""
+    if any(r.get("reduced_schedule") for r in runs):
+        return f" {REDUCED_MARK}"
+    return f" {UNCONVERGED_MARK}" if any(still_improving(r) for r in runs) else ""
 
 
 LEGEND = ("Leave-last-out split; full ranking over all items; one target per user. "
