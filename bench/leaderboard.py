@@ -135,8 +135,8 @@ def still_improving(record: dict) -> bool:
     """
     report = record.get("report") or {}
     epochs = (record.get("settings") or {}).get("epochs")
-    runs = report.get("epochs_run")
-    return bool(report.get("history")) and runs == epochs and report.get("best_epoch") == runs - 1
+    epochs_run = report.get("epochs_run")
+    return bool(report.get("history")) and epochs_run == epochs and report.get("best_epoch") == epochs_run - 1
 
 
 def _row_mark(runs: list[dict]) -> str:
