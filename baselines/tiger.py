@@ -265,7 +265,8 @@ class Tiger(Method):
         report = train_with_early_stopping(
             context, name=self.name, key=key, model=self.model, optimizer=optimizer, epochs=settings["epochs"],
             patience=settings["patience"], train_epoch=train_epoch, validate=validate,
-            extra_state=(get_extra, set_extra), validate_every=settings["eval_every"])
+            extra_state=(get_extra, set_extra), validate_every=settings["eval_every"],
+            extends_shorter_runs=True)  # the inverse-square-root schedule ignores the epoch limit
         return {**report, "valid_users": len(valid_users), "bf16": bf16,
                 "training_examples": len(targets), "parameters": sum(p.numel() for p in self.model.parameters())}
 

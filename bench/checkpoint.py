@@ -23,6 +23,7 @@ import numpy as np
 from bench.results import write_atomically
 
 CHECKPOINT_VERSION = 1
+EPOCH_CHECKPOINT = "training-state.pt"  # the file name in a cell's cache folder
 
 
 def rng_state() -> dict[str, Any]:

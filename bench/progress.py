@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 from tabulate import tabulate
 
-from bench.checkpoint import CHECKPOINT_VERSION, read_checkpoint
+from bench.checkpoint import CHECKPOINT_VERSION, EPOCH_CHECKPOINT, read_checkpoint
 from bench.paths import cache_dir, lock_beside
 from bench.training import VALID_METRIC, last_epoch_without_gain
 
 if TYPE_CHECKING:
     from bench.runner import MethodRun, RunPlan
 
-EPOCH_CHECKPOINT = "training-state.pt"
 LLM_STAGES = "llm-stages"
 
 

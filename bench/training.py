@@ -5,18 +5,31 @@ stopped, checkpointed and resumed, so that lives here once. :func:`train_with_ea
 ``train_epoch`` and ``validate`` alternately, keeps the best weights, stops after ``patience`` epochs
 without improvement, and saves the whole state after every epoch (:mod:`bench.checkpoint`), so that a
 killed run continues at the next epoch with the same weights, optimizer, data order and random draws.
+
+A method whose training does not depend on its epoch limit (no schedule sized to the total step count) may
+also let a run with a higher limit continue the checkpoint of the same run cut at a lower one
+(``extends_shorter_runs``): ``tiger:epochs=6`` picks up where ``tiger:epochs=2`` ended, and trains, validates
+and keeps what a fresh 6-epoch run would have.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from bench.checkpoint import EpochCheckpoint, restore_rng, rng_state
+from bench.checkpoint import (
+    CHECKPOINT_VERSION,
+    EPOCH_CHECKPOINT,
+    EpochCheckpoint,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+)
 from bench.costs import cpu_info, gpu_count
 from bench.evaluate import per_user_metrics
 from bench.registry import RunContext
@@ -63,6 +76,53 @@ def last_epoch_without_gain(best_epoch: int, patience: int, epochs: int) -> int:
     return min(epochs, best_epoch + patience + 1)
 
 
+def is_validated(epoch: int, epochs: int, validate_every: int) -> bool:
+    """Whether :func:`train_with_early_stopping` validates after ``epoch`` (0-based) of ``epochs``."""
+    return epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs
+
+
+def without_epoch_limit(key: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint key less ``settings["epochs"]``: what must match for one run to continue another."""
+    return {**key, "settings": {name: value for name, value in key["settings"].items() if name != "epochs"}}
+
+
+def shorter_run_state(context: RunContext, key: dict[str, Any], epochs: int, validate_every: int
+                      ) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint of the same run under another epoch limit that a run of ``epochs`` epochs can continue as
+    if it had made it, with the name of the cell folder it lies in; None when there is none.
+
+    It must match ``key`` but for ``settings["epochs"]``, hold no more epochs than ``epochs`` and have validated
+    exactly the epochs this run validates (a run cut at epoch 3 validated its last epoch, which a longer run
+    with ``validate_every`` 2 would not have). Of several, the one with most epochs. Looks in the sibling cell
+    folders of the same method (``<method>`` or ``<method>-<options>``) with the same profile and seed.
+    """
+    cell = context.cache_dir
+    wanted = json.dumps(without_epoch_limit(key), sort_keys=True, default=str)
+    best: tuple[str, dict[str, Any]] | None = None
+    for path in sorted(cell.parent.parent.parent.glob(f"*/{cell.parent.name}/{cell.name}/{EPOCH_CHECKPOINT}")):
+        folder = path.parent.parent.parent.name
+        if path.parent == cell or not (folder == key["method"] or folder.startswith(f"{key['method']}-")):
+            continue
+        try:
+            saved = read_checkpoint(path)
+            if saved.get("version") != CHECKPOINT_VERSION:
+                continue
+            found = json.loads(saved["key"])
+            if "epochs" not in found.get("settings", {}) or \
+                    json.dumps(without_epoch_limit(found), sort_keys=True, default=str) != wanted:
+                continue
+        except Exception:  # noqa: BLE001 - an unreadable or foreign checkpoint is simply not a candidate
+            continue
+        state = saved["state"]
+        done = len(state["history"])
+        if done > epochs or state["validated_epochs"] != [e for e in range(done)
+                                                          if is_validated(e, epochs, validate_every)]:
+            continue
+        if best is None or done > len(best[1]["history"]):
+            best = (folder, state)
+    return best
+
+
 def train_with_early_stopping(
     context: RunContext,
     *,
@@ -76,6 +136,7 @@ def train_with_early_stopping(
     validate: Callable[[], float],
     extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
     validate_every: int = 1,
+    extends_shorter_runs: bool = False,
 ) -> dict[str, Any]:
     """Trains ``model`` (a torch module) for up to ``epochs`` epochs and leaves its best weights loaded.
 
@@ -85,13 +146,25 @@ def train_with_early_stopping(
     generators that a resume must restore (e.g. a data loader's own generator). Where validation is costly,
     ``validate_every`` > 1 validates after the first epoch, every ``validate_every`` epochs and after the last
     one; the epochs between repeat the last measured score, so the best weights only change when measured.
-    Returns the training report stored with the result: best epoch and score, epochs run, the per-epoch
-    history, the validated epochs, where it resumed.
+    ``extends_shorter_runs`` (for methods whose training ignores the epoch limit, with ``key["settings"]
+    ["epochs"] == epochs``): without a checkpoint of its own, the run continues the one of the same run under
+    another limit (:func:`shorter_run_state`). Returns the training report stored with the result: best epoch
+    and score, epochs run, the per-epoch history, the validated epochs, where it resumed and from which cell.
     """
-    checkpoint = EpochCheckpoint(context.cache_dir / "training-state.pt", {"method": name, **key})
-    state = checkpoint.load() or {"best_score": float("-inf"), "best_epoch": -1, "best_state": None,
-                                  "history": [], "validated_epochs": [], "stopped": False, "wall_s": 0.0,
-                                  "gpu_hours": 0.0}
+    full_key = {"method": name, **key}
+    checkpoint = EpochCheckpoint(context.cache_dir / EPOCH_CHECKPOINT, full_key)
+    state = checkpoint.load()
+    continued_from = None
+    if state is None and extends_shorter_runs:
+        if key["settings"]["epochs"] != epochs:
+            raise ValueError(f"{name}: extends_shorter_runs needs settings['epochs'] == epochs ({epochs})")
+        shorter = shorter_run_state(context, full_key, epochs, validate_every)
+        if shorter is not None:
+            continued_from, state = shorter
+            context.log(f"{name}: continues the {len(state['history'])} epochs of cell {continued_from} (the same "
+                        f"run with another epoch limit)")
+    state = state or {"best_score": float("-inf"), "best_epoch": -1, "best_state": None, "history": [],
+                      "validated_epochs": [], "stopped": False, "wall_s": 0.0, "gpu_hours": 0.0}
     history: list[dict[str, Any]] = state["history"]
     resumed_after = len(history)
     if resumed_after:
@@ -105,7 +178,7 @@ def train_with_early_stopping(
     remaining = range(resumed_after, epochs) if not state["stopped"] else range(0)
     for epoch in context.progress(remaining, f"{name} epochs", total=len(remaining)):
         loss = train_epoch(epoch)
-        validated = epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs
+        validated = is_validated(epoch, epochs, validate_every)
         if validated:
             score = validate()
             state["validated_epochs"].append(epoch)
@@ -135,4 +208,5 @@ def train_with_early_stopping(
         model.load_state_dict(state["best_state"])
     return {"best_epoch": state["best_epoch"], f"best_valid_{VALID_METRIC}": state["best_score"] if history else None,
             "epochs_run": len(history), "history": history, "validated_epochs": state["validated_epochs"],
-            "resumed_after_epochs": resumed_after or None}
+            "resumed_after_epochs": resumed_after or None,
+            **({"continued_from_cell": continued_from} if continued_from else {})}

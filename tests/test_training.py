@@ -66,3 +66,49 @@ def test_costly_validation_runs_after_the_first_every_nth_and_the_last_epoch(tmp
     assert seen == validated and report["validated_epochs"] == validated
     assert [entry["ndcg@10"] for entry in report["history"]][2] == (0.3 if validate_every == 1 else 0.2)
     assert ("not validated this epoch" in lines[2]) == (validate_every == 2)
+
+
+def counting_loop(cache, folder: str, *, epochs: int, validate_every: int = 1, lr: float = 0.1
+                  ) -> tuple[dict, torch.nn.Module, list[str]]:
+    """The loop with the epoch limit among its settings, over a one-weight model that each epoch adds a random
+    draw to (so a continued run matches a fresh one only if weights and generators were carried), in the cell
+    folder ``folder`` (a method spec such as ``toy-epochs=2``) under ``cache``; validation scores the weight."""
+    lines: list[str] = []
+    context = RunContext(seed=0, profile="smoke", device="cpu", cache_dir=cache / "data" / "fp" / folder / "smoke"
+                         / "seed0", log=lines.append)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def train_epoch(epoch: int) -> float:
+        with torch.no_grad():
+            model.weight.add_(torch.rand(1))
+        return 0.0
+
+    report = train_with_early_stopping(
+        context, name="toy", key={"settings": {"epochs": epochs, "lr": lr}}, model=model, optimizer=optimizer,
+        epochs=epochs, patience=10, train_epoch=train_epoch, validate=lambda: float(model.weight.item()),
+        validate_every=validate_every, extends_shorter_runs=True)
+    return report, model, lines
+
+
+def test_a_higher_epoch_limit_continues_the_cut_run_as_if_it_had_run_from_the_start(tmp_path):
+    fresh, fresh_model, _ = counting_loop(tmp_path / "fresh", "toy", epochs=5)
+    cut, _, _ = counting_loop(tmp_path / "cache", "toy-epochs=2", epochs=2)
+    assert cut["epochs_run"] == 2
+    longer, longer_model, lines = counting_loop(tmp_path / "cache", "toy-epochs=5", epochs=5)
+    assert longer["resumed_after_epochs"] == 2 and longer["continued_from_cell"] == "toy-epochs=2"
+    assert "continues the 2 epochs of cell toy-epochs=2" in lines[0]
+    assert longer["history"] == fresh["history"] and longer_model.weight.item() == fresh_model.weight.item()
+    again, _, _ = counting_loop(tmp_path / "cache", "toy-epochs=5", epochs=5)  # its own checkpoint now
+    assert again["resumed_after_epochs"] == 5 and "continued_from_cell" not in again
+
+
+def test_a_cut_run_is_not_continued_under_other_settings_or_other_validated_epochs(tmp_path):
+    counting_loop(tmp_path, "toy-epochs=2", epochs=2)
+    other_lr, _, _ = counting_loop(tmp_path, "toy-epochs=5-lr=0.2", epochs=5, lr=0.2)
+    assert other_lr["resumed_after_epochs"] is None
+    odd = tmp_path / "odd"
+    counting_loop(odd, "toy-epochs=3", epochs=3, validate_every=2)  # validated epoch 3 only as its last
+    longer, _, _ = counting_loop(odd, "toy-epochs=6", epochs=6, validate_every=2)
+    assert longer["resumed_after_epochs"] is None
