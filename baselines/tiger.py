@@ -178,6 +178,7 @@ def build_model(settings: dict[str, Any], vocab_size: int) -> Any:
 class Tiger(Method):
     name = "tiger"
     family = "generative"
+    extends_shorter_runs = True  # the inverse-square-root schedule needs no total step count
     description = "semantic IDs + T5 encoder-decoder from scratch, trie-constrained beam search (Rajput et al. 2023)"
     profiles = PROFILES
 
@@ -199,6 +200,10 @@ class Tiger(Method):
             raise GRBenchError(f"tiger: need 0 <= dropout < 1 and learning_rate > 0, got dropout "
                                f"{settings['dropout']}, learning_rate {settings['learning_rate']}")
         cls.sid_config(settings)  # SidConfig raises GRBenchError for bad SID options
+
+    @classmethod
+    def validate_every(cls, settings: dict[str, Any]) -> int:
+        return settings["eval_every"]
 
     @staticmethod
     def sid_config(settings: dict[str, Any]) -> SidConfig:
@@ -265,8 +270,8 @@ class Tiger(Method):
         report = train_with_early_stopping(
             context, name=self.name, key=key, model=self.model, optimizer=optimizer, epochs=settings["epochs"],
             patience=settings["patience"], train_epoch=train_epoch, validate=validate,
-            extra_state=(get_extra, set_extra), validate_every=settings["eval_every"],
-            extends_shorter_runs=True)  # the inverse-square-root schedule ignores the epoch limit
+            extra_state=(get_extra, set_extra), validate_every=self.validate_every(settings),
+            extends_shorter_runs=self.extends_shorter_runs)
         return {**report, "valid_users": len(valid_users), "bf16": bf16,
                 "training_examples": len(targets), "parameters": sum(p.numel() for p in self.model.parameters())}
 

@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from bench.checkpoint import CHECKPOINT_VERSION, EPOCH_CHECKPOINT, read_checkpoint
 from bench.paths import cache_dir, lock_beside
-from bench.training import VALID_METRIC, last_epoch_without_gain
+from bench.training import VALID_METRIC, last_epoch_without_gain, settings_text, shorter_run_state
 
 if TYPE_CHECKING:
     from bench.runner import MethodRun, RunPlan
@@ -202,7 +202,7 @@ def plan_cells(plan: RunPlan) -> list[PlannedCell]:
                 elif checkpoint.is_file():
                     action = checkpoint_action(epoch_progress(checkpoint, cache_dir()))
                 else:
-                    action = fresh_action(run)
+                    action = continue_action(run, folder, split.fingerprint, seed) or fresh_action(run)
                 cells.append(PlannedCell(run.spec, split.dataset, seed, action))
     return cells
 
@@ -210,6 +210,26 @@ def plan_cells(plan: RunPlan) -> list[PlannedCell]:
 def fresh_action(run: MethodRun) -> str:
     """What a run does with a cell it has nothing of yet."""
     return "train and rank" if run.method.family != "baseline" else "rank"
+
+
+def continue_action(run: MethodRun, folder: Path, fingerprint: str, seed: int) -> str | None:
+    """For a method that :attr:`~bench.registry.Method.extends_shorter_runs`: the cut run of the same settings,
+    split and seed the cell in ``folder`` would continue (as :func:`bench.training.train_with_early_stopping`
+    looks for it; the run also checks what a plan cannot know before training, e.g. the SIDs), or None."""
+    if not run.method.extends_shorter_runs:
+        return None
+
+    def essentials(key: dict[str, Any]) -> str:
+        return settings_text({name: key.get(name) for name in ("method", "settings", "split", "seed")})
+
+    wanted = essentials({"method": run.method.name, "settings": run.settings, "split": fingerprint, "seed": seed})
+    shorter = shorter_run_state(folder, run.method.name, lambda found: essentials(found) == wanted,
+                                run.settings["epochs"], run.method.validate_every(run.settings))
+    if shorter is None:
+        return None
+    cell, state = shorter
+    return (f"continue cell {cell} after its {len(state['history'])} epochs (best valid {VALID_METRIC} "
+            f"{state['best_score']:.4f}), train up to {run.settings['epochs']}, rank")
 
 
 def checkpoint_action(row: RunProgress) -> str:

@@ -75,6 +75,10 @@ class Method(ABC):
     # What decides a method's training data: a subclass that overrides one of these below the class that wrote
     # training_inputs may train on inputs that hook never shows, so the leakage audit calls it not audited.
     training_entry_points: ClassVar[tuple[str, ...]] = ("fit",)
+    # True where training does not depend on the ``epochs`` setting (no schedule sized to the total step count):
+    # then a run with a higher limit continues the epoch checkpoint of the same run cut at a lower one
+    # (bench.training.train_with_early_stopping), and ``bench run --dry-run`` says which cell it would continue.
+    extends_shorter_runs: ClassVar[bool] = False
 
     def __init__(self, settings: dict[str, Any], context: RunContext) -> None:
         self.settings = settings
@@ -101,6 +105,11 @@ class Method(ABC):
     def variant(cls, settings: dict[str, Any]) -> str:
         """A few words shown next to the row label in leaderboards (e.g. the loss of SASRec)."""
         return ""
+
+    @classmethod
+    def validate_every(cls, settings: dict[str, Any]) -> int:
+        """After how many epochs training validates (besides the first and the last epoch)."""
+        return 1
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,35 +82,35 @@ def is_validated(epoch: int, epochs: int, validate_every: int) -> bool:
     return epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs
 
 
-def without_epoch_limit(key: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint key less ``settings["epochs"]``: what must match for one run to continue another."""
-    return {**key, "settings": {name: value for name, value in key["settings"].items() if name != "epochs"}}
+def settings_text(key: dict[str, Any]) -> str:
+    """A checkpoint key less ``settings["epochs"]``, as comparable JSON text: what must match for one run to
+    continue another."""
+    settings = {name: value for name, value in key.get("settings", {}).items() if name != "epochs"}
+    return json.dumps({**key, "settings": settings}, sort_keys=True, default=str)
 
 
-def shorter_run_state(context: RunContext, key: dict[str, Any], epochs: int, validate_every: int
-                      ) -> tuple[str, dict[str, Any]] | None:
-    """The checkpoint of the same run under another epoch limit that a run of ``epochs`` epochs can continue as
-    if it had made it, with the name of the cell folder it lies in; None when there is none.
+def shorter_run_state(cell: Path, method: str, matches: Callable[[dict[str, Any]], bool], epochs: int,
+                      validate_every: int) -> tuple[str, dict[str, Any]] | None:
+    """The epoch checkpoint of the same run under another epoch limit that a run of ``epochs`` epochs in cache
+    folder ``cell`` can continue as if it had made it, with the name of the cell folder it lies in; None when
+    there is none.
 
-    It must match ``key`` but for ``settings["epochs"]``, hold no more epochs than ``epochs`` and have validated
-    exactly the epochs this run validates (a run cut at epoch 3 validated its last epoch, which a longer run
-    with ``validate_every`` 2 would not have). Of several, the one with most epochs. Looks in the sibling cell
-    folders of the same method (``<method>`` or ``<method>-<options>``) with the same profile and seed.
+    It is looked for in the sibling folders of the same method (``<method>`` or ``<method>-<options>``) with
+    the same profile and seed. Its key must have an epoch limit and satisfy ``matches``; it must hold no more
+    epochs than ``epochs`` and have validated exactly the epochs this run validates (a run cut at epoch 3
+    validated its last epoch, which a longer run with ``validate_every`` 2 would not have). Of several, the one
+    with most epochs.
     """
-    cell = context.cache_dir
-    wanted = json.dumps(without_epoch_limit(key), sort_keys=True, default=str)
     best: tuple[str, dict[str, Any]] | None = None
     for path in sorted(cell.parent.parent.parent.glob(f"*/{cell.parent.name}/{cell.name}/{EPOCH_CHECKPOINT}")):
         folder = path.parent.parent.parent.name
-        if path.parent == cell or not (folder == key["method"] or folder.startswith(f"{key['method']}-")):
+        if path.parent == cell or not (folder == method or folder.startswith(f"{method}-")):
             continue
         try:
             saved = read_checkpoint(path)
-            if saved.get("version") != CHECKPOINT_VERSION:
-                continue
             found = json.loads(saved["key"])
-            if "epochs" not in found.get("settings", {}) or \
-                    json.dumps(without_epoch_limit(found), sort_keys=True, default=str) != wanted:
+            if saved.get("version") != CHECKPOINT_VERSION or "epochs" not in found.get("settings", {}) \
+                    or not matches(found):
                 continue
         except Exception:  # noqa: BLE001 - an unreadable or foreign checkpoint is simply not a candidate
             continue
@@ -158,7 +159,9 @@ def train_with_early_stopping(
     if state is None and extends_shorter_runs:
         if key["settings"]["epochs"] != epochs:
             raise ValueError(f"{name}: extends_shorter_runs needs settings['epochs'] == epochs ({epochs})")
-        shorter = shorter_run_state(context, full_key, epochs, validate_every)
+        wanted = settings_text(full_key)
+        shorter = shorter_run_state(context.cache_dir, name, lambda found: settings_text(found) == wanted, epochs,
+                                    validate_every)
         if shorter is not None:
             continued_from, state = shorter
             context.log(f"{name}: continues the {len(state['history'])} epochs of cell {continued_from} (the same "

@@ -238,6 +238,25 @@ def test_killed_training_resumes_at_the_next_epoch_with_identical_results(tmp_pa
     assert resumed["report"]["validated_epochs"] == straight["report"]["validated_epochs"] == [0, 1, 2, 3]
 
 
+def test_a_run_with_more_epochs_continues_the_cut_run_and_matches_a_straight_one(tmp_path, monkeypatch,
+                                                                               fake_encoder):
+    """``tiger:epochs=4`` after ``tiger:epochs=2`` (same cache) trains epochs 3-4 only and ends where a straight
+    4-epoch run ends; the record says which cell it continued and counts the cut run's training time."""
+    run = ["run", "--profile", "smoke"]
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "straight-cache"))
+    assert main([*run, "--methods", "tiger:epochs=4,patience=10", "--out", str(tmp_path / "straight")]) == 0
+    monkeypatch.setenv("GRBENCH_CACHE", str(tmp_path / "cache"))
+    assert main([*run, "--methods", "tiger:epochs=2,patience=10", "--out", str(tmp_path / "cut")]) == 0
+    assert main([*run, "--methods", "tiger:epochs=4,patience=10", "--out", str(tmp_path / "longer")]) == 0
+    [straight], [cut], [longer] = (ResultStore(tmp_path / name).load() for name in ("straight", "cut", "longer"))
+    assert longer["report"]["continued_from_cell"] == "tiger-epochs=2-patience=10"
+    assert longer["report"]["resumed_after_epochs"] == 2 and "continued_from_cell" not in straight["report"]
+    assert longer["report"]["history"] == straight["report"]["history"]
+    assert longer["report"]["history"][:2] == cut["report"]["history"]
+    assert longer["metrics"]["ndcg@10"]["mean"] == straight["metrics"]["ndcg@10"]["mean"]
+    assert longer["train"]["carried_wall_s"] > 0
+
+
 def test_validation_between_eval_epochs_repeats_the_last_score(tmp_path, fake_encoder):
     data = leave_last_out(load_dataset(SYNTHETIC)).train_view()
     lines: list[str] = []

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.progress import continue_action
 from bench.registry import RunContext
+from bench.runner import MethodRun
 from bench.training import last_epoch_without_gain, train_with_early_stopping
 
 
@@ -85,8 +87,9 @@ def counting_loop(cache, folder: str, *, epochs: int, validate_every: int = 1, l
             model.weight.add_(torch.rand(1))
         return 0.0
 
+    settings = {"epochs": epochs, "lr": lr, "every": validate_every}
     report = train_with_early_stopping(
-        context, name="toy", key={"settings": {"epochs": epochs, "lr": lr}}, model=model, optimizer=optimizer,
+        context, name="toy", key={"settings": settings, "split": "fp", "seed": 0}, model=model, optimizer=optimizer,
         epochs=epochs, patience=10, train_epoch=train_epoch, validate=lambda: float(model.weight.item()),
         validate_every=validate_every, extends_shorter_runs=True)
     return report, model, lines
@@ -112,3 +115,35 @@ def test_a_cut_run_is_not_continued_under_other_settings_or_other_validated_epoc
     counting_loop(odd, "toy-epochs=3", epochs=3, validate_every=2)  # validated epoch 3 only as its last
     longer, _, _ = counting_loop(odd, "toy-epochs=6", epochs=6, validate_every=2)
     assert longer["resumed_after_epochs"] is None
+
+
+class Toy:
+    """What a plan reads of a method class (bench.registry.Method) that extends shorter runs."""
+
+    name = "toy"
+    extends_shorter_runs = True
+
+    @classmethod
+    def validate_every(cls, settings: dict) -> int:
+        return settings["every"]
+
+
+def test_a_dry_run_names_the_cut_run_a_cell_would_continue(tmp_path):
+    counting_loop(tmp_path, "toy-epochs=2", epochs=2)
+    cell = tmp_path / "data" / "fp" / "toy-epochs=5" / "smoke" / "seed0"
+
+    def action(settings: dict, fingerprint: str = "fp", seed: int = 0, method: type = Toy) -> str | None:
+        return continue_action(MethodRun("toy:epochs=5", method, settings, {}), cell, fingerprint, seed)
+
+    assert action({"epochs": 5, "lr": 0.1, "every": 1}) == (
+        "continue cell toy-epochs=2 after its 2 epochs (best valid ndcg@10 "
+        f"{counting_loop(tmp_path / 'again', 'toy', epochs=2)[0]['best_valid_ndcg@10']:.4f}), train up to 5, rank")
+    assert action({"epochs": 5, "lr": 0.2, "every": 1}) is None  # other settings
+    assert action({"epochs": 5, "lr": 0.1, "every": 1}, fingerprint="other") is None  # another split
+    assert action({"epochs": 5, "lr": 0.1, "every": 1}, seed=1) is None
+    assert action({"epochs": 1, "lr": 0.1, "every": 1}) is None  # it holds more epochs than the new limit
+
+    class Fixed(Toy):
+        extends_shorter_runs = False
+
+    assert action({"epochs": 5, "lr": 0.1, "every": 1}, method=Fixed) is None
