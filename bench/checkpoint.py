@@ -56,6 +56,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def readable_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The whole saved file (:func:`read_checkpoint`) when it is one this code reads, else None: no file, an
+    unreadable one, or another checkpoint version (a run then trains from the start)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = read_checkpoint(path)
+    except Exception:  # noqa: BLE001 - any unreadable checkpoint means: train from the start
+        return None
+    return saved if isinstance(saved, dict) and saved.get("version") == CHECKPOINT_VERSION else None
+
+
 class EpochCheckpoint:
     """One training run's latest state, at ``path``, valid only for the run described by ``key``."""
 
@@ -66,13 +78,8 @@ class EpochCheckpoint:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none, it belongs to another run, or it cannot be read."""
-        if not self.path.is_file():
-            return None
-        try:
-            saved = read_checkpoint(self.path)
-        except Exception:  # noqa: BLE001 - any unreadable checkpoint means: train from the start
-            return None
-        if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION or saved.get("key") != self.key:
+        saved = readable_checkpoint(self.path)
+        if saved is None or saved.get("key") != self.key:
             return None
         return saved["state"]
 

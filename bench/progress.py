@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from bench.checkpoint import CHECKPOINT_VERSION, EPOCH_CHECKPOINT, read_checkpoint
 from bench.paths import cache_dir, lock_beside
-from bench.training import VALID_METRIC, last_epoch_without_gain, settings_text, shorter_run_state
+from bench.training import VALID_METRIC, key_without_epoch_limit, last_epoch_without_gain, shorter_run_state
 
 if TYPE_CHECKING:
     from bench.runner import MethodRun, RunPlan
@@ -220,7 +220,7 @@ def continue_action(run: MethodRun, folder: Path, fingerprint: str, seed: int) -
         return None
 
     def essentials(key: dict[str, Any]) -> str:
-        return settings_text({name: key.get(name) for name in ("method", "settings", "split", "seed")})
+        return key_without_epoch_limit({name: key.get(name) for name in ("method", "settings", "split", "seed")})
 
     wanted = essentials({"method": run.method.name, "settings": run.settings, "split": fingerprint, "seed": seed})
     shorter = shorter_run_state(folder, run.method.name, lambda found: essentials(found) == wanted,

@@ -23,14 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.checkpoint import (
-    CHECKPOINT_VERSION,
-    EPOCH_CHECKPOINT,
-    EpochCheckpoint,
-    read_checkpoint,
-    restore_rng,
-    rng_state,
-)
+from bench.checkpoint import EPOCH_CHECKPOINT, EpochCheckpoint, readable_checkpoint, restore_rng, rng_state
 from bench.costs import cpu_info, gpu_count
 from bench.evaluate import per_user_metrics
 from bench.registry import RunContext
@@ -82,7 +75,7 @@ def is_validated(epoch: int, epochs: int, validate_every: int) -> bool:
     return epoch == 0 or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs
 
 
-def settings_text(key: dict[str, Any]) -> str:
+def key_without_epoch_limit(key: dict[str, Any]) -> str:
     """A checkpoint key less ``settings["epochs"]``, as comparable JSON text: what must match for one run to
     continue another."""
     settings = {name: value for name, value in key.get("settings", {}).items() if name != "epochs"}
@@ -106,13 +99,14 @@ def shorter_run_state(cell: Path, method: str, matches: Callable[[dict[str, Any]
         folder = path.parent.parent.parent.name
         if path.parent == cell or not (folder == method or folder.startswith(f"{method}-")):
             continue
+        saved = readable_checkpoint(path)
+        if saved is None:
+            continue
         try:
-            saved = read_checkpoint(path)
             found = json.loads(saved["key"])
-            if saved.get("version") != CHECKPOINT_VERSION or "epochs" not in found.get("settings", {}) \
-                    or not matches(found):
+            if "epochs" not in found.get("settings", {}) or not matches(found):
                 continue
-        except Exception:  # noqa: BLE001 - an unreadable or foreign checkpoint is simply not a candidate
+        except Exception:  # noqa: BLE001 - a checkpoint with a malformed key is simply not a candidate
             continue
         state = saved["state"]
         done = len(state["history"])
@@ -159,9 +153,9 @@ def train_with_early_stopping(
     if state is None and extends_shorter_runs:
         if key["settings"]["epochs"] != epochs:
             raise ValueError(f"{name}: extends_shorter_runs needs settings['epochs'] == epochs ({epochs})")
-        wanted = settings_text(full_key)
-        shorter = shorter_run_state(context.cache_dir, name, lambda found: settings_text(found) == wanted, epochs,
-                                    validate_every)
+        wanted = key_without_epoch_limit(full_key)
+        shorter = shorter_run_state(context.cache_dir, name, lambda found: key_without_epoch_limit(found) == wanted,
+                                    epochs, validate_every)
         if shorter is not None:
             continued_from, state = shorter
             context.log(f"{name}: continues the {len(state['history'])} epochs of cell {continued_from} (the same "
