@@ -26,6 +26,7 @@ import numpy as np
 from bench.checkpoint import EPOCH_CHECKPOINT, EpochCheckpoint, readable_checkpoint, restore_rng, rng_state
 from bench.costs import cpu_info, gpu_count
 from bench.evaluate import per_user_metrics
+from bench.provenance import process_commit
 from bench.registry import RunContext
 from bench.split import TrainData
 
@@ -144,7 +145,8 @@ def train_with_early_stopping(
     ``extends_shorter_runs`` (for methods whose training ignores the epoch limit, with ``key["settings"]
     ["epochs"] == epochs``): without a checkpoint of its own, the run continues the one of the same run under
     another limit (:func:`shorter_run_state`). Returns the training report stored with the result: best epoch
-    and score, epochs run, the per-epoch history, the validated epochs, where it resumed and from which cell.
+    and score, epochs run, the per-epoch history (loss, validation score and the commit that trained the epoch),
+    the validated epochs, where it resumed and from which cell.
     """
     full_key = {"method": name, **key}
     checkpoint = EpochCheckpoint(context.cache_dir / EPOCH_CHECKPOINT, full_key)
@@ -181,7 +183,9 @@ def train_with_early_stopping(
             state["validated_epochs"].append(epoch)
         else:
             score = history[-1][VALID_METRIC]
-        history.append({"epoch": epoch, "loss": float(loss), VALID_METRIC: score})
+        # the commit per epoch: a resumed or continued run's epochs may come from several commits, and its
+        # record names only the one it started at
+        history.append({"epoch": epoch, "loss": float(loss), VALID_METRIC: score, "git_commit": process_commit()})
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
         measured = f"valid {VALID_METRIC} {score:.4f}" if validated else "not validated this epoch"

@@ -107,6 +107,14 @@ def test_a_higher_epoch_limit_continues_the_cut_run_as_if_it_had_run_from_the_st
     assert again["resumed_after_epochs"] == 5 and "continued_from_cell" not in again
 
 
+def test_each_epoch_names_the_commit_that_trained_it_across_a_continuation(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.training.process_commit", lambda: "aaa")
+    counting_loop(tmp_path, "toy-epochs=2", epochs=2)
+    monkeypatch.setattr("bench.training.process_commit", lambda: "bbb")
+    longer, _, _ = counting_loop(tmp_path, "toy-epochs=4", epochs=4)
+    assert [entry["git_commit"] for entry in longer["history"]] == ["aaa", "aaa", "bbb", "bbb"]
+
+
 def test_a_cut_run_is_not_continued_under_other_settings_or_other_validated_epochs(tmp_path):
     counting_loop(tmp_path, "toy-epochs=2", epochs=2)
     other_lr, _, _ = counting_loop(tmp_path, "toy-epochs=5-lr=0.2", epochs=5, lr=0.2)
