@@ -36,6 +36,12 @@ pinned+=("liger-kernel==0.8.5" "transformers==5.23.0")
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .device/wheels "${pinned[@]}"
+# the subset the tiger-* streams need (no LLM libraries): with the tree and the Amazon files it fits one call
+mkdir -p .device/wheels-tiger
+for name in transformers pandas pytz tzdata recbole colorlog texttable vector_quantize_pytorch einx frozendict loguru \
+        torch_einops_utils platformdirs; do
+    ln .device/wheels/"$name"-[0-9]*.whl .device/wheels-tiger/
+done
 
 gguf=$(python3 -c "from bench.compat import smollm2_gguf; print(smollm2_gguf())")
 mkdir -p .device/meta
@@ -49,6 +55,14 @@ cp ../shared/data/amazon2014-s3rec/*.txt ../shared/data/amazon2014-s3rec/*_item2
 for seed in 0 1 2; do
     GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset ml-100k --quantizer rqvae --epochs 200 \
         --seed $seed --examples 0
+done
+# TIGER's other SIDs of the tiger-* streams (seed 0): ml-100k's from collaborative item vectors and the Amazon
+# files' (auto: from their attributes and collaborative vectors), so that the GPU rows use the SIDs a CPU builds
+for dataset in "ml-100k --source collaborative" "seq:.device/data/Beauty.txt" "seq:.device/data/Sports_and_Outdoors.txt"; do
+    [ -f .device/data/Beauty.txt ] || [ "${dataset%% *}" = ml-100k ] || continue
+    # shellcheck disable=SC2086  # the dataset and its options are words on purpose
+    GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset $dataset --quantizer rqvae --epochs 200 \
+        --seed 0 --examples 0 | grep -E "^source|collision|cached"
 done
 
 # The GGUF in as many parts as the calls need: each call carries the tree (tracked and untracked files) and its
@@ -81,3 +95,4 @@ for resume_part in .device/resume/part*; do
     [ -f "$resume_part" ] && echo "  part:  carry $resume_part .device/resume/resume-sha256"
 done
 echo "  start: carry .device/gguf/$last .device/meta .device/data"
+echo "TIGER alone (the tiger-* streams), one call: carry .device/wheels-tiger .device/cache .device/meta .device/data"

@@ -8,6 +8,8 @@
 #       a CUDA-only bug shows before the long runs start
 #   bash scripts/device/run.sh part    (carry .device/gguf/part01; then part02 ... but the last)  keep a GGUF part
 #   bash scripts/device/run.sh start   (carry the last GGUF part, .device/meta .device/data)
+#       (WITHOUT_GGUF=1 for streams that need no LLM, the tiger-* ones: then `WITHOUT_GGUF=1 setup && start` is one
+#       call, carrying .device/wheels-tiger .device/cache .device/meta .device/data and no GGUF part)
 #       join and check the GGUF, measure the GPU's bf16 rate alone, start the STREAMS_ON streams below in their own
 #       sessions (they outlive the call) and wait WAIT seconds (default 480); BENCH_FIRST=1 runs the benchmarks
 #       (as `bench`) before the streams
@@ -75,6 +77,17 @@ declare -A STREAMS=(
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
+    # TIGER `small` alone (issue 4), one stream a dataset or SID source, side by side (a TIGER model is small: four
+    # leave most of an H100 idle). Each climbs a ladder of epoch limits: every rung continues the epoch checkpoint
+    # of the one below (bench.training.shorter_run_state; even limits, since it validates every 2 epochs) and
+    # stores a record, so a session that ends mid-ladder keeps its last finished rung; the top rung is the
+    # profile's own schedule (200 epochs, patience 20). None of them needs the GGUF: WITHOUT_GGUF=1 start
+    # (The rungs skip the limits of the CPU rows in results/: ml-100k 2, 6, 8 and 12, Beauty 4, Sports 2.)
+    [tiger-ml100k]="$(cells $ml 0 tiger:epochs=4 tiger:epochs=10 tiger:epochs=20 tiger)"
+    [tiger-collab]="$(cells $ml 0 tiger:epochs=4,sid_source=collaborative tiger:epochs=10,sid_source=collaborative \
+        tiger:epochs=20,sid_source=collaborative tiger:sid_source=collaborative)"
+    [tiger-beauty]="$(cells $beauty 0 tiger:epochs=6 tiger:epochs=12 tiger:epochs=24 tiger)"
+    [tiger-sports]="$(cells $sports 0 tiger:epochs=4 tiger:epochs=8 tiger:epochs=16 tiger)"
 )
 # the streams a launch starts (STREAMS_ON="pause0 ids-ml100k" picks others): by default the two PauseRec seeds
 # not yet in results/ and OneRec-Think, the LLM cells alone, since RecBole's small kernels starve beside the LLM
@@ -264,14 +277,19 @@ benchmarks() {  # the decoder, training-step and MFU benchmarks, one after the o
 
 case "${1:-}" in
   setup)
+    wheels=.device/wheels  # or, for the tiger-* streams, the subset prepare.sh leaves in .device/wheels-tiger
+    [ -d "$wheels" ] || wheels=.device/wheels-tiger
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
-        .device/wheels/*.whl || exit 1
-    rm -f "$STATE"/part* && cp .device/gguf/part* "$STATE/" && mkdir -p "$GRBENCH_CACHE" \
-        && cp -rn .device/cache/. "$GRBENCH_CACHE/"
+        "$wheels"/*.whl || exit 1
+    # the first GGUF part, when carried (WITHOUT_GGUF runs carry none)
+    rm -f "$STATE"/part* && { cp .device/gguf/part* "$STATE/" 2>/dev/null || echo "no GGUF part carried"; }
+    mkdir -p "$GRBENCH_CACHE" && cp -rn .device/cache/. "$GRBENCH_CACHE/" || exit 1
     cp .device/meta/commit "$STATE/commit"
     keep_resume_parts
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 -c "import torch, transformers, trl, recbole, gguf, peft; print(torch.__version__, transformers.__version__, trl.__version__, torch.cuda.is_available())" || exit 1
+    llm=", trl, gguf, peft"  # what the LLM methods need beyond TIGER's
+    [ "${WITHOUT_GGUF:-0}" = 0 ] || llm=""
+    python3 -c "import torch, transformers, recbole, vector_quantize_pytorch$llm; print(torch.__version__, transformers.__version__, torch.cuda.is_available())" || exit 1
     # does this GPU's attention backward fail on left-padded rows (pytorch#196678), and does the stages' guard
     # avoid it? (a few seconds; the tree's benchmarks/, before `start` installs the tree for the streams)
     timeout 60 python3 benchmarks/sdpa_backward.py 2>&1 | tee "$OUT/sdpa_backward.txt"
@@ -284,7 +302,10 @@ case "${1:-}" in
   start)
     rm -f "$STATE"/logs/*  # a fresh machine has none; an earlier start's are stale
     # the GGUF's parts: those of setup and part, and the last, carried by this call (the checksum tells a missing one)
-    cp .device/gguf/part* "$STATE/" && cat "$STATE"/part* > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
+    # WITHOUT_GGUF=1: streams that need no LLM (the tiger-* ones) start at once after setup, in the same call
+    if [ "${WITHOUT_GGUF:-0}" = 0 ]; then
+        cp .device/gguf/part* "$STATE/" && cat "$STATE"/part* > "$GGUF.tmp" || { echo "run setup and part first"; exit 1; }
+    fi
     # CPT and pause stages earlier GPU runs trained (their rows, committed in results/stages: README step 3)
     [ -d results/stages ] && mkdir -p "$GRBENCH_CACHE" && cp -rn results/stages/. "$GRBENCH_CACHE/"
     # epoch checkpoints of cells an earlier session did not finish (scripts/device/resume.py): they resume
@@ -292,7 +313,9 @@ case "${1:-}" in
     [ -d "$STATE/resume-in" ] && { python3 scripts/device/resume.py unpack "$GRBENCH_CACHE" "$STATE"/resume-in/* \
         || echo "resume: the carried checkpoints are unusable (above); their cells start over"; }
     touch "$STATE/started"  # checkpoints written after this are the session's own
-    echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
+    if [ "${WITHOUT_GGUF:-0}" = 0 ]; then
+        echo "$(cat .device/meta/sha256)  $GGUF.tmp" | sha256sum -c - && mv "$GGUF.tmp" "$GGUF" || exit 1
+    fi
     install_tree || exit 1
     python3 -c "import torch; from bench.costs import bf16_matmul_tflops as r; print(f'{r():.1f}')" \
         > "$STATE/bf16-tflops" && export GRBENCH_BF16_MATMUL_TFLOPS="$(cat "$STATE/bf16-tflops")" \
