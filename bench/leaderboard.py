@@ -51,6 +51,22 @@ def hardware_label(record: dict) -> str:
     return f"{label}, shared by {shared} runs" if shared > 1 else label
 
 
+def row_variant(record: dict) -> str:
+    """The few words after a row's method: its variant and, where the record names them, the SIDs it ran on.
+
+    Every result records its SID source (``report.sids.source``), but the variant is fixed before ``auto`` is
+    resolved (text on ml-100k, attributes+collaborative on the Amazon files), so without the source two TIGER rows
+    on different SIDs would read alike."""
+    variant = record.get("variant") or ""
+    sids = (record.get("report") or {}).get("sids")
+    source = sids.get("source") if isinstance(sids, dict) else None
+    if not source:
+        return variant
+    if "SIDs" in variant:  # e.g. TIGER's "rqvae SIDs"
+        return variant.replace("SIDs", f"SIDs from {source}", 1)
+    return f"{variant}, SIDs from {source}" if variant else f"SIDs from {source}"
+
+
 def _metric_summary(runs: list[dict], metric: str) -> tuple[float, str]:
     means = [run["metrics"][metric]["mean"] for run in runs]
     mean = float(np.mean(means))
@@ -93,7 +109,7 @@ def dataset_table(rows: dict[tuple[str, str, str], list[dict]]) -> str:
         runs = rows[row]
         method, profile, _ = row
         mark = _row_mark(runs)
-        variant = f" ({runs[0]['variant']})" if runs[0].get("variant") else ""
+        variant = f" ({row_variant(runs[0])})" if row_variant(runs[0]) else ""
         metric_cells = []
         for metric in METRICS:
             mean, text = cells[metric][row]

@@ -1,11 +1,12 @@
-"""Leaderboard marks: a row cut short at its epoch limit while still improving is marked, a converged one not."""
+"""Leaderboard marks: a row cut short at its epoch limit while still improving is marked, a converged one not; a
+row names the SIDs it ran on."""
 
 from __future__ import annotations
 
 import copy
 
 from bench.cli import main
-from bench.leaderboard import REDUCED_MARK, UNCONVERGED_MARK, render_dataset_tables, still_improving
+from bench.leaderboard import REDUCED_MARK, UNCONVERGED_MARK, render_dataset_tables, row_variant, still_improving
 from bench.results import ResultStore
 
 
@@ -35,3 +36,30 @@ def test_only_a_row_still_improving_at_its_epoch_limit_is_marked(tmp_path):
     reduced = {**cut, "reduced_schedule": True}  # a CPU-profile row: † already says more, so no ‡
     table = render_dataset_tables([pop, reduced])
     assert f"tiger:epochs=6 {REDUCED_MARK}" in table and UNCONVERGED_MARK not in table
+
+
+def test_a_row_names_the_sid_source_its_record_used():
+    def record(variant: str, source: str | None) -> dict:
+        return {"variant": variant, "report": {"sids": {"source": source}} if source else {}}
+
+    assert row_variant(record("rqvae SIDs", "collaborative")) == "rqvae SIDs from collaborative"
+    assert row_variant(record("rqvae SIDs", "text:all-MiniLM-L6-v2")) == "rqvae SIDs from text:all-MiniLM-L6-v2"
+    assert row_variant(record("SmolLM2-135M", "text:all-MiniLM-L6-v2")) == (
+        "SmolLM2-135M, SIDs from text:all-MiniLM-L6-v2")
+    assert row_variant(record("", "attributes+collaborative")) == "SIDs from attributes+collaborative"
+    assert row_variant(record("loss CE", None)) == "loss CE"  # a method without SIDs is unchanged
+    assert row_variant({"variant": "loss CE"}) == "loss CE"  # records stored without a report too
+
+
+def test_two_tiger_rows_on_different_sids_read_differently_in_the_table(tmp_path):
+    assert main(["run", "--profile", "smoke", "--methods", "pop", "--out", str(tmp_path)]) == 0
+    pop = ResultStore(tmp_path).load()[0]
+    rows = []
+    for spec, source in (("tiger", "text:all-MiniLM-L6-v2"), ("tiger:sid_source=collaborative", "collaborative")):
+        trained = with_training(pop, spec, epochs=200, best_epoch=3, epochs_run=10)
+        trained["variant"] = "rqvae SIDs"
+        trained["report"]["sids"] = {"source": source}
+        rows.append(trained)
+    table = render_dataset_tables([pop, *rows])
+    assert "| tiger (rqvae SIDs from text:all-MiniLM-L6-v2)" in table
+    assert "| tiger:sid_source=collaborative (rqvae SIDs from collaborative)" in table
