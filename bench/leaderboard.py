@@ -109,7 +109,8 @@ def dataset_table(rows: dict[tuple[str, str, str], list[dict]]) -> str:
         runs = rows[row]
         method, profile, _ = row
         mark = _row_mark(runs)
-        variant = f" ({row_variant(runs[0])})" if row_variant(runs[0]) else ""
+        words = row_variant(runs[0])
+        variant = f" ({words})" if words else ""
         metric_cells = []
         for metric in METRICS:
             mean, text = cells[metric][row]
