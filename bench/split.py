@@ -177,5 +177,7 @@ def leave_last_out(dataset: Dataset) -> Split:
         "interactions": int(len(dense_items)),
         "items_without_text": int(catalog["title"].iloc[1:].isna().sum()),
     }
+    if "form" in dataset.info:  # which files of a source with several (the Amazon data: S3-Rec or McAuley)
+        stats["form"] = dataset.info["form"]
     fingerprint = fingerprint_sequences(dataset.name, user_ids, item_ids, sequences)
     return Split(dataset.name, user_ids, item_ids, sequences, catalog, fingerprint, stats)

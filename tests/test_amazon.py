@@ -60,7 +60,7 @@ META_LINES = [
     "{'asin': 'i1', 'title': 'Bio-Active Anti-Aging Serum', 'categories': [['Beauty', 'Skin Care', 'Face', "
     "'Creams & Moisturizers'], ['Beauty', 'Gifts']], 'brand': 'Olay', 'price': 15.99, "
     "'salesRank': {'Beauty': 10486}, 'related': {'also_bought': ['B0001']}, 'imUrl': 'http://x/y.jpg'}",
-    "{'asin': 'i2', 'title': 'Plain Soap', 'imUrl': 'http://x/z.jpg'}",
+    "{'asin': 'i2', 'title': 'Plain Soap &amp; &quot;Water&quot;', 'imUrl': 'http://x/z.jpg'}",
     "{'asin': 'zz', 'title': 'never reviewed'}",
     "{'categories': [[]], 'asin': 'i3', 'title': \"Men's Shave Gel\", 'brand': ''}",
     "{'asin': 'i5', 'categories': [['Beauty']], 'brand': 'Acme'}",
@@ -85,7 +85,7 @@ def test_parses_filters_and_orders(folder):
     assert list(events.user) == sorted(events.user)
     assert list(events.query("user == 'u1'").item) == ["i2", "i3", "i1", "i5", "i4"]  # ties keep file order
     assert dataset.info == {
-        "category": "Beauty", "core": 5, "core_rounds": 3,
+        "form": "McAuley 5-core files, filtered here", "category": "Beauty", "core": 5, "core_rounds": 3,
         "users_before_core": 7, "items_before_core": 6, "interactions_before_core": 37,
         "users_after_core": 5, "items_after_core": 5, "interactions_after_core": 25,
         "items_without_meta": 1,
@@ -97,6 +97,7 @@ def test_parses_filters_and_orders(folder):
         "categories": ["Beauty", "Skin Care", "Face", "Creams & Moisturizers"],  # the first path only
     }
     assert catalog.loc["i2", "brand"] is None and catalog.loc["i2", "categories"] == []
+    assert catalog.loc["i2", "title"] == 'Plain Soap & "Water"'  # HTML entities decoded, as models should read it
     assert catalog.loc["i3", "title"] == "Men's Shave Gel" and catalog.loc["i3", "brand"] is None
     assert catalog.loc["i4", "title"] is None and catalog.loc["i4", "categories"] == []  # no meta row
     assert catalog.loc["i5", "title"] is None and catalog.loc["i5", "categories"] == ["Beauty"]

@@ -7,7 +7,6 @@ import pytest
 from bench.data import load_dataset, parse_spec, sources
 from bench.errors import DataError, GRBenchError, UnknownNameError
 from bench.split import leave_last_out
-from tests.conftest import SHARED_DATA
 
 
 def write(path, text: str | bytes):
@@ -93,16 +92,6 @@ def test_ml100k_from_the_recbole_wheel():
     assert toy_story.title == "Toy Story (1995)" and "Animation" in toy_story.categories
     split = leave_last_out(dataset)
     assert split.n_users == 943 and split.stats["interactions"] == 100_000
-
-
-@pytest.mark.real
-@pytest.mark.skipif(not (SHARED_DATA / "Beauty.txt").exists(), reason="shared data not present")
-def test_shared_beauty_file():
-    dataset = load_dataset(f"seq:{SHARED_DATA / 'Beauty.txt'}")
-    split = leave_last_out(dataset)
-    assert (split.n_users, split.n_items, split.stats["interactions"]) == (22363, 12101, 198502)
-    assert not split.train_view().has_text
-    assert "attributes" in dataset.catalog.columns
 
 
 def write_ml100k(folder, inter_lines: list[str]) -> None:

@@ -20,15 +20,17 @@ _DISCOVERED = False
 
 def register_source(
     name: str, description: str, *, argument: str | None = None, argument_required: bool = False,
-    pending_downloads: Callable[[str | None], list[Path]] | None = None,
+    pending_downloads: Callable[[str | None], list[Path]] | None = None, title: str | None = None,
 ) -> Callable[[Callable[[str | None], Dataset]], Callable[[str | None], Dataset]]:
     """Decorator registering ``loader(argument) -> Dataset`` under ``name``. A source that downloads on first use
-    passes ``pending_downloads(argument)``: the files still to fetch, so that a dry run can list them instead."""
+    passes ``pending_downloads(argument)``: the files still to fetch, so that a dry run can list them instead.
+    ``title`` is how leaderboards name the dataset (default: ``name``)."""
 
     def decorate(loader: Callable[[str | None], Dataset]) -> Callable[[str | None], Dataset]:
         if name in _SOURCES:
             raise ValueError(f"dataset source {name!r} registered twice")
-        _SOURCES[name] = SourceInfo(name, description, loader, argument, argument_required, pending_downloads)
+        _SOURCES[name] = SourceInfo(name, description, loader, argument, argument_required, pending_downloads,
+                                    title)
         return loader
 
     return decorate
@@ -71,10 +73,17 @@ def dataset_name(spec: str) -> str:
     return spec
 
 
+def dataset_title(name: str) -> str:
+    """How pages and tables name the dataset that results call ``name``: its source's title (``beauty`` is
+    "Beauty", as in the study's tables), else the name itself."""
+    source = sources().get(name)
+    return source.title if source is not None and source.title else name
+
+
 def load_dataset(spec: str) -> Dataset:
     """Loads the dataset named by ``spec``."""
     source, argument = parse_spec(spec)
     return source.loader(argument)
 
 
-__all__ = ["Dataset", "dataset_name", "load_dataset", "parse_spec", "register_source", "sources"]
+__all__ = ["Dataset", "dataset_name", "dataset_title", "load_dataset", "parse_spec", "register_source", "sources"]

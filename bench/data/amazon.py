@@ -1,6 +1,19 @@
 """``beauty``, ``sports``, ``toys``: the Amazon review data 2014 (McAuley lab), 5-core, with item text.
 
-Two files per category live in ``$GRBENCH_DATA/amazon2014/``: ``reviews_<Category>_5.json.gz`` (JSON
+Two forms of the same data are read, and the dataset records which one it came from (``info["form"]``):
+
+- **S3-Rec** (preferred: the study, TIGER and the published baselines use it): ``$GRBENCH_DATA/amazon2014-s3rec/``
+  with ``<Category>.txt`` (one user a line, items in time order, as released with S3-Rec) and, where present,
+  ``<Category>.items.jsonl`` (titles and category paths) and ``<Category>_item2attributes.json``. The sequence
+  file must be the release itself (its sha256 is checked); metadata must describe exactly its items.
+- **McAuley** (downloaded when the S3-Rec form is absent): the raw review and meta files, 5-core filtered here.
+  Ties in time and the filter make its split differ from S3-Rec's, so its rows never share a table with them
+  (another split fingerprint).
+
+HTML entities in titles and categories (``&amp;``, ``&quot;``, kept in the raw metadata) are decoded, so that the
+text models read is the same whichever form or category it came from.
+
+The McAuley files live in ``$GRBENCH_DATA/amazon2014/``: ``reviews_<Category>_5.json.gz`` (JSON
 lines) and ``meta_<Category>.json.gz`` (one Python literal dict a line). They are downloaded on first
 use, resumably; files put there by hand are used as they are, without touching the network.
 
@@ -23,6 +36,7 @@ import ast
 import functools
 import gzip
 import hashlib
+import html
 import http.client
 import json
 import math
@@ -40,6 +54,7 @@ from rich.console import Console
 
 from bench.data import register_source
 from bench.data.base import ID_FORMAT, Dataset, id_problem, make_catalog, make_interactions
+from bench.data.seqfile import metadata_paths, read_item_metadata, read_sequences
 from bench.errors import DataError, GRBenchError
 from bench.paths import data_dir
 
@@ -50,8 +65,19 @@ CATEGORIES = {
     "sports": ("Sports_and_Outdoors", "35,598 users, 18,357 items, 296,337 reviews"),
     "toys": ("Toys_and_Games", "19,412 users, 11,924 items, 167,597 reviews"),
 }
+TITLES = {"beauty": "Beauty", "sports": "Sports", "toys": "Toys"}  # as the study's tables name them
 # Official checksums by file name. None are published, so this stays empty unless someone verifies one.
 KNOWN_SHA256: dict[str, str] = {}
+S3REC_FOLDER = "amazon2014-s3rec"
+# sha256 of the sequence files as released with S3-Rec (RUCAIBox/CIKM2020-S3Rec, data/), as the shared data
+# folder's README lists them: a file cut short or edited would silently give other users and other numbers
+S3REC_SHA256 = {
+    "Beauty.txt": "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+    "Sports_and_Outdoors.txt": "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
+    "Toys_and_Games.txt": "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
+}
+S3REC_FORM = "S3-Rec release"
+MCAULEY_FORM = "McAuley 5-core files, filtered here"
 CORE = 5
 TIMEOUT_S = 10  # urllib's one timeout: connecting (fail at once offline) and each read of a transfer
 ATTEMPTS = 5  # a transfer that stalls after making progress is resumed this many times in all
@@ -165,8 +191,30 @@ def local_paths(category: str) -> tuple[Path, Path]:
 
 
 def pending_downloads(category: str, argument: str | None = None) -> list[Path]:
-    """The category's files not downloaded yet."""
+    """The category's files not downloaded yet (none where its S3-Rec form is here)."""
+    if uses_s3rec(category):
+        return []
     return [path for path in local_paths(category) if not path.is_file()]
+
+
+def s3rec_sequences(category: str) -> Path:
+    """Where the category's S3-Rec sequence file is (its metadata files sit beside it)."""
+    return data_dir() / S3REC_FOLDER / f"{category}.txt"
+
+
+def uses_s3rec(category: str) -> bool:
+    """Whether the category loads from its S3-Rec form: its sequence file is in the data directory. S3-Rec
+    metadata without the sequence file is an error: it says the S3-Rec form was meant, and loading the McAuley
+    files instead (other users, another split) would not be what was asked for."""
+    sequences = s3rec_sequences(category)
+    if sequences.is_file():
+        return True
+    stray = [path for path in metadata_paths(sequences) if path.exists()]
+    if stray:
+        raise DataError(stray[0], f"{sequences.name} is not beside it: the S3-Rec form of {category} needs its "
+                        "sequence file", expected=f"{sequences} (as released with S3-Rec), or no S3-Rec file of "
+                        f"{category} at all to use the McAuley files in {amazon_dir()}")
+    return False
 
 
 def ensure_files(category: str) -> tuple[Path, Path]:
@@ -319,16 +367,19 @@ def read_meta(path: Path, wanted: set[str]) -> dict[str, dict]:
 
 
 def _text(value: object) -> str | None:
-    """A title or brand; empty ones count as missing."""
-    text = "" if value is None else str(value).strip()
-    return text or None
+    """A title, brand or category name as models should read it: HTML entities decoded (twice where the source
+    encoded them twice, as Beauty's ``&amp;#8482``); empty ones are missing."""
+    text = "" if value is None else str(value)
+    for _ in range(2):
+        text = html.unescape(text)
+    return text.strip() or None
 
 
 def _first_path(row: dict) -> list[str]:
     """The first category path (``categories`` is a list of paths, most items have one)."""
     paths = row.get("categories")
     if isinstance(paths, (list, tuple)) and paths and isinstance(paths[0], (list, tuple)):
-        return [str(name) for name in paths[0]]
+        return [name for name in map(_text, paths[0]) if name]
     return []
 
 
@@ -357,6 +408,43 @@ def _counts(frame: pd.DataFrame, suffix: str) -> dict[str, int]:
 
 
 def load_amazon(name: str, category: str, argument: str | None = None) -> Dataset:
+    """Loads one category from its S3-Rec form where the data directory holds it, else from the McAuley files."""
+    if uses_s3rec(category):
+        return load_s3rec(name, category)
+    return load_mcauley(name, category)
+
+
+def check_release(path: Path) -> None:
+    """The S3-Rec sequence file is the released one, byte for byte (where its checksum is known)."""
+    expected = S3REC_SHA256.get(path.name)
+    if expected is not None and (actual := sha256_of(path)) != expected:
+        raise DataError(path, f"sha256 {actual} is not that of the S3-Rec release ({expected}): the file was "
+                        f"changed or cut short; a changed file loads as seq:{path}, under a name of its own",
+                        expected="the sequence file as released with S3-Rec")
+
+
+def load_s3rec(name: str, category: str) -> Dataset:
+    """The S3-Rec release of one category: the sequence file in time order (the position is the timestamp), with
+    the titles and category paths of ``<Category>.items.jsonl`` and the attribute ids of
+    ``<Category>_item2attributes.json`` where present; metadata must describe exactly the file's items."""
+    path = s3rec_sequences(category)
+    try:
+        check_release(path)
+        users, items, positions = read_sequences(path)
+        metadata = read_item_metadata(path, known_items=set(items))
+    except OSError as error:  # unreadable
+        raise DataError(error.filename or path, f"cannot read ({error.strerror or error})") from None
+    rows = [{**row, "title": _text(row.get("title")), "brand": _text(row.get("brand")),
+             "categories": [c for c in map(_text, row.get("categories") or []) if c]} for row in metadata]
+    catalog = make_catalog(rows or [{"item": item} for item in dict.fromkeys(items)])
+    if "attributes" not in catalog.columns:
+        catalog["attributes"] = None
+    info = {"form": S3REC_FORM, "category": category, "items_without_title": int(catalog["title"].isna().sum())}
+    return Dataset(name=name, interactions=make_interactions(users, items, positions), catalog=catalog,
+                   source=f"amazon2014-s3rec:{category} ({path.resolve()})", info=info)
+
+
+def load_mcauley(name: str, category: str) -> Dataset:
     """Loads one category: 5-core re-filtered, events in (user, time) order with file order breaking ties."""
     reviews_path, meta_path = ensure_files(category)
     raw = read_reviews(reviews_path)
@@ -372,6 +460,7 @@ def load_amazon(name: str, category: str, argument: str | None = None) -> Datase
     meta = read_meta(meta_path, set(items))
     catalog = make_catalog([meta.get(item, {"item": item}) for item in items])
     info = {
+        "form": MCAULEY_FORM,
         "category": category,
         "core": CORE,
         "core_rounds": rounds,
@@ -389,6 +478,7 @@ def load_amazon(name: str, category: str, argument: str | None = None) -> Datase
 
 
 for _name, (_category, _size_note) in CATEGORIES.items():
-    register_source(_name, f"Amazon 2014 {_category} 5-core ({_size_note}) with titles, category paths and "
-                    "brands; downloaded on first use", pending_downloads=functools.partial(pending_downloads, _category)
-                    )(functools.partial(load_amazon, _name, _category))
+    register_source(_name, f"Amazon 2014 {_category} 5-core ({_size_note}) with titles and category paths: "
+                    f"$GRBENCH_DATA/{S3REC_FOLDER}/{_category}.txt where present, else the McAuley files "
+                    "(downloaded on first use)", pending_downloads=functools.partial(pending_downloads, _category),
+                    title=TITLES[_name])(functools.partial(load_amazon, _name, _category))

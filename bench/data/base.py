@@ -115,3 +115,4 @@ class SourceInfo:
     # The files loading would download first (none once they are here), so that `bench run --dry-run` can say
     # so instead of downloading; None for sources that never download.
     pending_downloads: Callable[[str | None], list[Path]] | None = None
+    title: str | None = None  # how tables and pages name its dataset (the study's "Beauty"); None: the name

@@ -73,10 +73,26 @@ def read_sequences(path: Path) -> tuple[list[str], list[str], list[float]]:
     return users, items, [float(p) for p in positions]
 
 
-def read_item_metadata(path: Path) -> list[dict]:
-    """Reads whichever metadata file sits beside ``path``; an empty list where there is none."""
-    attributes_path = path.with_name(f"{path.stem}_item2attributes.json")
-    items_path = path.with_name(f"{path.stem}.items.jsonl")
+def metadata_paths(path: Path) -> tuple[Path, Path]:
+    """The items file and the attributes file that belong to sequence file ``path`` (either may be absent)."""
+    return path.with_name(f"{path.stem}.items.jsonl"), path.with_name(f"{path.stem}_item2attributes.json")
+
+
+def read_item_metadata(path: Path, known_items: set[str] | None = None) -> list[dict]:
+    """Reads whichever metadata file sits beside ``path``; an empty list where there is none.
+
+    With ``known_items`` (the items of the sequence file), metadata must describe exactly those: a row of another
+    item is an error naming its line or field (the metadata belongs to another file), and so is an items file
+    without a row for each of them (a file cut short). Without it, other items' rows are kept here and dropped by
+    the split, and items without a row have no text, as a ``seq:`` file's metadata may describe another
+    catalogue."""
+    items_path, attributes_path = metadata_paths(path)
+
+    def check_known(item: str, where: Path, **position: int | str) -> None:
+        if known_items is not None and item not in known_items:
+            raise DataError(where, f"item {item!r} is not in {path.name}", **position,
+                            expected=f"metadata of the items of {path.name} only")
+
     rows: list[dict] = []
     if items_path.is_file():
         first_line_of: dict[str, int] = {}
@@ -92,11 +108,17 @@ def read_item_metadata(path: Path) -> list[dict]:
                 raise DataError(items_path, "no 'item' key", line=line_number, expected="a JSON object")
             _check_item_row(items_path, line_number, row)
             item = str(row["item"])
+            check_known(item, items_path, line=line_number)
             if item in first_line_of:
                 raise DataError(items_path, f"item {item!r} already listed on line {first_line_of[item]}",
                                 line=line_number, expected="one line per item")
             first_line_of[item] = line_number
             rows.append({**row, "item": item})
+        missing = sorted(set(known_items or ()) - set(first_line_of), key=lambda item: (len(item), item))
+        if missing:
+            raise DataError(items_path, f"no row for {len(missing):,} of the {len(known_items or ()):,} items of "
+                            f"{path.name} (e.g. item {missing[0]!r}): cut short?",
+                            expected=f"one row per item of {path.name}")
     if attributes_path.is_file():
         try:
             mapping = json.loads(attributes_path.read_text(encoding="utf-8-sig"))
@@ -114,6 +136,7 @@ def read_item_metadata(path: Path) -> list[dict]:
                     isinstance(a, int) and not isinstance(a, bool) for a in attribute_ids):
                 raise DataError(attributes_path, "attributes are not a list of integers", field=str(item),
                                 expected="a list of integer attribute ids")
+            check_known(str(item), attributes_path, field=str(item))
             by_item.setdefault(str(item), {"item": str(item)})["attributes"] = attribute_ids
         rows = list(by_item.values())
     return rows
