@@ -176,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="dataset specs to use instead of those in the records' commands (by name: "
                             "seq:<path> is seq:<file stem>), e.g. where a GPU run read its files elsewhere")
     list_stats.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    rename = commands.add_parser(
+        "rename-dataset", help="move stored results to another name of the same data (seq:Beauty -> beauty), "
+        "unretrained, where the split is proven the same",
+        description="Loads dataset NEW, and moves every record of dataset OLD whose split fingerprint equals NEW's "
+        "split fingerprinted under the name OLD (so each user's train, validation and test items are identical) "
+        "to NEW: new name, fingerprint and id, its rankings moved, the old identity kept in the record's "
+        "moved_from. A SID source the run resolved from the data (auto) is pinned in the method spec. Records "
+        "of another split stay under OLD. Then the leaderboards are regenerated.")
+    rename.add_argument("old", help="the dataset name the records carry now, e.g. seq:Beauty")
+    rename.add_argument("new", help="the dataset spec to move them to, e.g. beauty (it must load here)")
+    rename.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    rename.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
     progress = commands.add_parser(
         "progress", help="how far each training run in the cache has got (epochs, best validation, when each ends)",
         description="Reads the epoch checkpoints and LLM stage folders under the cache ($GRBENCH_CACHE, else the "
@@ -211,6 +223,26 @@ def command_list_stats(args: argparse.Namespace) -> int:
         print(f"skipped {line}", file=sys.stderr)
     print(f"filled {filled} records, skipped {len(skipped)}; wrote {', '.join(str(p) for p in paths)}",
           file=sys.stderr)
+    return 0
+
+
+def command_rename_dataset(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.leaderboard import write_leaderboards
+    from bench.rename import rename_dataset
+    from bench.results import ResultStore, check_writable
+
+    check_writable(args.out)
+    store = ResultStore(args.out)
+    with store.locked():
+        outcome = rename_dataset(store, args.old, args.new, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        paths = write_leaderboards(store.load(), _leaderboard_dir(args), args.out)
+    for old_id, new_id in outcome.moved:
+        print(f"moved {old_id} -> {new_id}")
+    for old_id in outcome.other_split:
+        print(f"kept {old_id}: another split than {args.new}'s")
+    print(f"moved {len(outcome.moved)} records; wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 
 
@@ -420,7 +452,7 @@ COMMANDS = {"run": command_run, "leaderboard": command_leaderboard, "datasets": 
             "methods": command_methods, "sids": command_sids, "analyze": command_analyze, "merge": command_merge,
             "audit": command_audit, "rerun": command_rerun, "withdraw": command_withdraw,
             "compare": command_compare, "list-stats": command_list_stats,
-            "progress": command_progress}
+            "progress": command_progress, "rename-dataset": command_rename_dataset}
 
 
 class Terminated(KeyboardInterrupt):

@@ -15,6 +15,7 @@ import numpy as np
 from tabulate import tabulate
 
 from bench.costs import computing_cores, cpu_label
+from bench.data import dataset_title
 from bench.evaluate import METRICS
 from bench.results import record_device, slug, write_atomically
 
@@ -135,7 +136,12 @@ def _dataset_section(dataset: str, fingerprint: str, rows: dict[tuple[str, str, 
     info = next(iter(rows.values()))[0]["dataset_info"]
     facts = (f"{info['users']:,} users, {info['items']:,} items, {info['interactions']:,} interactions; "
              f"{info['users_dropped_lt3']:,} users with fewer than 3 interactions dropped; "
-             f"item text: {'yes' if info.get('has_text') else 'no'}")
+             f"item text: {'yes' if info.get('has_text') else 'no'}"
+             + (f"; files: {info['form']}" if info.get("form") else ""))
+    moved = sorted({r["moved_from"]["dataset"] for runs in rows.values() for r in runs if r.get("moved_from")})
+    if moved:
+        facts += (f". Rows trained as {', '.join(moved)} (the same split, proven by its fingerprint) were moved here "
+                  "unretrained (`python -m bench rename-dataset`); their records keep it in `moved_from`.")
     lines = [f"## {dataset} (split {fingerprint})", "", facts, "", dataset_table(rows), ""]
     marks = {_row_mark(runs).strip() for runs in rows.values()}
     for mark, note in ((REDUCED_MARK, REDUCED_NOTE), (UNCONVERGED_MARK, UNCONVERGED_NOTE)):
@@ -288,14 +294,15 @@ def write_leaderboards(records: list[dict], folder: Path, results_folder: Path) 
     written = []
     index = ["# GRBench leaderboards", "", LEGEND, ""]
     for dataset, dataset_records in sorted(by_dataset.items()):
-        path = folder / f"{slug(dataset)}.md"
-        text = f"# {dataset}\n\n{LEGEND}\n\n{render_dataset_tables(dataset_records)}"
+        title = dataset_title(dataset)
+        path = folder / f"{slug(title)}.md"
+        text = f"# {title}\n\n{LEGEND}\n\n{render_dataset_tables(dataset_records)}"
         write_atomically(path, text.encode("utf-8"))
         written.append(path)
         # the best leaderboard row (its mean over seeds, as the table shows it), not the luckiest single seed
         rows = [runs for by_row in _group(dataset_records).values() for runs in by_row.values()]
         best_score, best = max(((_metric_summary(runs, "ndcg@10")[0], runs[0]) for runs in rows), key=lambda x: x[0])
-        index.append(f"- [{dataset}]({path.name}): {len({r['method'] for r in dataset_records})} methods, "
+        index.append(f"- [{title}]({path.name}): {len({r['method'] for r in dataset_records})} methods, "
                      f"best NDCG@10 {best_score:.4f} ({best['method']}, {best['profile']})")
     index += ["- [costs](costs.md): training and inference cost of every run",
               "- [comparisons](comparisons.md): the study's claims as paired comparisons over users and seeds", ""]

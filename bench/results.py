@@ -174,14 +174,19 @@ class ResultStore:
         """Adds a record, replacing any earlier record with the same key (so a forced rerun never duplicates)."""
         key = ResultKey.of(record)
         with self._lock:
+            kept = [r for r in self.load() if ResultKey.of(r) != key]
+            kept.append(record)
+            self.replace_all(kept)
+
+    def replace_all(self, records: list[dict]) -> None:
+        """Writes ``records`` as the whole store, atomically, under the store's lock (also for changes to many
+        records at once: a withdrawal, a dataset's records moving to another name)."""
+        with self._lock:
             # every write of results.jsonl happens here, under this lock: a temporary file of it that exists now
             # was left by a writer that was killed, and readers never look at it; remove it
             for stale in self.folder.glob(f".{RESULTS_FILE}.*.tmp"):
                 stale.unlink(missing_ok=True)
-            kept = [r for r in self.load() if ResultKey.of(r) != key]
-            kept.append(record)
-            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-            write_atomically(self.path, text.encode("utf-8"))
+            write_atomically(self.path, _lines(records))
 
     def withdraw(self, ids: Iterable[str], reason: str, when: str) -> list[dict]:
         """Takes the records with these ids out of results.jsonl (and so out of every leaderboard) and appends
@@ -200,10 +205,8 @@ class ResultStore:
             withdrawn = [{**by_id[i], "withdrawn": {"reason": reason, "at": when}} for i in wanted]
             log = self.folder / WITHDRAWN_FILE
             earlier = log.read_bytes() if log.exists() else b""
-            added = "".join(json.dumps(r, sort_keys=True) + "\n" for r in withdrawn).encode("utf-8")
-            write_atomically(log, earlier + added)  # first: a kill between the writes loses no record
-            kept = [r for r in records if ResultKey.of(r).id not in set(wanted)]
-            write_atomically(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode("utf-8"))
+            write_atomically(log, earlier + _lines(withdrawn))  # first: a kill between the writes loses no record
+            self.replace_all([r for r in records if ResultKey.of(r).id not in set(wanted)])
             for record in withdrawn:
                 if record.get("rankings"):
                     (self.folder / record["rankings"]).unlink(missing_ok=True)
@@ -223,6 +226,11 @@ class ResultStore:
         path = self.rankings_path(key)
         write_atomically(path, buffer.getvalue())
         return path
+
+
+def _lines(records: Iterable[dict]) -> bytes:
+    """Records as results.jsonl holds them: one JSON object a line, keys sorted (so that files diff well)."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
 
 
 def read_rankings(path: Path) -> list[dict]:
