@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sentence-transformers model for item text (default: the packaged all-MiniLM-L6-v2)")
     sids.add_argument("--source", default="auto",
                       help="auto (default: text, else attributes+collaborative, else collaborative) | text | "
-                      "attributes | collaborative | attributes+collaborative")
+                      "attributes | collaborative | attributes+collaborative; several, comma-separated, or 'all' "
+                      "(every source the dataset has) print their statistics side by side")
     sids.add_argument("--epochs", type=int, default=None, help="RQ-VAE training epochs (default 200)")
     sids.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     sids.add_argument("--examples", type=int, default=5, help="example items to show (default 5)")
@@ -424,27 +425,38 @@ def command_sids(args: argparse.Namespace) -> int:
     from rich.progress import track
 
     from bench.data import load_dataset
-    from bench.sid import SidConfig, build_semantic_ids, format_report
+    from bench.sid import SOURCES, SidConfig, build_semantic_ids, comparison_report, format_report, source_available
     from bench.split import leave_last_out
 
-    config = SidConfig(quantizer=args.quantizer, source=args.source)
+    config = SidConfig(quantizer=args.quantizer)
     if args.encoder:
         config = replace(config, encoder=args.encoder)
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
     split = leave_last_out(load_dataset(args.dataset))
+    data = split.train_view()
+    if args.source == "all":
+        sources = [source for source in SOURCES if source != "auto" and source_available(data, source)]
+    else:
+        sources = _list(args.source)
+    configs = [replace(config, source=source) for source in sources]  # checks each name before any work
     console = Console(stderr=True)
 
     def progress(iterable, description: str = "", total: int | None = None):
         return track(iterable, description, total, console=console, transient=True)
 
-    started = time.perf_counter()
-    sids = build_semantic_ids(split.train_view(), config, seed=args.seed, rebuild=args.rebuild, track=progress)
-    seconds = time.perf_counter() - started
+    built = []
+    for source_config in configs:
+        started = time.perf_counter()
+        sids = build_semantic_ids(data, source_config, seed=args.seed, rebuild=args.rebuild, track=progress)
+        done = "loaded from cache" if sids.from_cache else f"built in {time.perf_counter() - started:.1f} s, cached"
+        console.print(f"{sids.source}: {done}: {sids.cache_path}")
+        built.append(sids)
     print(f"semantic IDs of {split.dataset} (split {split.fingerprint})\n")
-    print(format_report(sids, split.catalog, split.item_ids, examples=args.examples))
-    done = "loaded from cache" if sids.from_cache else f"built in {seconds:.1f} s, cached"
-    console.print(f"{done}: {sids.cache_path}")
+    if len(built) > 1:
+        print(comparison_report(built))
+    else:
+        print(format_report(built[0], split.catalog, split.item_ids, examples=args.examples))
     return 0
 
 

@@ -226,19 +226,23 @@ def item_attributes(catalog: pd.DataFrame) -> list[list[int]]:
     return [list(a) if isinstance(a, (list, tuple, np.ndarray)) else [] for a in catalog["attributes"].iloc[1:]]
 
 
+def source_available(data: TrainData, source: str) -> bool:
+    """Whether ``data`` has what SID source ``source`` reads (titles, attribute ids; collaborative: always)."""
+    if source == "text":
+        return data.has_text
+    return source == "collaborative" or any(item_attributes(data.catalog))
+
+
 def resolve_source(data: TrainData, requested: str = "auto") -> str:
     """``auto``: ``text`` if any item has a title, else ``attributes+collaborative`` if any has attribute ids, else
     ``collaborative``; a named source is checked against what the data has."""
-    has_attributes = any(item_attributes(data.catalog))
-    available = {"text": data.has_text, "attributes": has_attributes, "collaborative": True,
-                 "attributes+collaborative": has_attributes}
     if requested == "auto":
         # attribute ids alone collide on 89.7% of Beauty's items (3-level RQ-VAE; 9.7% with the co-occurrence half)
         order = ("text", "attributes+collaborative", "collaborative")
-        return next(kind for kind in order if available[kind])
-    if requested not in available:
+        return next(kind for kind in order if source_available(data, kind))
+    if requested not in SOURCES:
         raise GRBenchError(f"SID source {requested!r}: expected one of {', '.join(SOURCES)}")
-    if not available[requested]:
+    if not source_available(data, requested):
         raise GRBenchError(f"dataset {data.dataset} has no item {'titles' if requested == 'text' else requested} "
                            f"for SID source {requested!r}; use --source auto or collaborative")
     return requested
@@ -477,8 +481,9 @@ def level_stats(codes: np.ndarray, codebook_sizes: Sequence[int]) -> list[dict[s
     for level, size in enumerate(codebook_sizes):
         counts = np.bincount(codes[:, level], minlength=size)
         p = counts[counts > 0] / counts.sum()
+        entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: one code used gives 0, not -0
         rows.append({"level": LEVEL_LETTERS[level], "codebook_size": int(size), "used": int((counts > 0).sum()),
-                     "usage": float((counts > 0).mean()), "entropy_bits": float(-(p * np.log2(p)).sum()),
+                     "usage": float((counts > 0).mean()), "entropy_bits": entropy,
                      "max_entropy_bits": float(np.log2(size))})
     return rows
 
@@ -639,3 +644,24 @@ def format_report(sids: SemanticIds, catalog: pd.DataFrame, item_ids: np.ndarray
         rows = [[item_ids[i], catalog["title"].iloc[i] or "", "".join(sids.item_tokens(i))] for i in shown]
         lines.append(tabulate(rows, headers=["item", "title", "SID"], tablefmt="github"))
     return "\n\n".join(lines)
+
+
+def comparison_report(built: Sequence[SemanticIds]) -> str:
+    """SIDs of several sources side by side, one column each: what TIGER's SIDs must be good at (few items
+    sharing a prefix, so the fourth code rarely has to tell them apart; codes spread over each codebook)."""
+    from tabulate import tabulate
+
+    rows: list[list[Any]] = [
+        ["items", *(sids.stats["items"] for sids in built)],
+        ["collision rate before the last code", *(f"{sids.stats['collision_rate']:.1%}" for sids in built)],
+        ["largest collision group", *(sids.stats["max_collision_group"] for sids in built)],
+    ]
+    for level, name in enumerate(row["level"] for row in built[0].stats["levels"]):
+        rows.append([f"level {name}: codes used (usage)", *(
+            f"{sids.stats['levels'][level]['used']}/{sids.stats['levels'][level]['codebook_size']} "
+            f"({sids.stats['levels'][level]['usage']:.1%})" for sids in built)])
+        rows.append([f"level {name}: entropy (bits; max)", *(
+            f"{sids.stats['levels'][level]['entropy_bits']:.2f}; {sids.stats['levels'][level]['max_entropy_bits']:.2f}"
+            for sids in built)])
+    return tabulate(rows, headers=["", *(sids.source for sids in built)], tablefmt="github", disable_numparse=True)
+

@@ -234,6 +234,21 @@ def test_cli_prints_statistics_and_examples(fake_encoder, capsys):
     assert "quantizer 'nope'" in capsys.readouterr().err
 
 
+def test_cli_sets_every_source_the_dataset_has_side_by_side(fake_encoder, capsys):
+    """`--source all` builds the SIDs of each source the data has (synthetic items have titles, no attribute ids)
+    and prints one column per source; an unknown source in a list fails before any work."""
+    assert main(["sids", "--dataset", SYNTHETIC, "--source", "all", "--epochs", "3"]) == 0
+    printed = capsys.readouterr()
+    header = printed.out.splitlines()[2]
+    assert [cell.strip() for cell in header.split("|")[2:4]] == ["text:all-MiniLM-L6-v2", "collaborative"]
+    assert "attributes" not in header
+    assert "collision rate before the last code" in printed.out and "level c: codes used (usage)" in printed.out
+    assert printed.err.count("built in") == 2
+    assert main(["sids", "--dataset", SYNTHETIC, "--source", "collaborative,nope"]) == 2
+    assert "source 'nope'" in capsys.readouterr().err
+    assert len(fake_encoder) == 1
+
+
 @pytest.mark.real
 def test_packaged_minilm_embeds_movie_titles_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
