@@ -179,6 +179,7 @@ class Tiger(Method):
     name = "tiger"
     family = "generative"
     extends_shorter_runs = True  # the inverse-square-root schedule needs no total step count
+    needs_gpu = True  # small on an Amazon file: 20-30 minutes an epoch on one CPU core, for up to 200 epochs
     description = "semantic IDs + T5 encoder-decoder from scratch, trie-constrained beam search (Rajput et al. 2023)"
     profiles = PROFILES
 

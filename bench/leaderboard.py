@@ -1,4 +1,5 @@
-"""Stored results -> Markdown leaderboards (one file per dataset, ``costs.md`` and ``index.md``).
+"""Stored results -> Markdown leaderboards (one file per dataset, ``costs.md`` and ``index.md``; the headline
+page is :mod:`bench.headline`'s).
 
 Numbers come only from result records. Rows are grouped by (method, profile) within one split
 fingerprint; several seeds show mean ± standard deviation over seeds, one seed shows the 95%
@@ -39,17 +40,33 @@ def _group(records: Iterable[dict]) -> dict[tuple[str, str], dict[tuple[str, str
     return groups
 
 
+def machine_label(record: dict) -> str:
+    """The record's machine: its GPUs, else its CPU cores."""
+    machine = record["hardware"]
+    # labels stored before cpu_label said "CPU 1 cores"
+    return (cpu_label(computing_cores(machine)) if not machine.get("gpus") and "cpu_cores" in machine
+            else machine["label"])
+
+
+def gpu_sharing(record: dict) -> int:
+    """How many processes computed on the record's GPU at most, over the run and the stages it reused (0 where not
+    measured: CPU runs, and GPU runs before the count was stored)."""
+    machine = record["hardware"]
+    # a reused stage's carried time was measured on the GPU of the run that trained it, perhaps shared
+    return max([machine.get("gpu_processes_max") or 0,
+                *(stage.get("extra", {}).get("trained_shared_by") or 0 for stage in record.get("stages", []))])
+
+
 def hardware_label(record: dict) -> str:
     """The record's hardware, and how many processes shared its GPU where more than one did (its times are then
     upper bounds)."""
-    machine = record["hardware"]
-    # labels stored before cpu_label said "CPU 1 cores"
-    label = (cpu_label(computing_cores(machine)) if not machine.get("gpus") and "cpu_cores" in machine
-             else machine["label"])
-    # a reused stage's carried time was measured on the GPU of the run that trained it, perhaps shared
-    shared = max([machine.get("gpu_processes_max") or 0,
-                  *(stage.get("extra", {}).get("trained_shared_by") or 0 for stage in record.get("stages", []))])
-    return f"{label}, shared by {shared} runs" if shared > 1 else label
+    shared = gpu_sharing(record)
+    return f"{machine_label(record)}, shared by {shared} runs" if shared > 1 else machine_label(record)
+
+
+def method_name(record: dict) -> str:
+    """The registered method of a record (``sasrec`` for ``sasrec:loss=bce``)."""
+    return record.get("method_name") or record["method"].partition(":")[0]
 
 
 def row_variant(record: dict) -> str:
@@ -68,13 +85,14 @@ def row_variant(record: dict) -> str:
     return f"{variant}, SIDs from {source}" if variant else f"SIDs from {source}"
 
 
-def _metric_summary(runs: list[dict], metric: str) -> tuple[float, str]:
+def _metric_summary(runs: list[dict], metric: str, interval: bool = True) -> tuple[float, str]:
+    """The mean over seeds and its text: ± sd over several seeds, else the 95% interval over users (``interval``)."""
     means = [run["metrics"][metric]["mean"] for run in runs]
     mean = float(np.mean(means))
     if len(runs) > 1:
         return mean, f"{mean:.4f} ± {np.std(means, ddof=1):.4f}"
     low, high = runs[0]["metrics"][metric].get("ci_low"), runs[0]["metrics"][metric].get("ci_high")
-    return mean, f"{mean:.4f} [{low:.4f}, {high:.4f}]" if low is not None else f"{mean:.4f}"
+    return mean, f"{mean:.4f} [{low:.4f}, {high:.4f}]" if interval and low is not None else f"{mean:.4f}"
 
 
 def _joined(values: Iterable) -> str:
@@ -85,9 +103,15 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def _ms(runs: list[dict]) -> str:
+def mean_latency(runs: list[dict]) -> float | None:
+    """Mean inference latency over seeds (ms per user at batch 16), None where no run measured it."""
     values = [r["inference"]["ms_per_user"] for r in runs if r["inference"].get("ms_per_user") is not None]
-    return f"{np.mean(values):.3f}" if values else ""
+    return float(np.mean(values)) if values else None
+
+
+def _ms(runs: list[dict]) -> str:
+    latency = mean_latency(runs)
+    return "" if latency is None else f"{latency:.3f}"
 
 
 def _list_stat(runs: list[dict], name: str) -> str:
@@ -284,15 +308,19 @@ def _commits(runs: list[dict]) -> str:
 
 def write_leaderboards(records: list[dict], folder: Path, results_folder: Path) -> list[Path]:
     """Writes one Markdown file per dataset, ``costs.md``, ``comparisons.md`` (the study's paired comparisons,
-    from the rankings under ``results_folder``) and ``index.md``; returns their paths."""
+    from the rankings under ``results_folder``), ``index.md`` and the headline pages and plots
+    (:func:`bench.headline.write_headline`); returns their paths."""
     from bench.compare import COMPARISONS_LEGEND, comparison_table, study_comparisons
+    from bench.headline import HEADLINE_PAGE, RUNS_PAGE, write_headline
 
     folder = Path(folder)
     by_dataset: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_dataset[record["dataset"]].append(record)
     written = []
-    index = ["# GRBench leaderboards", "", LEGEND, ""]
+    index = ["# GRBench leaderboards", "", LEGEND, "",
+             f"- [at a glance]({HEADLINE_PAGE}): one row per method, the published numbers, cost against quality",
+             f"- [runs]({RUNS_PAGE}): the command, commit and hardware of every run"]
     for dataset, dataset_records in sorted(by_dataset.items()):
         title = dataset_title(dataset)
         path = folder / f"{slug(title)}.md"
@@ -316,4 +344,4 @@ def write_leaderboards(records: list[dict], folder: Path, results_folder: Path) 
     write_atomically(comparisons_path, text.encode("utf-8"))
     index_path = folder / "index.md"
     write_atomically(index_path, "\n".join(index).encode("utf-8"))
-    return [*written, costs_path, comparisons_path, index_path]
+    return [*written, costs_path, comparisons_path, index_path, *write_headline(records, folder)]

@@ -67,6 +67,8 @@ class Method(ABC):
     family: ClassVar[str]
     description: ClassVar[str]
     needs_text: ClassVar[bool] = False  # LLM and text-SID methods cannot run without item titles
+    # True where the small and paper schedules take a GPU in practice: a headline cell never run says so
+    needs_gpu: ClassVar[bool] = False
     # False for count-based floors (pop, random): no training schedule exists to cut short, so their rows
     # are never marked "reduced schedule" in CPU profiles.
     has_training_schedule: ClassVar[bool] = True

@@ -66,6 +66,7 @@ class NextItemSFT(Method):
     name = "sft"
     family = "llm"
     needs_text = True
+    needs_gpu = True
     description = "next-item SFT of an LLM on SID tokens after SID-embedding CPT (PauseRec study's SFT baseline)"
     training_entry_points = ("fit", "train_stages")  # a subclass's own stages need their own training_inputs
     profiles = llm_profiles({profile: {**SFT_DEFAULTS, **own} for profile, own in SFT_PROFILES.items()})

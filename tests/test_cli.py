@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -31,7 +32,8 @@ def test_smoke_run_writes_results_rankings_and_leaderboards(tmp_path, capsys):
         assert record["inference"]["batch_size"] == 16 and record["inference"]["ms_per_user"] > 0
         assert record["reduced_schedule"] is False  # count-based floors have no schedule to cut short
     board = out / "leaderboards"
-    assert {p.name for p in board.iterdir()} == {"synthetic.md", "costs.md", "comparisons.md", "index.md"}
+    assert {str(p.relative_to(board)) for p in board.rglob("*.*")} == {
+        "synthetic.md", "costs.md", "comparisons.md", "index.md", "README.md", "runs.md", "plots/synthetic.png"}
     assert "± " in (board / "synthetic.md").read_text()  # two seeds: mean ± sd
 
 
@@ -64,11 +66,10 @@ def test_leaderboard_is_regenerated_from_results_alone(tmp_path):
     out = tmp_path / "out"
     run_cli(*SMOKE, "--out", out)
     board = out / "leaderboards"
-    original = {p.name: p.read_text() for p in board.iterdir()}
-    for path in board.iterdir():
-        path.unlink()
+    original = {p.relative_to(board): p.read_bytes() for p in board.rglob("*.*")}
+    shutil.rmtree(board)
     assert run_cli("leaderboard", "--out", out) == 0
-    assert {p.name: p.read_text() for p in board.iterdir()} == original
+    assert {p.relative_to(board): p.read_bytes() for p in board.rglob("*.*")} == original  # plots byte for byte
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,12 @@ Plain functions over a model, its tokenizer, the :class:`~methods.llm.backbone.S
   (PCA plot plus distances in the full space).
 - :func:`pause_attention`: what each pause position attends to in the prompt (heatmap).
 
-Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch) and written to a
-temporary file first, then renamed, so an interrupted run never leaves a half-written PNG.
+Figures are drawn and written by :mod:`bench.figures` (Agg canvas, no pyplot; atomic, reproducible PNGs).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import pandas as pd
 import torch
 
 from bench.errors import GRBenchError
-from bench.results import write_atomically
+from bench.figures import new_figure, save_png
 from bench.sid import SemanticIds
 from methods.llm.backbone import SidVocabulary
 from methods.llm.prompts import CATEGORY_SEPARATOR, item_description, title_and_categories
@@ -186,27 +184,6 @@ def metadata_recovery(model: Any, tokenizer: Any, sids: SemanticIds, catalog: pd
     return result
 
 
-# --- figures -----------------------------------------------------------------------------------------------------
-
-
-def _new_figure(width: float, height: float) -> Any:
-    """A matplotlib figure on the Agg canvas, without pyplot (no global state, no display needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_png(figure: Any, path: Path) -> Path:
-    """Writes ``figure`` as a PNG, atomically (a reader never sees half a file)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    write_atomically(Path(path), buffer.getvalue())
-    return Path(path)
-
-
 # --- embedding PCA -----------------------------------------------------------------------------------------------
 
 
@@ -233,7 +210,7 @@ def embedding_pca(models: dict[str, Any], vocab: SidVocabulary, path: Path, *, t
     rng = np.random.default_rng(seed)
     text_rows = np.sort(rng.choice(vocab.original_rows, size=min(text_sample, vocab.original_rows), replace=False))
     code_rows = np.asarray(vocab.code_ids, dtype=np.int64)
-    figure = _new_figure(4.5 * len(models), 4.2)
+    figure = new_figure(4.5 * len(models), 4.2)
     axes = figure.subplots(1, len(models), squeeze=False)[0]
     stats: dict[str, dict[str, Any]] = {}
     for axis, (name, model) in zip(axes, models.items()):
@@ -259,7 +236,7 @@ def embedding_pca(models: dict[str, Any], vocab: SidVocabulary, path: Path, *, t
             "pause_to_sid_mean": float(np.linalg.norm(pause - sid_mean)),
             "text_mean_to_sid_mean": float(np.linalg.norm(text_mean - sid_mean)),
         }
-    _save_png(figure, path)
+    save_png(figure, path)
     return stats
 
 
@@ -315,7 +292,7 @@ def pause_attention(model: Any, tokenizer: Any, input_ids: list[int], pause_id: 
     rows = weights[positions]
 
     n_layers = len(attentions)
-    figure = _new_figure(min(max(6.0, 0.2 * min(len(ids), MAX_TICK_LABELS) + 2.0), 18.0), 2.2 + 0.3 * len(positions))
+    figure = new_figure(min(max(6.0, 0.2 * min(len(ids), MAX_TICK_LABELS) + 2.0), 18.0), 2.2 + 0.3 * len(positions))
     axis = figure.subplots()
     image = axis.imshow(rows, aspect="auto", cmap="viridis", interpolation="nearest")
     labels = _tick_labels(tokenizer, ids)
@@ -326,5 +303,5 @@ def pause_attention(model: Any, tokenizer: Any, input_ids: list[int], pause_id: 
     axis.set_title(f"attention of each pause position, layer {layer % n_layers + 1} of {n_layers}, heads averaged",
                    fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.03)
-    _save_png(figure, path)
+    save_png(figure, path)
     return rows
