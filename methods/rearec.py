@@ -394,7 +394,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # with the official code's defaults (dropout 0.5, 2 layers, 2 heads; it allows 300 epochs, 200 here) at
     # the width of the suite's SASRec and HSTU rows on these data (64).
     # On ml-100k (943 training rows, 4 steps an epoch) it stops undertrained: test NDCG@10 0.0348 against
-    # 0.0475 with ``rearec:batch_size=32`` (one CPU core each, commit 5aae6a5; README, committed leaderboards).
+    # 0.0475 with ``rearec:batch_size=32`` (one CPU core each, commit 5aae6a5; docs/history.md).
     "small": {**REASONING, "dim": 64, "layers": 2, "heads": 2, "ffn": 256, "dropout": 0.5, "max_len": 50,
               "epochs": 200, "patience": 10, "batch_size": 256, "eval_batch_size": 2048},
 }
