@@ -12,6 +12,7 @@ import errno
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -80,11 +81,10 @@ def assert_consistent(out: Path, expected: set[tuple[str, int]]) -> None:
             assert vector.mean() == pytest.approx(record["metrics"][metric]["mean"]), (record["id"], metric)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".write-test-")]
     board = out / "leaderboards"
-    written = {p.name: p.read_text() for p in board.iterdir()}
-    for path in board.iterdir():
-        path.unlink()
+    written = {p.relative_to(board): p.read_bytes() for p in board.rglob("*.*")}
+    shutil.rmtree(board)
     assert main(["leaderboard", "--out", str(out)]) == 0
-    assert {p.name: p.read_text() for p in board.iterdir()} == written
+    assert {p.relative_to(board): p.read_bytes() for p in board.rglob("*.*")} == written
 
 
 def test_two_runs_of_different_cells_share_one_out(tmp_path):
