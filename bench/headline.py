@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from bench.data import dataset_title
 from bench.evaluate import METRICS
 from bench.figures import new_figure, save_png
 from bench.leaderboard import (
@@ -43,11 +44,7 @@ from bench.profiles import PROFILES
 from bench.registry import FAMILIES
 from bench.results import ResultKey, record_device, slug, write_atomically
 
-# The study's datasets under the names records have used (S3-Rec files as seq:<stem>; the Amazon sources), each
-# with the title its column group shows; Table 5's three are shown even before anything ran on them.
-DATASET_TITLES = {"seq:Beauty": "Beauty", "beauty": "Beauty",
-                  "seq:Sports_and_Outdoors": "Sports", "sports": "Sports",
-                  "seq:Toys_and_Games": "Toys", "toys": "Toys"}
+# Table 5's datasets, by the titles bench.data.dataset_title gives them: shown even before anything ran on them.
 STUDY_DATASETS = ("Beauty", "Sports", "Toys")
 TITLE_ORDER = (*STUDY_DATASETS, "ml-100k")  # then any other dataset, by name
 
@@ -64,11 +61,6 @@ GPU_ONLY = "the best batch is measured on GPU runs only"
 FOOTNOTES = {NOT_RUN: "¹", NEEDS_TEXT: "²", NEEDS_GPU: "³", NOT_REPORTED: "⁴", NO_PAUSEREC: "⁵", GPU_ONLY: "⁶"}
 UNTRAINED_S = 1.0  # a row that trains for less is drawn as a line: counting items is not a training cost
 FAMILY_COLOURS = {"baseline": "tab:gray", "id-based": "tab:blue", "generative": "tab:green", "llm": "tab:red"}
-
-
-def dataset_title(dataset: str) -> str:
-    """The column-group title of a dataset (``seq:Beauty`` and ``beauty`` are both Beauty)."""
-    return DATASET_TITLES.get(dataset, dataset)
 
 
 def title_order(title: str) -> tuple[int, str]:
@@ -414,8 +406,8 @@ LEGEND = (
 def headline_page(records: list[dict], references: list[Reference], facts: dict[str, MethodFacts],
                   plots: dict[str, Path]) -> str:
     """The Markdown of ``leaderboards/README.md`` (``plots``: dataset title -> PNG path relative to the page)."""
-    pages = {dataset_title(r["dataset"]): r["dataset"] for r in records}
-    links = ", ".join(f"[{title}]({slug(pages[title])}.md)" for title in sorted(pages, key=title_order))
+    titles = sorted({dataset_title(r["dataset"]) for r in records}, key=title_order)
+    links = ", ".join(f"[{title}]({slug(title)}.md)" for title in titles)  # the pages bench.leaderboard writes
     figures = "\n".join(f"![{title}: NDCG@10 against training cost]({path.as_posix()})"
                         for title, path in sorted(plots.items(), key=lambda item: title_order(item[0])))
     return "\n".join([

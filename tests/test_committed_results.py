@@ -3,6 +3,7 @@ none forgotten after a merge or a withdrawal."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bench.figures import png_description
@@ -30,3 +31,11 @@ def test_committed_leaderboards_are_regenerated_from_the_committed_results(tmp_p
     generated = {*BOARD.glob("*.md"), *BOARD.glob("plots/*.png")}
     stray = {p.relative_to(BOARD) for p in generated} - {p.relative_to(tmp_path) for p in written}
     assert not stray, f"leaderboards with no results behind them: {sorted(map(str, stray))}"
+
+
+def test_every_link_between_the_committed_leaderboards_leads_to_a_page_or_plot_that_exists():
+    """A page renamed (the study's datasets moved from seq-*.md to Beauty.md) must not leave a link behind."""
+    broken = [f"{page.name}: {target}" for page in BOARD.glob("*.md")
+              for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text())
+              if not (BOARD / target).exists()]
+    assert not broken, f"links to nothing: {broken}"

@@ -40,7 +40,7 @@ FACTS = {"pop": MethodFacts("baseline"), "sasrec": MethodFacts("id-based"),
          "pauserec": MethodFacts("llm", True, True)}
 
 
-def record(spec: str = "sasrec", dataset: str = "seq:Beauty", *, profile: str = "small", seed: int = 0,
+def record(spec: str = "sasrec", dataset: str = "beauty", *, profile: str = "small", seed: int = 0,
            device: str = "cpu", commit: str = "c1", created: str = "2026-01-01T00:00:00+0000", score: float = 0.03,
            has_text: bool = False, shared: int = 1, stages: tuple[tuple[str, float], ...] = (),
            wall_s: float = 100.0, latency: float = 2.0) -> dict:
@@ -81,12 +81,11 @@ def headers(table: str) -> list[str]:
     return [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
 
 
-def test_the_study_datasets_have_one_title_under_their_old_and_new_names_and_come_first():
-    for old, new, title in (("seq:Beauty", "beauty", "Beauty"), ("seq:Sports_and_Outdoors", "sports", "Sports"),
-                            ("seq:Toys_and_Games", "toys", "Toys")):
-        assert dataset_title(old) == dataset_title(new) == title
+def test_the_study_datasets_have_the_study_titles_and_come_first():
+    for name, title in (("beauty", "Beauty"), ("sports", "Sports"), ("toys", "Toys")):
+        assert dataset_title(name) == title
     assert dataset_title("ml-100k") == "ml-100k" and dataset_title("synthetic") == "synthetic"
-    records = [record(dataset=d) for d in ("synthetic", "ml-100k", "sports", "seq:Beauty")]
+    records = [record(dataset=d) for d in ("synthetic", "ml-100k", "sports", "beauty")]
     assert shown_titles(records) == ["Beauty", "Sports", "Toys", "ml-100k", "synthetic"]  # Toys without a record
 
 
@@ -125,7 +124,7 @@ def test_an_empty_cell_says_why_in_a_footnote():
     assert empty_reason(FACTS["tiger"], has_text=False) == NEEDS_GPU
     assert empty_reason(FACTS["sasrec"], has_text=False) == NOT_RUN
 
-    records = [record("pop", "seq:Beauty"), record("pop", "ml-100k", has_text=True),
+    records = [record("pop", "beauty"), record("pop", "ml-100k", has_text=True),
                record("sasrec:loss=bce", "ml-100k", has_text=True)]  # sasrec ran only as a variant there
     table = quality_table(records, [], FACTS)
     assert [h for h in headers(table) if h.startswith("Toys")] == [
@@ -236,7 +235,7 @@ def test_the_runs_page_gives_every_records_provenance_and_marks_headline_rows():
     assert len(lines) == 3
     (starred,) = [line for line in lines if "★" in line]
     assert "fedcba6" in starred and "4 runs" in starred and "1x H100" in starred and ResultKey.of(gpu).id in starred
-    assert "`python -m bench run --profile small --methods sasrec --datasets seq:Beauty`" in page
+    assert "`python -m bench run --profile small --methods sasrec --datasets beauty`" in page
     assert "2026-01-02" in page and "90 min" in page
     assert "continuing cell sasrec-loss=bce-epochs=2" in page and "0123456 (epochs also at abcdef1)" in page
 
@@ -252,5 +251,5 @@ def test_write_headline_writes_the_pages_and_plots_and_removes_stale_plots(tmp_p
     assert not stale.exists()
     page = (tmp_path / "README.md").read_text()
     assert "![Beauty: NDCG@10 against training cost](plots/beauty.png)" in page
-    assert "[Beauty](seq-Beauty.md)" in page and "[ml-100k](ml-100k.md)" in page
+    assert "[Beauty](Beauty.md)" in page and "[ml-100k](ml-100k.md)" in page
     assert "*SASRec, CE (GenRec)*" in page  # the committed references file
