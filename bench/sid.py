@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from bench.compat import package_dir
-from bench.costs import gpu_count
+from bench.costs import devices_in_use
 from bench.errors import GRBenchError
 from bench.paths import cache_dir
 from bench.results import write_atomically
@@ -524,7 +524,7 @@ def build_semantic_ids(data: TrainData, config: SidConfig | None = None, *, seed
         "embedding_dim": int(vectors.shape[1]),
         "quantizer": {"name": config.quantizer, **info},
         "seconds": {"embed": round(embedded - started, 3), "quantize": round(time.perf_counter() - embedded, 3)},
-        "gpus": gpu_count(),
+        "gpus": devices_in_use(),
     }
     padded = np.concatenate([np.full((1, codes.shape[1]), -1, dtype=np.int64), codes])
     config_record = {**config.to_dict(), "seed": seed, "codebook_size_used": codebook_size}

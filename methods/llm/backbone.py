@@ -101,6 +101,25 @@ def _hub_error(backbone: str, error: Exception) -> GRBenchError:
     )
 
 
+def check_backbone(backbone: str) -> None:
+    """Fails at once, naming what is missing, where ``backbone`` cannot be loaded: a run checks this before any
+    work, not after it has embedded the items and trained the RQ-VAE (a minute on Amazon data). Only the model's
+    config is looked for (in the Hugging Face cache first, then on the hub): its weights come with it."""
+    if backbone in (TINY, TINY_TIED):
+        return
+    if backbone == SMOLLM2:
+        smollm2_gguf()
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import AutoConfig
+
+    try:
+        if Path(backbone).is_dir() or not isinstance(try_to_load_from_cache(backbone, "config.json"), str):
+            AutoConfig.from_pretrained(backbone)
+    except (OSError, ValueError) as error:  # no network and no cached copy; a folder without a model; a bad id
+        raise _hub_error(backbone, error) from None
+
+
 def load_backbone(backbone: str, *, dtype: str = "float32", seed: int = 0) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for a backbone name (see the module docstring); the model is on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
