@@ -178,6 +178,7 @@ def build_model(settings: dict[str, Any], vocab_size: int) -> Any:
 class Tiger(Method):
     name = "tiger"
     family = "generative"
+    wants_gpu = True
     extends_shorter_runs = True  # the inverse-square-root schedule needs no total step count
     description = "semantic IDs + T5 encoder-decoder from scratch, trie-constrained beam search (Rajput et al. 2023)"
     profiles = PROFILES
