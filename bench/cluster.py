@@ -275,11 +275,12 @@ def submit_matrix(plan: RunPlan, launcher: str, resources: JobResources, console
         console.print(format_jobs([(job, "submitted") for job in submitted]), highlight=False, soft_wrap=True)
     merge_options = {"name": "grbench-merge", "timeout_min": MERGE_MINUTES, "cpus_per_task": 1, "tasks_per_node": 1,
                      **resources.options}
+    failed: list[str] = []
     if launcher == "slurm":
         if submitted:
             merge_options["slurm_dependency"] = "afterany:" + ":".join(job.job_id for job in submitted)
     else:
-        wait_for([handle for _, handle in cell_jobs], console)
+        failed = wait_for([handle for _, handle in cell_jobs], console)
     merge_handle = job_executor(launcher, logs, merge_options).submit(merge_cells, plan.out, plan.leaderboards)
     merge_job = SubmittedJob(merge_handle.job_id, launcher, MERGE, "", str(merge_handle.paths.folder), 0,
                              time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -291,22 +292,29 @@ def submit_matrix(plan: RunPlan, launcher: str, resources: JobResources, console
     else:
         wait_for([merge_handle], console)
         if job_error(merge_handle) is not None:
-            raise GRBenchError(f"the merge job {merge_job.job_id} failed: {first_line(job_error(merge_handle))} "
+            raise GRBenchError(f"the merge job {merge_job.job_id} failed: {error_line(job_error(merge_handle))} "
                                f"(logs: {merge_job.folder}); `python -m bench run ... --launcher local` again merges "
                                "what the cell jobs stored")
         console.print(merge_handle.result(), highlight=False, soft_wrap=True)
+        if failed:
+            raise GRBenchError(f"{len(failed)} of {len(submitted)} cell jobs failed (jobs {', '.join(failed)}; logs in "
+                               f"{logs}); the others' records are merged; rerun the command to submit the failed "
+                               "cells again")
     return submitted + [merge_job]
 
 
-def wait_for(handles: Sequence[Any], console: Console) -> None:
-    """Waits for local jobs to end; a job that failed is reported with the end of its log, not raised: the merge
-    job still stores what the others made."""
+def wait_for(handles: Sequence[Any], console: Console) -> list[str]:
+    """Waits for local jobs to end; returns the ids of those that failed, each printed with its error (not raised
+    here: the merge job still stores what the others made)."""
+    failed = []
     for handle in handles:
         handle.wait()
         error = job_error(handle)
         if error is not None:
-            console.print(f"[red]job {handle.job_id} failed[/red]: {first_line(error)} (logs: {handle.paths.folder})",
-                          soft_wrap=True, highlight=False)
+            console.print(f"[red]job {handle.job_id} failed[/red]: {error_line(error)}", soft_wrap=True,
+                          highlight=False)
+            failed.append(str(handle.job_id))
+    return failed
 
 
 def job_error(handle: Any) -> BaseException | None:
@@ -317,10 +325,12 @@ def job_error(handle: Any) -> BaseException | None:
         return error
 
 
-def first_line(error: BaseException) -> str:
-    """The last line of a job's error (submitit gives the whole traceback): where the message is."""
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__
+def error_line(error: BaseException) -> str:
+    """The line of a job's error that says what went wrong: the last of its traceback (submitit's error holds the
+    whole traceback between two rules, then the paths of the logs)."""
+    parts = str(error).split("-" * 22)
+    lines = [line for line in (parts[1] if len(parts) >= 3 else str(error)).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def format_jobs(rows: Sequence[tuple[SubmittedJob, str]]) -> str:
@@ -343,6 +353,7 @@ def jobs_report(out: Path, state_of: Callable[[SubmittedJob], str] = job_state) 
         state = state_of(job)
         if job.kind == "cell":
             state += ", stored" if job.cell in stored else \
-                ", record waiting to be merged" if (cells / job.cell / RESULTS_FILE).is_file() else ""
+                ", record waiting to be merged" if (cells / job.cell / RESULTS_FILE).is_file() else \
+                "" if state in ACTIVE_STATES else ", no record"
         rows.append((job, state))
     return f"jobs submitted for {out} ({cluster_folder(out) / JOBS_FILE})\n\n{format_jobs(rows)}"

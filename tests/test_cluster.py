@@ -94,6 +94,18 @@ def test_slurm_jobs_ask_for_what_each_method_needs_and_the_merge_waits_for_them(
         assert "COMPLETED, stored" in capsys.readouterr().out
 
 
+def test_a_failed_local_job_is_named_and_fails_the_command(tmp_path, capsys, monkeypatch):
+    """The job's own error line is printed (not submitit's log paths), the merge still runs, the exit status says it."""
+    monkeypatch.setenv("GRBENCH_PROGRESS_SECONDS", "soon")  # inherited by the job, which then fails at once
+    out = tmp_path / "out"
+    assert main(["run", "--profile", "smoke", "--methods", "pop", "--launcher", "local", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "GRBenchError: GRBENCH_PROGRESS_SECONDS='soon'" in err and "1 of 1 cell jobs failed" in err
+    assert "merged 0 cells" in err and not ResultStore(out).load()
+    assert main(["progress", "--out", str(out)]) == 0
+    assert "FINISHED, no record" in capsys.readouterr().out
+
+
 def test_job_resources_follow_each_method_and_can_be_set():
     def run(name: str) -> MethodRun:
         return MethodRun(name, methods()[name], {}, {})
