@@ -273,8 +273,9 @@ def submit_matrix(plan: RunPlan, launcher: str, resources: JobResources, console
     save_jobs(plan.out, load_jobs(plan.out) + submitted)  # before any wait: `bench progress` reads it
     if submitted:
         console.print(format_jobs([(job, "submitted") for job in submitted]), highlight=False, soft_wrap=True)
-    merge_options = {"name": "grbench-merge", "timeout_min": MERGE_MINUTES, "cpus_per_task": 1, "tasks_per_node": 1,
-                     **resources.options}
+    # the options given (partition, account, ...), but one task on one CPU without a GPU: two tasks would both merge
+    merge_options = {**{key: value for key, value in resources.options.items() if "gpu" not in key},
+                     "name": "grbench-merge", "timeout_min": MERGE_MINUTES, "cpus_per_task": 1, "tasks_per_node": 1}
     failed: list[str] = []
     if launcher == "slurm":
         if submitted:

@@ -94,6 +94,20 @@ def test_slurm_jobs_ask_for_what_each_method_needs_and_the_merge_waits_for_them(
         assert "COMPLETED, stored" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_job_of_two_tasks_runs_its_cell_as_a_distributed_launch(tmp_path):
+    """tasks_per_node=2 on the CPU: submitit exports each task's rank, sft trains on both, sasrec on rank 0 alone, one
+    record each, and the merge job (one task whatever the options) stores them. About a minute on 2 cores."""
+    out = tmp_path / "out"
+    assert main(["run", "--profile", "smoke", "--methods", "sft,sasrec", "--launcher", "local", "--out", str(out),
+                 "--job-option", "tasks_per_node=2"]) == 0
+    records = {r["method"]: r for r in ResultStore(out).load()}
+    assert len(ResultStore(out).load()) == 2
+    assert records["sft"]["launch"]["trained_by_ranks"] == [0, 1]
+    assert records["sasrec"]["launch"]["trained_by_ranks"] == [0]
+    assert {r["launch"]["processes"] for r in records.values()} == {2}
+
+
 def test_a_failed_local_job_is_named_and_fails_the_command(tmp_path, capsys, monkeypatch):
     """The job's own error line is printed (not submitit's log paths), the merge still runs, the exit status says it."""
     monkeypatch.setenv("GRBENCH_PROGRESS_SECONDS", "soon")  # inherited by the job, which then fails at once
