@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     list_stats.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
     progress = commands.add_parser(
         "progress", help="how far each training run in the cache has got (epochs, best validation, when each ends)",
-        description="Reads the epoch checkpoints and LLM stage folders under the cache ($GRBENCH_CACHE, else the "
+        description="First, where OUT has cluster jobs (run --launcher slurm|local), each job's state from the "
+        "engine and whether its cell is stored. Then reads the epoch checkpoints and LLM stage folders under the "
+        "cache ($GRBENCH_CACHE, else the "
         "user cache folder) and prints a table: a run's epochs done, its best and latest validation score, "
         "whether it finished, stopped early or can be resumed by rerunning its command, and for a resumable one "
         "the epoch at which early stopping ends it if validation does not improve again.")
