@@ -37,7 +37,7 @@ from bench.errors import GRBenchError, UnknownNameError
 from bench.profiles import get_profile
 from bench.registry import methods
 from bench.results import RESULTS_FILE, ResultKey, ResultStore, write_atomically
-from bench.runner import MethodRun, RunPlan, check_plan, reason_to_skip, resolve_methods
+from bench.runner import MethodRun, RunPlan, check_plan, reason_to_skip
 from bench.split import leave_last_out
 
 LAUNCHERS = ("local", "slurm")
@@ -128,12 +128,12 @@ def cell_has_record(out: Path, key: ResultKey) -> bool:
     return (cell_folder(out, key) / RESULTS_FILE).is_file()
 
 
-def plan_jobs(plan: RunPlan, resources: JobResources, launcher: str, console: Console) -> list[PlannedJob]:
+def plan_jobs(plan: RunPlan, method_runs: Sequence[MethodRun], resources: JobResources, launcher: str,
+              console: Console) -> list[PlannedJob]:
     """The cells of ``plan`` that need a job: not stored in ``plan.out`` (unless forced), not finished and waiting to
     be merged, not held by a job that is still pending or running. Each dataset is loaded and split, as the run
     would, for the split fingerprint that names its cells; the cells left out are printed with the reason."""
     profile = get_profile(plan.profile)
-    method_runs = resolve_methods(plan.methods, profile)
     unknown = sorted(set(resources.gpu_methods or ()) - set(methods()))
     if unknown:
         raise UnknownNameError("method", unknown[0], list(methods()))
@@ -236,8 +236,8 @@ def merge_cells(out: Path, leaderboards: Path) -> str:
         shutil.rmtree(folder.parent)
         merged.append(folder.parent.name)
     stored = {key.id for key in store.finished()}
-    failed = [f"{job.cell} (job {job.job_id}, logs in {job.folder})" for job in load_jobs(out)
-              if job.kind == "cell" and job.cell not in stored]
+    latest = {job.cell: job for job in load_jobs(out) if job.kind == "cell"}  # a cell submitted again: its last job
+    failed = [f"{cell} (job {job.job_id}, logs in {job.folder})" for cell, job in latest.items() if cell not in stored]
     with store.locked():
         write_leaderboards(store.load(), leaderboards, out)
     lines = [f"merged {len(merged)} cells into {store.path}: {', '.join(merged) or 'none'}",
@@ -257,8 +257,7 @@ def submit_matrix(plan: RunPlan, launcher: str, resources: JobResources, console
     console = console or Console(stderr=True)
     if launcher not in LAUNCHERS:
         raise GRBenchError(f"launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
-    check_plan(plan)
-    planned = plan_jobs(plan, resources, launcher, console)
+    planned = plan_jobs(plan, check_plan(plan), resources, launcher, console)
     unmerged = list((cluster_folder(plan.out) / "cells").glob(f"*/{RESULTS_FILE}"))
     if not planned and not unmerged:
         console.print("nothing to submit: every cell is stored or has a job that has not ended")
