@@ -86,13 +86,29 @@ def test_the_repository_accelerate_configurations_load():
     assert zero2.deepspeed_config["zero_stage"] == 2 and zero2.deepspeed_config["offload_param_device"] == "none"
 
 
-def test_a_backbone_that_cannot_be_loaded_fails_before_any_work(tmp_path, capsys):
-    """No SIDs built, no item embedded: the run stops at once and names the backbone."""
+@pytest.mark.parametrize("launcher", ["inline", "local"])
+def test_a_backbone_that_cannot_be_loaded_fails_before_any_work(tmp_path, capsys, launcher):
+    """No SIDs built, no item embedded, no job submitted: the run stops at once and names the backbone."""
     empty = tmp_path / "no-model"
     empty.mkdir()
-    assert main(["run", "--profile", "smoke", "--methods", f"pop,sft:backbone={empty}",
-                 "--out", str(tmp_path / "out")]) == 2
+    out = tmp_path / "out"
+    assert main(["run", "--profile", "smoke", "--methods", f"pop,sft:backbone={empty}", "--out", str(out),
+                 "--launcher", launcher]) == 2
     assert f"cannot load backbone '{empty}'" in capsys.readouterr().err
     cache = Path(os.environ["GRBENCH_CACHE"])
     assert not [path for path in cache.rglob("*") if path.is_file()]
-    assert not (tmp_path / "out" / "results.jsonl").exists()  # not even pop, which came first
+    assert not out.exists()  # not even pop's record, which came first, nor a job table
+
+
+def test_the_paper_profile_offline_without_its_backbone_fails_before_any_work(tmp_path):
+    """The case that cost 55 s of embedding and RQ-VAE training before: `--profile paper` with no network and no
+    cached Qwen3-1.7B stops at the check, says how to get the model, and leaves nothing in the cache."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "GRBENCH_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--profile", "paper", "--methods", "sft",
+                             "--datasets", "synthetic", "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "cannot load backbone 'Qwen/Qwen3-1.7B'" in result.stderr and "hf download Qwen/Qwen3-1.7B" in result.stderr
+    assert not [path for path in cache.rglob("*") if path.is_file()] and not out.exists()
