@@ -25,6 +25,7 @@ import numpy as np
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
+from bench.sid import SidConfig, check_encoder
 from bench.split import TrainData
 from methods.llm.backbone import SidVocabulary, check_backbone
 from methods.llm.config import check_shared_settings, llm_profiles, shared_variant
@@ -88,6 +89,7 @@ class NextItemSFT(Method):
     @classmethod
     def check_available(cls, settings: dict[str, Any]) -> None:
         check_backbone(settings["backbone"])
+        check_encoder(SidConfig().encoder)  # the SIDs' item text encoder (methods.llm.stages.LLMRecipe)
 
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:

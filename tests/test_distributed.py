@@ -112,3 +112,22 @@ def test_the_paper_profile_offline_without_its_backbone_fails_before_any_work(tm
     assert result.returncode == 2, result.stderr[-3000:]
     assert "cannot load backbone 'Qwen/Qwen3-1.7B'" in result.stderr and "hf download Qwen/Qwen3-1.7B" in result.stderr
     assert not [path for path in cache.rglob("*") if path.is_file()] and not out.exists()
+
+
+@pytest.mark.parametrize("encoder", ["empty folder", "/no/such/encoder"])
+def test_a_sentence_encoder_that_cannot_be_loaded_fails_before_any_work(tmp_path, capsys, encoder):
+    """TIGER's text SIDs: an encoder that is neither the packaged one, a model folder, nor found on the hub stops the
+    run before any work, naming it; SIDs that do not embed text do not need it."""
+    from baselines.tiger import Tiger
+
+    if encoder == "empty folder":
+        encoder = str(tmp_path / "no-encoder")
+        Path(encoder).mkdir()
+    out = tmp_path / "out"
+    assert main(["run", "--profile", "smoke", "--methods", f"pop,tiger:sid_encoder={encoder}", "--out", str(out)]) == 2
+    assert f"cannot load sentence encoder '{encoder}'" in capsys.readouterr().err
+    assert not [path for path in Path(os.environ["GRBENCH_CACHE"]).rglob("*") if path.is_file()]
+    assert not out.exists()
+    settings = Tiger.profiles["smoke"]
+    Tiger.check_available({**settings, "sid_source": "collaborative", "sid_encoder": encoder})
+    Tiger.check_available(settings)  # the packaged encoder

@@ -28,6 +28,7 @@ import torch
 
 from bench.compat import smollm2_gguf
 from bench.errors import GRBenchError
+from bench.paths import check_hub_model
 from bench.sid import SID_BEGIN, SID_END, SemanticIds
 
 TINY = "tiny"
@@ -110,12 +111,8 @@ def check_backbone(backbone: str) -> None:
     if backbone == SMOLLM2:
         smollm2_gguf()
         return
-    from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoConfig
-
     try:
-        if Path(backbone).is_dir() or not isinstance(try_to_load_from_cache(backbone, "config.json"), str):
-            AutoConfig.from_pretrained(backbone)
+        check_hub_model(backbone)
     except (OSError, ValueError) as error:  # no network and no cached copy; a folder without a model; a bad id
         raise _hub_error(backbone, error) from None
 
