@@ -58,7 +58,7 @@ from baselines.sequential import groups_pay_off, mean_over_length_groups
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
-from bench.sid import SemanticIds, SidConfig, semantic_ids_stage
+from bench.sid import SemanticIds, SidConfig, check_encoder, semantic_ids_stage
 from bench.split import PADDING_ITEM, TrainData, fixed_subset
 from bench.training import native_bf16, train_with_early_stopping, validation_score
 
@@ -178,6 +178,7 @@ def build_model(settings: dict[str, Any], vocab_size: int) -> Any:
 class Tiger(Method):
     name = "tiger"
     family = "generative"
+    wants_gpu = True
     extends_shorter_runs = True  # the inverse-square-root schedule needs no total step count
     needs_gpu = True  # small on an Amazon file: 20-30 minutes an epoch on one CPU core, for up to 200 epochs
     description = "semantic IDs + T5 encoder-decoder from scratch, trie-constrained beam search (Rajput et al. 2023)"
@@ -201,6 +202,11 @@ class Tiger(Method):
             raise GRBenchError(f"tiger: need 0 <= dropout < 1 and learning_rate > 0, got dropout "
                                f"{settings['dropout']}, learning_rate {settings['learning_rate']}")
         cls.sid_config(settings)  # SidConfig raises GRBenchError for bad SID options
+
+    @classmethod
+    def check_available(cls, settings: dict[str, Any]) -> None:
+        if settings["sid_source"] in ("auto", "text"):  # auto takes text where items have titles
+            check_encoder(settings["sid_encoder"])
 
     @classmethod
     def validate_every(cls, settings: dict[str, Any]) -> int:

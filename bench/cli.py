@@ -47,6 +47,29 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return value
+
+
+def _job_option(text: str) -> tuple[str, int | float | str]:
+    """``mem_gb=64`` -> ("mem_gb", 64): numbers become numbers (submitit checks their types), the rest stays text."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a submitit parameter), got {text!r}")
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            continue
+    return key.strip(), value
+
+
 def _leaderboard_dir(args: argparse.Namespace) -> Path:
     """Leaderboards go to ./leaderboards for the default --out, else beside the results."""
     if args.leaderboards is not None:
@@ -80,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
                      "running elsewhere, resume it from its checkpoint, or train it)")
     run.add_argument("--max-test-users", type=int, default=None,
                      help="score a fixed-seed subset of this many test users (same subset for every method)")
+    cluster = run.add_argument_group(
+        "cluster jobs", "--launcher slurm submits one job per cell through submitit and returns with the job ids; a "
+        "last job merges their records into OUT/results.jsonl and writes the leaderboards once (`python -m bench "
+        "progress --out OUT` shows the jobs). --launcher local runs the same jobs as subprocesses here and waits.")
+    cluster.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
+                         help="inline (default): every cell in this process, one after another")
+    cluster.add_argument("--job-gpus", type=_count, default=None,
+                         help="GPUs of a job whose method wants them (default 1; an LLM method's job runs one "
+                         "data-parallel task per GPU, any other method takes at most one)")
+    cluster.add_argument("--job-cpus", type=_count, default=None, help="CPUs of each task of a job (default 4)")
+    cluster.add_argument("--job-minutes", type=_count, default=None,
+                         help="time limit of a job in minutes (default 1440)")
+    cluster.add_argument("--gpu-methods", type=_list, default=None,
+                         help="names of the methods whose jobs get GPUs (default: the LLM methods and TIGER)")
+    cluster.add_argument("--job-option", type=_job_option, action="append", default=None, metavar="KEY=VALUE",
+                         help="any other submitit job parameter, repeatable: slurm_partition=gpu, slurm_account=x, "
+                         "mem_gb=64, slurm_constraint=h100, ...")
 
     board = commands.add_parser("leaderboard", help="regenerate the Markdown leaderboards from stored results")
     board.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
@@ -191,20 +231,30 @@ def build_parser() -> argparse.ArgumentParser:
     rename.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
     progress = commands.add_parser(
         "progress", help="how far each training run in the cache has got (epochs, best validation, when each ends)",
-        description="Reads the epoch checkpoints and LLM stage folders under the cache ($GRBENCH_CACHE, else the "
+        description="First, where OUT has cluster jobs (run --launcher slurm|local), each job's state from the "
+        "engine and whether its cell is stored. Then reads the epoch checkpoints and LLM stage folders under the "
+        "cache ($GRBENCH_CACHE, else the "
         "user cache folder) and prints a table: a run's epochs done, its best and latest validation score, "
         "whether it finished, stopped early or can be resumed by rerunning its command, and for a resumable one "
         "the epoch at which early stopping ends it if validation does not improve again.")
     progress.add_argument("--cache", type=Path, default=None, help="cache folder (default: the one runs use)")
+    progress.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                          help="results folder whose cluster jobs (run --launcher) to show first (default results/)")
     return parser
 
 
 def command_progress(args: argparse.Namespace) -> int:
+    from bench.cluster import jobs_report
     from bench.paths import cache_dir
     from bench.progress import format_progress, training_progress
 
+    jobs = jobs_report(args.out)
+    if jobs is not None:
+        print(jobs + "\n")
     cache = args.cache or cache_dir()
     if not cache.is_dir():
+        if jobs is not None:
+            return 0
         raise GRBenchError(f"{cache}: no such cache folder (set GRBENCH_CACHE or pass --cache)")
     print(format_progress(training_progress(cache), cache))
     return 0
@@ -286,6 +336,18 @@ def command_run(args: argparse.Namespace) -> int:
         raise GRBenchError("--max-test-users must be at least 1")
     plan = RunPlan(methods=methods, datasets=datasets, profile=profile.name, seeds=args.seeds, out=args.out,
                    leaderboards=_leaderboard_dir(args), force=args.force, max_test_users=args.max_test_users)
+    job_settings = {"gpus": args.job_gpus, "cpus": args.job_cpus, "minutes": args.job_minutes,
+                    "gpu_methods": None if args.gpu_methods is None else tuple(args.gpu_methods),
+                    "options": None if args.job_option is None else dict(args.job_option)}
+    given = {name: value for name, value in job_settings.items() if value is not None}
+    if given and args.launcher == "inline":
+        raise GRBenchError("--job-gpus, --job-cpus, --job-minutes, --gpu-methods and --job-option are for cluster "
+                           "jobs: add --launcher slurm or --launcher local")
+    if args.launcher != "inline" and not args.dry_run:
+        from bench.cluster import JobResources, submit_matrix
+
+        submit_matrix(plan, args.launcher, JobResources(**given))
+        return 0
     if args.dry_run:
         from bench.progress import format_plan, plan_cells
 
@@ -312,28 +374,11 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 
 def command_merge(args: argparse.Namespace) -> int:
     from bench.leaderboard import write_leaderboards
-    from bench.results import ResultKey, ResultStore, check_writable, write_atomically
+    from bench.results import ResultStore, check_writable
 
     check_writable(args.out)
     store = ResultStore(args.out)
-    merged = 0
-    for source in args.sources:
-        records = ResultStore(source).load()
-        if not records:
-            raise GRBenchError(f"no results at {source / 'results.jsonl'}")
-        for record in records:
-            if record.get("rankings"):
-                rankings = source / record["rankings"]
-                if not rankings.is_file():
-                    raise GRBenchError(f"{source / 'results.jsonl'}: record {record.get('id')} names rankings "
-                                       f"{rankings}, which does not exist; nothing of this record was merged")
-                # where this store keeps the key's rankings (a GPU run's beside the CPU run's, never over it)
-                target = store.rankings_path(ResultKey.of(record))
-                write_atomically(target, rankings.read_bytes())
-                key = ResultKey.of(record)
-                record = {**record, "rankings": str(target.relative_to(args.out)), "id": key.id, "device": key.device}
-            store.add(record)  # a record with the same key is replaced, never duplicated
-            merged += 1
+    merged = sum(store.merge_from(source) for source in args.sources)
     with store.locked():
         records = store.load()
         paths = write_leaderboards(records, _leaderboard_dir(args), args.out)

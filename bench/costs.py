@@ -1,8 +1,8 @@
 """What a run costs: wall time and GPU-hours per stage, hardware, and inference latency per user.
 
-GPU-hours are ``wall seconds x GPUs in use / 3600``; on a CPU-only machine they are 0 and the wall
-time is the cost. Latency is measured after a warm-up batch, with device synchronisation, at the
-study's batch size of 16 users.
+GPU-hours are ``wall seconds x GPUs in use / 3600`` (every GPU of every node under a distributed launch:
+:func:`devices_in_use`); on a CPU-only machine they are 0 and the wall time is the cost. Latency is measured
+after a warm-up batch, with device synchronisation, at the study's batch size of 16 users.
 """
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ def cpu_name() -> str:
 def hardware() -> dict:
     """The machine a result was measured on, with a short label for tables: ``cpu_cores`` the cores the process
     may run on, ``torch_threads`` the threads torch computes with (``OMP_NUM_THREADS=1`` on a 2-core machine
-    computes on one core, and a CPU label says one)."""
+    computes on one core, and a CPU label says one). A distributed launch adds its ``processes`` and ``nodes``, and
+    its ``gpus`` are every rank's, on every node."""
+    from bench.distributed import launch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict = {"cpu": cpu_name(), "cpu_cores": cores, "gpus": []}
     torch = _torch()
@@ -71,17 +74,35 @@ def hardware() -> dict:
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    current = launch()
+    if current.processes > 1:
+        info.update(processes=current.processes, nodes=current.nodes, gpus=list(current.gpus))
     if info["gpus"]:
         info["label"] = f"{len(info['gpus'])}x {info['gpus'][0]}"
     else:
         info["label"] = cpu_label(computing_cores(info))
+    if current.processes > 1:
+        nodes = f" on {current.nodes} nodes" if current.nodes > 1 else ""
+        info["label"] += f", {current.processes} processes{nodes}"
     return info
+
+
+def devices_in_use() -> int:
+    """The GPUs a run holds, which its GPU-hours count: under a distributed launch every rank's GPU on every node
+    (the ranks that wait while rank 0 trains a method alone hold theirs too), else the GPUs this process sees."""
+    from bench.distributed import launch
+
+    current = launch()
+    return len(current.gpus) if current.processes > 1 else gpu_count()
 
 
 def computing_cores(machine: dict) -> int:
     """The cores a CPU run computed on: its cores, or fewer where torch had fewer threads (records from before
-    ``torch_threads`` was stored count their cores)."""
-    return min(machine["cpu_cores"], machine.get("torch_threads") or machine["cpu_cores"])
+    ``torch_threads`` was stored count their cores), times the processes of a distributed launch (at most every
+    core of its nodes)."""
+    per_process = min(machine["cpu_cores"], machine.get("torch_threads") or machine["cpu_cores"])
+    processes, nodes = machine.get("processes", 1), machine.get("nodes", 1)
+    return min(per_process * processes, machine["cpu_cores"] * nodes)
 
 
 def cpu_label(cores: int) -> str:
@@ -223,8 +244,8 @@ class CostMeter:
     def stage(self, name: str) -> Iterator[StageCost]:
         """Times a stage; yields its record so the stage can add extra numbers (tokens/s, ...)."""
         torch = _torch()
-        gpus = gpu_count()
-        if gpus:
+        gpus = devices_in_use()
+        if gpu_count():
             torch.cuda.reset_peak_memory_stats()
         record = StageCost(name, gpus=gpus)
         synchronize()
@@ -238,7 +259,7 @@ class CostMeter:
             elapsed = time.perf_counter() - start
             record.wall_s = elapsed + record.carried_wall_s
             record.gpu_hours = elapsed * gpus / 3600 + record.carried_gpu_hours
-            if gpus:
+            if gpu_count():
                 record.peak_gpu_mem_gb = torch.cuda.max_memory_allocated() / 2**30
             self.stages.append(record)
 

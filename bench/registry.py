@@ -81,6 +81,11 @@ class Method(ABC):
     # then a run with a higher limit continues the epoch checkpoint of the same run cut at a lower one
     # (bench.training.train_with_early_stopping), and ``bench run --dry-run`` says which cell it would continue.
     extends_shorter_runs: ClassVar[bool] = False
+    # True where training goes through Hugging Face's Trainer, which trains data-parallel under a distributed launch
+    # (accelerate launch, torchrun, a multi-task cluster job); the other methods train on rank 0 alone meanwhile
+    data_parallel: ClassVar[bool] = False
+    # True where training wants a GPU: the cluster launcher (bench.cluster) gives this method's jobs GPUs
+    wants_gpu: ClassVar[bool] = False
 
     def __init__(self, settings: dict[str, Any], context: RunContext) -> None:
         self.settings = settings
@@ -116,6 +121,12 @@ class Method(ABC):
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         """Raises GRBenchError for a bad combination of settings, before any work starts."""
+        return None
+
+    @classmethod
+    def check_available(cls, settings: dict[str, Any]) -> None:
+        """Raises GRBenchError where something the method loads from outside the suite (a model) is missing: a run
+        calls it before any work, so that hours of earlier cells or stages are not spent on a run that must fail."""
         return None
 
     @abstractmethod

@@ -22,12 +22,13 @@ from tabulate import tabulate
 
 from bench.costs import hardware
 from bench.data import dataset_name, load_dataset
+from bench.distributed import launch
 from bench.errors import GRBenchError
 from bench.profiles import get_profile
 from bench.provenance import process_commit, versions
 from bench.registry import parse_method_spec
 from bench.results import ResultKey, ResultStore, check_writable, read_rankings
-from bench.runner import cell_lock, cell_lock_path, is_main_process, make_progress, resolve_methods, run_cell
+from bench.runner import cell_lock, cell_lock_path, make_progress, resolve_methods, run_cell
 from bench.split import EVAL_SUBSET_SEED, leave_last_out
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
@@ -110,6 +111,7 @@ def rerun(result_id: str, out: Path, into: Path | None = None, dataset: str | No
     """Reruns stored result ``result_id`` of ``out`` into ``into`` and prints the comparison; returns the exit
     status (0 identical or within the stored CI, 1 outside it)."""
     console = console or Console(stderr=True)
+    launch()  # a distributed launch's ranks meet here first
     record = find_record(out, result_id)
     into = into if into is not None else out / "reruns" / result_id
     if into.resolve() == out.resolve():
@@ -125,6 +127,7 @@ def rerun(result_id: str, out: Path, into: Path | None = None, dataset: str | No
     stored = record.get("settings", {})
     run = replace(current, settings={key: stored.get(key, value) for key, value in current.settings.items()})
     method.check_settings(run.settings)
+    method.check_available(run.settings)
     if record["eval_subset"] not in ("all", f"fixed subset (seed {EVAL_SUBSET_SEED})"):
         raise GRBenchError(f"record {result_id}: evaluated subset {record['eval_subset']!r} is not the one this "
                            f"code draws (seed {EVAL_SUBSET_SEED}); the rerun would score other users")
@@ -147,9 +150,10 @@ def rerun(result_id: str, out: Path, into: Path | None = None, dataset: str | No
                                f"{cell_lock_path(key)}); rerun it once that process is done")
         check_writable(into)
         with make_progress(console) as progress:
-            made, rows = run_cell(split, run, profile, int(record["seed"]), users, progress)
-    if not is_main_process():
-        return 0  # under `accelerate launch` every rank trains; rank 0 writes and compares
+            cell = run_cell(split, run, profile, int(record["seed"]), users, progress)
+    if cell is None:
+        return 0  # not rank 0 of a distributed launch: rank 0 writes and compares
+    made, rows = cell
     store = ResultStore(into)
     made["rankings"] = str(store.write_rankings(ResultKey.of(made), rows).relative_to(into))
     store.add(made)

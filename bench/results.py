@@ -212,6 +212,30 @@ class ResultStore:
                     (self.folder / record["rankings"]).unlink(missing_ok=True)
         return withdrawn
 
+    def merge_from(self, source: Path) -> int:
+        """Adds every record of the results folder ``source`` (another machine's, a cluster job's) with its rankings,
+        copied to where this store keeps them; a record with the same key is replaced, never duplicated. Returns
+        how many records were merged; a missing rankings file is an error that names it, and that record is not
+        merged."""
+        records = ResultStore(source).load()
+        if not records:
+            raise GRBenchError(f"no results at {shown_path(source / RESULTS_FILE)}")
+        for record in records:
+            key = ResultKey.of(record)
+            if record.get("rankings"):
+                rankings = source / record["rankings"]
+                if not rankings.is_file():
+                    raise GRBenchError(f"{shown_path(source / RESULTS_FILE)}: record {record.get('id')} names "
+                                       f"rankings {shown_path(rankings)}, which does not exist; nothing of this "
+                                       "record was merged")
+                # where this store keeps the key's rankings (a GPU run's beside the CPU run's, never over it)
+                target = self.rankings_path(key)
+                write_atomically(target, rankings.read_bytes())
+                record = {**record, "rankings": str(target.relative_to(self.folder)), "id": key.id,
+                          "device": key.device}
+            self.add(record)
+        return len(records)
+
     def rankings_path(self, key: ResultKey) -> Path:
         device = "" if key.device == "cpu" else f"-{key.device}"
         name = f"{slug(key.method)}-{slug(key.profile)}-seed{key.seed}{device}.jsonl.gz"

@@ -27,8 +27,17 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from bench.costs import LATENCY_BATCH_SIZE, GpuSharing, best_throughput, gpu_count, hardware, timed_batches
+from bench.costs import (
+    LATENCY_BATCH_SIZE,
+    GpuSharing,
+    best_throughput,
+    devices_in_use,
+    gpu_count,
+    hardware,
+    timed_batches,
+)
 from bench.data import load_dataset, parse_spec
+from bench.distributed import gather, is_main_process, launch, share_main, wait_for_everyone
 from bench.errors import GRBenchError
 from bench.evaluate import check_rankings, list_stats, per_user_metrics, summarize
 from bench.leaderboard import render_dataset_tables, write_leaderboards
@@ -55,6 +64,8 @@ class RunPlan:
     leaderboards: Path = Path("leaderboards")
     force: bool = False
     max_test_users: int | None = None  # overrides the profile's subset size
+    write_leaderboards: bool = True  # False for a cluster job, whose records are merged and tabled later
+    command: str | None = None  # the command line stored with each record, where not this process's own
 
 
 @dataclass(frozen=True)
@@ -92,35 +103,28 @@ def cell_lock_path(key: ResultKey) -> Path:
 def cell_lock(key: ResultKey) -> Iterator[bool]:
     """Yields True while this process holds the cell's lock, False at once if another process holds it. The
     operating system drops a lock whose process dies (even by SIGKILL), so a killed run never blocks a rerun.
-    The ranks of one distributed launch run every cell together, so they take no lock."""
-    if world_size() > 1:
-        yield True
-        return
+    The ranks of one distributed launch run a cell together: rank 0 takes the lock for them all and shares what
+    it found."""
     path = cell_lock_path(key)
     lock = FileLock(str(path))
+
+    def try_lock() -> bool:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        except OSError as error:
+            raise GRBenchError(f"cannot write the cell lock {path} in the cache folder ({error.strerror or error}); "
+                               f"set GRBENCH_CACHE to a writable folder") from None
+        return True
+
+    ours = share_main(try_lock)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
-    except OSError as error:
-        raise GRBenchError(f"cannot write the cell lock {path} in the cache folder ({error.strerror or error}); "
-                           f"set GRBENCH_CACHE to a writable folder") from None
-    try:
-        yield True
+        yield ours
     finally:
-        lock.release()
-
-
-def world_size() -> int:
-    """Processes of a distributed launch (``accelerate launch`` / ``torchrun`` set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a distributed launch (torchrun / accelerate set RANK)."""
-    return os.environ.get("RANK", "0") == "0"
+        if ours and is_main_process():
+            lock.release()
 
 
 def progress_line_seconds() -> float:
@@ -189,15 +193,13 @@ def make_progress(console: Console) -> Progress:
 
 def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
     """Runs the plan and writes results and leaderboards; returns the records made by this call and the cells
-    skipped because another process was running them."""
-    console = console or Console(stderr=True)
+    skipped because another process was running them. Under a distributed launch every rank calls it; rank 0
+    decides which cells run, and alone writes and prints."""
+    console = console or Console(stderr=True, quiet=not is_main_process())
     process_commit()  # the code loaded now is what runs, whatever is committed while it does
+    launch()  # a distributed launch's ranks meet here first (who runs where, which devices it holds)
     profile = get_profile(plan.profile)
-    method_runs = resolve_methods(plan.methods, profile)
-    for spec in plan.datasets:
-        parse_spec(spec)
-    check_writable(plan.out)
-    check_writable(plan.leaderboards, "leaderboards")
+    method_runs = check_plan(plan)
     check_writable(cache_dir(), "stage caches, checkpoints and cell locks (GRBENCH_CACHE)")
     store = ResultStore(plan.out)
     finished = store.finished()
@@ -216,7 +218,7 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
             for run in method_runs:
                 for seed in plan.seeds:
                     key = ResultKey(run.spec, split.dataset, profile.name, seed, split.fingerprint, run_device())
-                    reason = reason_to_skip(run, split, key, finished, plan)
+                    reason = share_main(reason_to_skip, run, split, key, finished, plan)
                     if reason:
                         console.print(f"skip {key.id}: {reason}", soft_wrap=True)
                         continue
@@ -227,12 +229,15 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
                                           f"got[/yellow]", soft_wrap=True)
                             outcome.running_elsewhere.append(key.id)
                             continue
-                        if key in store.finished() and not plan.force:  # stored by another process meanwhile
+                        if key in share_main(store.finished) and not plan.force:
                             console.print(f"skip {key.id}: another process has just stored it in {store.path}")
                             continue
-                        record, rows = run_cell(split, run, profile, seed, users, progress)
-                        if not is_main_process():
-                            continue  # under `accelerate launch`, every rank trains; only rank 0 writes
+                        cell = run_cell(split, run, profile, seed, users, progress)
+                        if cell is None:
+                            continue  # not rank 0 of a distributed launch: rank 0 writes
+                        record, rows = cell
+                        if plan.command is not None:
+                            record["command"] = plan.command
                         record["rankings"] = str(store.write_rankings(key, rows).relative_to(plan.out))
                         store.add(record)
                     made.append(record)
@@ -241,7 +246,7 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
                         f"{latency:.1f} ms/user"
                     console.print(f"done {key.id}: NDCG@10 {record['metrics']['ndcg@10']['mean']:.4f}, trained in "
                                   f"{record['train']['wall_s']:.0f} s, {latency_text}", highlight=False, soft_wrap=True)
-    if not is_main_process():
+    if not is_main_process() or not plan.write_leaderboards:
         return outcome
     with store.locked():  # of concurrent runs sharing --out, the last to write the leaderboards read every record
         records = store.load()
@@ -253,6 +258,26 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
                       f"them: {', '.join(outcome.running_elsewhere)}; rerun this command after they finish to "
                       f"see every row[/yellow]", soft_wrap=True)
     return outcome
+
+
+def check_plan(plan: RunPlan) -> list[MethodRun]:
+    """Every name of ``plan``, what its methods load from outside the suite, and its output folders, checked before
+    any work starts (here or in cluster jobs); returns the resolved methods."""
+    method_runs = resolve_methods(plan.methods, get_profile(plan.profile))
+    for spec in plan.datasets:
+        parse_spec(spec)
+    check_available(method_runs)
+    check_writable(plan.out)
+    if plan.write_leaderboards:
+        check_writable(plan.leaderboards, "leaderboards")
+    return method_runs
+
+
+def check_available(method_runs: Sequence[MethodRun]) -> None:
+    """What every method loads from outside the suite (a backbone) is there, before any work starts
+    (:meth:`bench.registry.Method.check_available`)."""
+    for run in method_runs:
+        run.method.check_available(run.settings)
 
 
 def reason_to_skip(run: MethodRun, split: Split, key: ResultKey, finished: Container[ResultKey],
@@ -291,8 +316,9 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
     """``python -m bench analyze``: for each method and dataset, the method's trained model (from its stage
     cache, trained first where missing), then its own analyses (:meth:`Method.analyze`): plots and a summary
     under ``folder/<dataset>/<method spec>/<profile>-seed<k>/``. Returns the summary files."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, quiet=not is_main_process())
     process_commit()
+    launch()
     profile = get_profile(profile_name)
     method_runs = resolve_methods(method_specs, profile)
     for run in method_runs:
@@ -301,6 +327,7 @@ def run_analyses(method_specs: Sequence[str], dataset_specs: Sequence[str], prof
             raise GRBenchError(f"method {run.spec!r} has no analyses; methods with analyses: {', '.join(having)}")
     for spec in dataset_specs:
         parse_spec(spec)
+    check_available(method_runs)
     written = []
     with make_progress(console) as progress:
         for dataset_spec in dataset_specs:
@@ -333,19 +360,39 @@ def run_device() -> str:
 
 
 def run_cell(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray,
-             progress: Progress) -> tuple[dict, list[dict]]:
-    """Trains and scores one method on one split with one seed; returns its record and ranking rows."""
+             progress: Progress) -> tuple[dict, list[dict]] | None:
+    """Trains and scores one method on one split with one seed; returns its record and ranking rows.
+
+    Under a distributed launch a data-parallel method trains on every rank, any other on rank 0 alone while the
+    others wait; rank 0 alone ranks the test users, and the other ranks get None."""
     label = f"{run.spec} / {split.dataset} / seed {seed}"
-    method, context = make_method(split, run, profile, seed, progress)
-    fit_task = progress.add_task(f"train {label}", total=1)
-    started = time.perf_counter()
+    trains_here = is_main_process() or run.method.data_parallel
     with GpuSharing() as sharing:
-        with context.stage("train") as train_cost:
-            method.fit(split.train_view(), context)
-        progress.update(fit_task, completed=1)
-        record, rows = _score(split, run, profile, seed, users, progress, method, context, train_cost, started, label)
+        if trains_here:
+            method, context = make_method(split, run, profile, seed, progress)
+            fit_task = progress.add_task(f"train {label}", total=1)
+            started = time.perf_counter()
+            with context.stage("train") as train_cost:
+                method.fit(split.train_view(), context)
+            progress.update(fit_task, completed=1)
+        trained_by = [rank for rank, trained in enumerate(gather(trains_here)) if trained]
+        if is_main_process():
+            record, rows = _score(split, run, profile, seed, users, progress, method, context, train_cost, started,
+                                  label)
+        wait_for_everyone()  # while rank 0 ranks the test users
+    if not is_main_process():
+        return None
     record["hardware"]["gpu_processes_max"] = sharing.max_processes
+    record["launch"] = launch_record(trained_by)
     return record, rows
+
+
+def launch_record(trained_by: list[int]) -> dict[str, Any]:
+    """How a cell ran: processes, nodes and devices (GPUs, else one CPU process each), and the ranks that trained
+    it (every rank for a data-parallel method, else rank 0)."""
+    current, gpus = launch(), devices_in_use()
+    return {"processes": current.processes, "nodes": current.nodes, "devices": gpus or current.processes,
+            "device_kind": "gpu" if gpus else "cpu", "trained_by_ranks": trained_by}
 
 
 def _score(split: Split, run: MethodRun, profile: Profile, seed: int, users: np.ndarray, progress: Progress,

@@ -49,9 +49,9 @@ import torch
 from torch import nn
 
 from bench.compat import package_dir
-from bench.costs import gpu_count
+from bench.costs import devices_in_use
 from bench.errors import GRBenchError
-from bench.paths import cache_dir
+from bench.paths import cache_dir, check_hub_model
 from bench.results import write_atomically
 from bench.split import TrainData
 
@@ -275,6 +275,34 @@ def encoder_location(encoder: str) -> str:
     return encoder
 
 
+def _encoder_error(encoder: str, error: Exception) -> GRBenchError:
+    return GRBenchError(f"cannot load sentence encoder {encoder!r} ({error}); without a network only the packaged "
+                        f"{PACKAGED_ENCODER!r} (the default) or a local model folder works")
+
+
+def check_encoder(encoder: str) -> None:
+    """Fails at once, naming it, where sentence encoder ``encoder`` cannot be loaded, so that a run stops before any
+    work rather than when it reaches the SIDs: the packaged copy, a model folder, or a hub id in the Hugging Face
+    cache or on the hub (a bare name also under ``sentence-transformers/``, where sentence-transformers looks)."""
+    location = encoder_location(encoder)  # raises where the packaged copy is missing
+    if encoder in PACKAGED_ENCODER_ALIASES:
+        return
+    if Path(location).is_dir():
+        if not any((Path(location) / name).is_file() for name in ("modules.json", "config.json")):
+            raise _encoder_error(encoder, FileNotFoundError(f"no modules.json or config.json in {location}"))
+        return
+    candidates = [location] + ([f"sentence-transformers/{location}"] if "/" not in location else [])
+    errors: list[Exception] = []
+    for candidate in candidates:
+        try:
+            check_hub_model(candidate)
+            return
+        except (OSError, ValueError) as error:  # not cached and no network; no such model; not a valid id
+            errors.append(error)
+    first_line = str(errors[0]).strip().splitlines()[0] if str(errors[0]).strip() else type(errors[0]).__name__
+    raise _encoder_error(encoder, OSError(first_line))
+
+
 def embed_texts(texts: Sequence[str], encoder: str = PACKAGED_ENCODER, batch_size: int = 64,
                 track: Track = _no_progress) -> np.ndarray:
     """Sentence embeddings (L2-normalised, float32), ``EMBED_CHUNK`` texts per progress step."""
@@ -283,8 +311,7 @@ def embed_texts(texts: Sequence[str], encoder: str = PACKAGED_ENCODER, batch_siz
     try:
         model = SentenceTransformer(encoder_location(encoder))
     except (OSError, ValueError) as error:
-        raise GRBenchError(f"cannot load sentence encoder {encoder!r} ({error}); without a network only the "
-                           f"packaged {PACKAGED_ENCODER!r} (the default) or a local model folder works") from None
+        raise _encoder_error(encoder, error) from None
     chunks = [texts[start:start + EMBED_CHUNK] for start in range(0, len(texts), EMBED_CHUNK)]
     parts = [model.encode(list(chunk), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                           show_progress_bar=False)
@@ -529,7 +556,7 @@ def build_semantic_ids(data: TrainData, config: SidConfig | None = None, *, seed
         "embedding_dim": int(vectors.shape[1]),
         "quantizer": {"name": config.quantizer, **info},
         "seconds": {"embed": round(embedded - started, 3), "quantize": round(time.perf_counter() - embedded, 3)},
-        "gpus": gpu_count(),
+        "gpus": devices_in_use(),
     }
     padded = np.concatenate([np.full((1, codes.shape[1]), -1, dtype=np.int64), codes])
     config_record = {**config.to_dict(), "seed": seed, "codebook_size_used": codebook_size}

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.checkpoint import EPOCH_CHECKPOINT, EpochCheckpoint, readable_checkpoint, restore_rng, rng_state
-from bench.costs import cpu_info, gpu_count
+from bench.costs import cpu_info, devices_in_use
 from bench.evaluate import per_user_metrics
 from bench.provenance import process_commit
 from bench.registry import RunContext
@@ -202,7 +202,7 @@ def train_with_early_stopping(
         checkpoint.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "rng": rng_state(), "extra": extra_state[0]() if extra_state is not None else None,
                          "wall_s": state["wall_s"] + elapsed,
-                         "gpu_hours": state["gpu_hours"] + elapsed * gpu_count() / 3600})
+                         "gpu_hours": state["gpu_hours"] + elapsed * devices_in_use() / 3600})
         if state["stopped"]:
             break
     if state["best_state"] is not None:

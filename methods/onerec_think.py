@@ -80,11 +80,11 @@ import torch
 
 from bench.compat import attention_without_cudnn
 from bench.decode import SIDAfterMarker, SIDTrie, constrained_beam_search, pad_prompts
+from bench.distributed import is_main_process
 from bench.errors import GRBenchError
 from bench.evaluate import METRICS, per_user_metrics, summarize
 from bench.registry import RunContext, TrainingInputs, register_method
 from bench.results import write_atomically
-from bench.runner import is_main_process
 from bench.split import EVAL_SUBSET_SEED, TrainData, fixed_subset
 from methods.llm.backbone import SidVocabulary
 from methods.llm.config import shared_variant
@@ -434,6 +434,7 @@ class OneRecThink(NextItemSFT):
             logs = [entry for entry in trainer.state.log_history if "reward" in entry]
             run.report = {"prompts": len(dataset), "steps": int(trainer.state.global_step),
                           "train_loss": float(result.training_loss), "bf16": args.bf16,
+                          "processes": args.world_size,
                           "gradient_accumulation": args.gradient_accumulation_steps,
                           "first_reward": logs[0]["reward"] if logs else None,
                           "last_reward": logs[-1]["reward"] if logs else None,

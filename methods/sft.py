@@ -25,8 +25,9 @@ import numpy as np
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
+from bench.sid import SidConfig, check_encoder
 from bench.split import TrainData
-from methods.llm.backbone import SidVocabulary
+from methods.llm.backbone import SidVocabulary, check_backbone
 from methods.llm.config import check_shared_settings, llm_profiles, shared_variant
 from methods.llm.stages import (
     Example,
@@ -69,6 +70,8 @@ class NextItemSFT(Method):
     needs_gpu = True
     description = "next-item SFT of an LLM on SID tokens after SID-embedding CPT (PauseRec study's SFT baseline)"
     training_entry_points = ("fit", "train_stages")  # a subclass's own stages need their own training_inputs
+    data_parallel = True  # every stage trains through Trainer (methods.llm.stages.train, TRL's trainers)
+    wants_gpu = True
     profiles = llm_profiles({profile: {**SFT_DEFAULTS, **own} for profile, own in SFT_PROFILES.items()})
 
     @classmethod
@@ -83,6 +86,11 @@ class NextItemSFT(Method):
                                f"study's recipe: 1); got {settings['sft_targets']!r}")
         if not 0 <= settings["sft_warmup"] < 1:
             raise GRBenchError(f"sft: sft_warmup is a fraction of the steps, in [0, 1); got {settings['sft_warmup']}")
+
+    @classmethod
+    def check_available(cls, settings: dict[str, Any]) -> None:
+        check_backbone(settings["backbone"])
+        check_encoder(SidConfig().encoder)  # the SIDs' item text encoder (methods.llm.stages.LLMRecipe)
 
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ import torch
 
 from bench.compat import smollm2_gguf
 from bench.errors import GRBenchError
+from bench.paths import check_hub_model
 from bench.sid import SID_BEGIN, SID_END, SemanticIds
 
 TINY = "tiny"
@@ -99,6 +100,21 @@ def _hub_error(backbone: str, error: Exception) -> GRBenchError:
         f"once where there is one (`hf download {backbone}`) and copy the Hugging Face cache (HF_HOME) here, or save "
         "the model to a folder and pass it as backbone=/path/to/folder"
     )
+
+
+def check_backbone(backbone: str) -> None:
+    """Fails at once, naming what is missing, where ``backbone`` cannot be loaded: a run checks this before any
+    work, not after it has embedded the items and trained the RQ-VAE (a minute on Amazon data). Only the model's
+    config is looked for (in the Hugging Face cache first, then on the hub): its weights come with it."""
+    if backbone in (TINY, TINY_TIED):
+        return
+    if backbone == SMOLLM2:
+        smollm2_gguf()
+        return
+    try:
+        check_hub_model(backbone)
+    except (OSError, ValueError) as error:  # no network and no cached copy; a folder without a model; a bad id
+        raise _hub_error(backbone, error) from None
 
 
 def load_backbone(backbone: str, *, dtype: str = "float32", seed: int = 0) -> tuple[Any, Any]:

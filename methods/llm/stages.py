@@ -42,16 +42,16 @@ from bench.costs import (
     GpuSharing,
     attention_flops,
     bf16_matmul_tflops,
-    gpu_count,
+    devices_in_use,
     hardware,
     model_flops_utilisation,
     training_flops_per_token,
 )
+from bench.distributed import is_main_process, main_process_first, world_size
 from bench.errors import GRBenchError
 from bench.paths import cache_dir, lock_beside
 from bench.registry import RunContext
 from bench.results import slug, write_atomically
-from bench.runner import is_main_process, world_size
 from bench.sid import SemanticIds, SidConfig, semantic_ids_stage
 from bench.split import TrainData
 from methods.llm.backbone import (
@@ -609,13 +609,14 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
             "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
             "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "bf16": args.bf16,
+            "processes": args.world_size,  # Trainer's own count: > 1 where it trained data-parallel
             "gradient_accumulation": args.gradient_accumulation_steps,
             "resumed_from": Path(resume_from).name if resume_from else None, "carried": carried,
             **throughput_report(model, counter, seconds)}
 
 
 # what a stage's report gives the record's stage entry: its throughput, and GRPO's rewards (methods/onerec_think.py)
-STAGE_REPORT_IN_RECORD = ("tokens_per_s", "padding_share", "mfu", "mfu_with_attention", "first_reward",
+STAGE_REPORT_IN_RECORD = ("processes", "tokens_per_s", "padding_share", "mfu", "mfu_with_attention", "first_reward",
                           "last_reward", "mean_reward", "mean_frac_reward_zero_std")
 
 
@@ -704,7 +705,7 @@ def save_model(folder: Path, model: Any, tokenizer: Any) -> None:
 
 def _cost(started: float) -> dict[str, float]:
     elapsed = time.perf_counter() - started
-    return {"wall_s": elapsed, "gpu_hours": elapsed * gpu_count() / 3600}
+    return {"wall_s": elapsed, "gpu_hours": elapsed * devices_in_use() / 3600}
 
 
 class LLMRecipe:
@@ -725,10 +726,12 @@ class LLMRecipe:
         self.recorded: set[str] = set()  # stages already in this run's cost record
 
     def semantic_ids(self) -> SemanticIds:
-        """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``."""
+        """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``. Under a distributed
+        launch rank 0 builds them alone and the others load them from the cache: they do not train data-parallel."""
         config = SidConfig(quantizer=self.settings["sid_quantizer"], codebook_size=self.settings["sid_codebook_size"],
                            epochs=self.settings["sid_epochs"], source="text")
-        self.sids = semantic_ids_stage(self.data, config, self.context)
+        with main_process_first():
+            self.sids = semantic_ids_stage(self.data, config, self.context)
         return self.sids
 
     def stage(self, name: str, setting_names: Sequence[str], *previous: StageCache) -> StageCache:
