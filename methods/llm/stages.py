@@ -614,9 +614,16 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
             **throughput_report(model, counter, seconds)}
 
 
-# what a stage's report gives the record's stage entry: its throughput, and GRPO's rewards (methods/onerec_think.py)
+# what a stage's report gives the record's stage entry: its throughput, GRPO's rewards (methods/onerec_think.py) and
+# a warning the run prints at its end (bench.runner.stage_warnings)
 STAGE_REPORT_IN_RECORD = ("tokens_per_s", "padding_share", "mfu", "mfu_with_attention", "first_reward",
-                          "last_reward", "mean_reward", "mean_frac_reward_zero_std")
+                          "last_reward", "mean_reward", "mean_frac_reward_zero_std", "prompts_with_reward_spread",
+                          "completions_clipped", "reward_never_varied", "warning")
+
+
+def reported_in_record(report: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a stage's report that its record's stage entry keeps (:data:`STAGE_REPORT_IN_RECORD`)."""
+    return {key: report[key] for key in STAGE_REPORT_IN_RECORD if key in report}
 
 
 @dataclass
@@ -777,8 +784,7 @@ class LLMRecipe:
                 self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
                 cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
                               "original_rows": run.vocab.original_rows})
-                reported = {key: run.report[key] for key in STAGE_REPORT_IN_RECORD if key in run.report}
-                stage_cost.extra.update(cached=False, **reported)
+                stage_cost.extra.update(cached=False, **reported_in_record(run.report))
 
     @contextmanager
     def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
@@ -798,6 +804,9 @@ class LLMRecipe:
                 record.extra.update(trained_shared_by=cost["gpu_processes_max"])
             if report is not None:
                 self.reports[name] = {**report, "cached": True, "folder": str(folder)}
+                # what the stage measured travels with every run built on it: a GRPO stage whose reward never
+                # varied is flagged in each record that reuses it, not only in the one that trained it
+                record.extra.update(reported_in_record(report))
             yield
 
     def load_finished(self, cache: StageCache) -> tuple[Any, Any, SidVocabulary]:
