@@ -733,9 +733,7 @@ class LLMRecipe:
 
     def semantic_ids(self) -> SemanticIds:
         """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``."""
-        config = SidConfig(quantizer=self.settings["sid_quantizer"], codebook_size=self.settings["sid_codebook_size"],
-                           epochs=self.settings["sid_epochs"], source="text")
-        self.sids = semantic_ids_stage(self.data, config, self.context)
+        self.sids = semantic_ids_stage(self.data, llm_sid_config(self.settings), self.context)
         return self.sids
 
     def stage(self, name: str, setting_names: Sequence[str], *previous: StageCache) -> StageCache:
@@ -875,6 +873,14 @@ class LLMRecipe:
     def sft_examples(self, tokenizer: Any, vocab: SidVocabulary, loss_tokens: str) -> list[Example]:
         return [sft_example(tokenizer, self.sids, vocab, history, target, self.settings["max_history"], loss_tokens)
                 for history, target in next_item_pairs(self.data, self.settings["sft_targets"])]
+
+
+def llm_sid_config(settings: dict[str, Any]) -> SidConfig:
+    """The SIDs an LLM method's settings ask for: from item text (its prompts describe items by text), built as
+    :data:`methods.llm.config.SID_SETTINGS` say. scripts/device/sids.py builds them ahead of a GPU run through this
+    same function, so that the run finds them cached."""
+    return SidConfig(quantizer=settings["sid_quantizer"], codebook_size=settings["sid_codebook_size"],
+                     epochs=settings["sid_epochs"], source="text")
 
 
 def with_lora(model: Any, settings: dict[str, Any]) -> Any:
