@@ -234,12 +234,32 @@ def _stage_text(stage: dict) -> str:
         with_attention = extra.get("mfu_with_attention")
         text += f" (MFU {100 * extra['mfu']:.1f}%" + \
             ("" if with_attention is None else f", {100 * with_attention:.1f}% with attention") + ")"
-    if extra.get("mean_reward") is not None:  # GRPO: a reward that never varies within a prompt's group trains nothing
-        text += f" (mean reward {extra['mean_reward']:.3f}"
-        if extra.get("mean_frac_reward_zero_std") is not None:
-            text += f", {100 * extra['mean_frac_reward_zero_std']:.0f}% of prompts without reward spread"
-        text += ")"
+    if extra.get("mean_reward") is not None:
+        text += f" ({_reward_text(extra)})"
     return text
+
+
+def _reward_text(extra: dict) -> str:
+    """GRPO's rewards: a reward that never varies within a prompt's completions trains nothing, so that is said
+    first. Records from before the spread, the clipped share and the flag were kept show what they hold (the flag
+    follows from a mean share of prompts without spread of 1)."""
+    zero_std = extra.get("mean_frac_reward_zero_std")
+    never = extra.get("reward_never_varied")
+    if never is None and zero_std is not None:
+        never = bool(np.isclose(zero_std, 1.0))
+    parts = ["REWARD NEVER VARIED: no advantage to learn from"] if never else []
+    reward = f"mean reward {extra['mean_reward']:.3f}"
+    if extra.get("first_reward") is not None and extra.get("last_reward") is not None:
+        reward += f" (first step {extra['first_reward']:.3f}, last {extra['last_reward']:.3f})"
+    parts.append(reward)
+    spread = extra.get("prompts_with_reward_spread")
+    if spread is None and zero_std is not None:
+        spread = 1.0 - zero_std
+    if spread is not None:
+        parts.append(f"{100 * spread:.0f}% of prompts with reward spread")
+    if extra.get("completions_clipped") is not None:
+        parts.append(f"{100 * extra['completions_clipped']:.0f}% of completions cut at the length limit")
+    return ", ".join(parts)
 
 
 def _throughput(record: dict) -> str:

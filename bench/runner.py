@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 from filelock import FileLock, Timeout
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from bench.costs import (
@@ -92,6 +93,14 @@ class RunOutcome:
 
     made: list[dict] = field(default_factory=list)
     running_elsewhere: list[str] = field(default_factory=list)
+
+
+def stage_warnings(record: dict) -> list[str]:
+    """The warnings a record's stages carry (``extra.warning``, e.g. a GRPO stage whose reward never varied),
+    one line each, naming the result and the stage."""
+    name = record.get("id") or ResultKey.of(record).id
+    return [f"WARNING {name}: stage {stage['name']}: {stage['extra']['warning']}"
+            for stage in record.get("stages", []) if stage.get("extra", {}).get("warning")]
 
 
 def cell_lock_path(key: ResultKey) -> Path:
@@ -253,6 +262,9 @@ def run_benchmark(plan: RunPlan, console: Console | None = None) -> RunOutcome:
         write_leaderboards(records, plan.leaderboards, plan.out)
     print(render_dataset_tables(records, datasets={r["dataset"] for r in made} or None))
     console.print(f"results: {store.path}   leaderboards: {plan.leaderboards}")
+    for record in made:  # last, where a reader of the run's end sees them
+        for line in stage_warnings(record):
+            console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     if outcome.running_elsewhere:
         console.print(f"[yellow]{len(outcome.running_elsewhere)} cell(s) left to the other processes running "
                       f"them: {', '.join(outcome.running_elsewhere)}; rerun this command after they finish to "

@@ -57,7 +57,8 @@ Schedules per profile, and where the numbers come from:
   32 steps of 4 (3 s each on 2 quiet cores, measured), GRPO 4 steps of 8 completions (2 prompts x 4) of at most 32
   tokens (11 s each: sampling, then two micro-batches). So few GRPO steps prove the stage runs; after the CPU
   budget of SFT and CoT SFT the sampled completions rarely form a valid SID, so their reward is mostly 0 (the
-  stage report's ``mean_reward``, ``mean_frac_reward_zero_std`` and ``completion_examples`` say so) and GRPO
+  stage report's ``mean_reward``, ``prompts_with_reward_spread``, ``reward_never_varied`` and
+  ``completion_examples`` say so) and GRPO
   barely moves the model. No KL term (no reference model to
   run: with so few steps the policy stays next to its start anyway); rationales of at most 32 tokens. 32
   completion tokens fit the category template (~12 SmolLM2 tokens), ``</think> `` and the SID (~21 in all); with
@@ -181,6 +182,33 @@ def _mean_of(logs: Sequence[dict[str, Any]], key: str) -> float | None:
     """The mean of a logged metric over the log entries that have it (None if none has)."""
     values = [entry[key] for entry in logs if entry.get(key) is not None]
     return float(np.mean(values)) if values else None
+
+
+NEVER_VARIED_WARNING = ("the reward never varied within a prompt's completions at any step: GRPO had no advantage "
+                        "to learn from, so its model is the CoT SFT model (loss and gradient 0)")
+
+
+def grpo_reward_report(logs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What TRL logged of the rewards, step by step (``logs``: the entries of ``log_history`` with a reward),
+    as the stage report keeps it: the mean reward at the first and last logged steps and over all, the share of
+    prompts whose completions' rewards differ (GRPO learns only from those: a group of equal rewards has no
+    advantage), the share of completions cut at the length limit (a cut one rarely reaches its SID), and
+    ``reward_never_varied`` when no step had a prompt with a spread, with a ``warning`` the run prints at its end."""
+    zero_std = [entry["frac_reward_zero_std"] for entry in logs if entry.get("frac_reward_zero_std") is not None]
+    never_varied = bool(zero_std) and all(np.isclose(share, 1.0) for share in zero_std)
+    mean_zero_std = float(np.mean(zero_std)) if zero_std else None
+    report = {"first_reward": logs[0]["reward"] if logs else None,
+              "last_reward": logs[-1]["reward"] if logs else None,
+              "mean_reward": _mean_of(logs, "reward"),
+              "mean_frac_reward_zero_std": mean_zero_std,
+              "prompts_with_reward_spread": None if mean_zero_std is None else 1.0 - mean_zero_std,
+              "steps_with_reward_spread": sum(not np.isclose(share, 1.0) for share in zero_std),
+              "completions_clipped": _mean_of(logs, "completions/clipped_ratio"),
+              "mean_completion_length": _mean_of(logs, "completions/mean_length"),
+              "reward_never_varied": never_varied if zero_std else None}
+    if never_varied:
+        report["warning"] = f"{NEVER_VARIED_WARNING} ({len(zero_std)} steps)"
+    return report
 
 
 def reward_function(vocab: SidVocabulary, trie: SIDTrie, level_credit: float) -> Callable[..., list[float]]:
@@ -436,12 +464,7 @@ class OneRecThink(NextItemSFT):
                           "train_loss": float(result.training_loss), "bf16": args.bf16,
                           "processes": args.world_size,
                           "gradient_accumulation": args.gradient_accumulation_steps,
-                          "first_reward": logs[0]["reward"] if logs else None,
-                          "last_reward": logs[-1]["reward"] if logs else None,
-                          "mean_reward": _mean_of(logs, "reward"),
-                          # the share of prompts whose completions all earned the same reward: no advantage
-                          "mean_frac_reward_zero_std": _mean_of(logs, "frac_reward_zero_std"),
-                          "mean_completion_length": _mean_of(logs, "completions/mean_length"),
+                          **grpo_reward_report(logs),
                           # what the policy sampled at the first step, SID tokens shown: why the rewards are what
                           # they are (a rationale that never closes, an invalid SID, a near miss)
                           "completion_examples": [

@@ -37,6 +37,7 @@ from methods.llm.stages import (
     StageCache,
     StageRun,
     StageTrainedElsewhere,
+    llm_sid_config,
     pad_token_id,
     save_model,
     sft_prompt_ids,
@@ -102,6 +103,8 @@ class NextItemSFT(Method):
     def __init__(self, settings: dict[str, Any], context: RunContext) -> None:
         super().__init__(settings, context)
         self.report_data: dict[str, Any] = {}
+
+    sid_config = staticmethod(llm_sid_config)  # as TIGER's: the SIDs these settings build (scripts/device/sids.py)
 
     def fit(self, data: TrainData, context: RunContext) -> None:
         self.recipe = recipe = LLMRecipe(self.name, self.settings, context, data)

@@ -313,11 +313,29 @@ def test_a_shared_gpu_takes_the_matmul_rate_measured_alone_from_the_environment(
 
 
 def test_a_grpo_stage_shows_its_reward_in_the_costs_table():
-    stage = {"name": "grpo", "wall_s": 60.0, "gpu_hours": 0.0167,
-             "extra": {"mean_reward": 0.0125, "mean_frac_reward_zero_std": 0.9}}
-    assert leaderboard._stage_text(stage) == ("grpo 60.0s/0.0167 GPU-h (mean reward 0.013, 90% of prompts without "
-                                              "reward spread)")
+    extra = {"mean_reward": 0.0125, "first_reward": 0.0, "last_reward": 0.05, "mean_frac_reward_zero_std": 0.9,
+             "prompts_with_reward_spread": 0.1, "completions_clipped": 0.25, "reward_never_varied": False}
+    stage = {"name": "grpo", "wall_s": 60.0, "gpu_hours": 0.0167, "extra": extra}
+    assert leaderboard._stage_text(stage) == (
+        "grpo 60.0s/0.0167 GPU-h (mean reward 0.013 (first step 0.000, last 0.050), 10% of prompts with reward "
+        "spread, 25% of completions cut at the length limit)")
     assert "reward" not in leaderboard._stage_text({**stage, "extra": {"mfu": 0.02}})
+    never = {**extra, "mean_reward": 0.0, "last_reward": 0.0, "mean_frac_reward_zero_std": 1.0,
+             "prompts_with_reward_spread": 0.0, "reward_never_varied": True}
+    assert leaderboard._stage_text({**stage, "extra": never}).startswith(
+        "grpo 60.0s/0.0167 GPU-h (REWARD NEVER VARIED: no advantage to learn from, mean reward 0.000")
+
+
+def test_a_grpo_record_from_before_the_spread_was_kept_shows_what_it_holds():
+    old = {"name": "grpo", "wall_s": 40.9, "gpu_hours": 0.0,
+           "extra": {"cached": False, "first_reward": 0.0, "last_reward": 0.0, "mean_frac_reward_zero_std": 1.0,
+                     "mean_reward": 0.0}}  # results/results.jsonl, onerec_think quick seed 1
+    assert leaderboard._stage_text(old) == (
+        "grpo 40.9s/0.0000 GPU-h (REWARD NEVER VARIED: no advantage to learn from, mean reward 0.000 (first step "
+        "0.000, last 0.000), 0% of prompts with reward spread)")
+    spread = {**old, "extra": {**old["extra"], "mean_frac_reward_zero_std": 0.875, "mean_reward": 0.03125}}
+    assert leaderboard._stage_text(spread).endswith("reward 0.031 (first step 0.000, last 0.000), 12% of prompts with "
+                                                    "reward spread)")
 
 
 def test_a_stage_shows_its_mfu_with_attention_where_its_record_has_it():

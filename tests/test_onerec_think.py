@@ -199,6 +199,19 @@ def test_two_grpo_steps_through_trl_change_the_weights(tmp_path, monkeypatch):
     assert report["steps"] == 2 and not report["cached"]
     # the varied reward gives groups a spread (two completions with as many distinct tokens have none)
     assert report["mean_reward"] > 0 and 0.0 <= report["mean_frac_reward_zero_std"] < 1.0
+    assert report["reward_never_varied"] is False and "warning" not in report
+    assert report["prompts_with_reward_spread"] > 0
+    assert report["prompts_with_reward_spread"] == pytest.approx(1 - report["mean_frac_reward_zero_std"])
+    assert report["steps_with_reward_spread"] >= 1
+    # first and last steps' mean rewards, as the reward function returned them to TRL
+    first, last = ([r + 0.01 * len(set(ids)) for r, ids in zip(real, completions)] for completions, _, real in
+                   (calls[0], calls[-1]))
+    assert (report["first_reward"], report["last_reward"]) == pytest.approx((np.mean(first), np.mean(last)))
+    # cut at the length limit: the completions that fill it without ending at a stop token (TRL pads after one)
+    stops = {method.tokenizer.eos_token_id, method.tokenizer.pad_token_id, method.vocab.end_id}
+    cut = [len(ids) == method.settings["grpo_max_completion_length"] and ids[-1] not in stops
+           for completions, _, _ in calls for ids in completions]
+    assert report["completions_clipped"] == pytest.approx(np.mean(cut))
     # the first step's first completions, decoded with their SID tokens, and the reward TRL was given for each
     examples = report["completion_examples"]
     first_step = calls[0]
@@ -223,6 +236,35 @@ def test_two_grpo_steps_through_trl_change_the_weights(tmp_path, monkeypatch):
                if not torch.equal(value, cot.state_dict()[name])]
     assert len(changed) > len(cot.state_dict()) // 2  # GRPO trains every weight (weight decay 0: only gradients)
     assert method.model.generation_config.eos_token_id == cot.generation_config.eos_token_id  # stop tokens restored
+
+
+def test_a_grpo_stage_whose_reward_never_varies_is_flagged_in_its_record_costs_and_the_run_end(
+        tmp_path, monkeypatch, capsys):
+    def constant_reward(*args):
+        """Every completion earns the same: no group has a spread, whatever the policy samples."""
+        return lambda completion_ids, target, **kwargs: [0.5] * len(completion_ids)
+
+    monkeypatch.setattr(onerec_think, "reward_function", constant_reward)
+    out = tmp_path / "out"
+    assert main(["run", "--profile", "smoke", "--methods", "onerec_think", "--max-test-users", "8",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    grpo = record["stages"][-1]["extra"]
+    assert grpo["reward_never_varied"] is True and grpo["prompts_with_reward_spread"] == 0.0
+    assert grpo["first_reward"] == grpo["last_reward"] == grpo["mean_reward"] == 0.5
+    assert grpo["warning"].startswith(onerec_think.NEVER_VARIED_WARNING)
+    assert "REWARD NEVER VARIED" in (out / "leaderboards" / "costs.md").read_text()
+    end = capsys.readouterr().err.strip().splitlines()
+    warnings = [line for line in end if line.startswith("WARNING")]
+    assert warnings == [f"WARNING {record['id']}: stage grpo: {grpo['warning']}"]
+
+    # a later run that reuses the stage carries the flag too
+    assert main(["run", "--profile", "smoke", "--methods", "onerec_think", "--max-test-users", "8",
+                 "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results.jsonl").read_text().splitlines()[0])
+    reused = again["stages"][-1]["extra"]
+    assert reused["cached"] is True and reused["reward_never_varied"] is True
+    assert f"stage grpo: {grpo['warning']}" in capsys.readouterr().err
 
 
 def test_grpo_progress_lines_say_when_no_group_has_a_reward_spread():

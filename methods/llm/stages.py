@@ -615,9 +615,16 @@ def train(model: Any, examples: Sequence[Example], collator: PaddingCollator, sc
             **throughput_report(model, counter, seconds)}
 
 
-# what a stage's report gives the record's stage entry: its throughput, and GRPO's rewards (methods/onerec_think.py)
+# what a stage's report gives the record's stage entry: its throughput (and the processes that trained it), GRPO's
+# rewards (methods/onerec_think.py) and a warning the run prints at its end (bench.runner.stage_warnings)
 STAGE_REPORT_IN_RECORD = ("processes", "tokens_per_s", "padding_share", "mfu", "mfu_with_attention", "first_reward",
-                          "last_reward", "mean_reward", "mean_frac_reward_zero_std")
+                          "last_reward", "mean_reward", "mean_frac_reward_zero_std", "prompts_with_reward_spread",
+                          "completions_clipped", "reward_never_varied", "warning")
+
+
+def reported_in_record(report: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a stage's report that its record's stage entry keeps (:data:`STAGE_REPORT_IN_RECORD`)."""
+    return {key: report[key] for key in STAGE_REPORT_IN_RECORD if key in report}
 
 
 @dataclass
@@ -728,10 +735,8 @@ class LLMRecipe:
     def semantic_ids(self) -> SemanticIds:
         """The split's SIDs from item text (cached by bench.sid), timed as stage ``sids``. Under a distributed
         launch rank 0 builds them alone and the others load them from the cache: they do not train data-parallel."""
-        config = SidConfig(quantizer=self.settings["sid_quantizer"], codebook_size=self.settings["sid_codebook_size"],
-                           epochs=self.settings["sid_epochs"], source="text")
         with main_process_first():
-            self.sids = semantic_ids_stage(self.data, config, self.context)
+            self.sids = semantic_ids_stage(self.data, llm_sid_config(self.settings), self.context)
         return self.sids
 
     def stage(self, name: str, setting_names: Sequence[str], *previous: StageCache) -> StageCache:
@@ -780,8 +785,7 @@ class LLMRecipe:
                 self.reports[cache.name] = {**run.report, "cached": False, "folder": str(cache.folder)}
                 cache.finish({"cost": cost, "upstream": list(upstream_costs.items()), "report": run.report,
                               "original_rows": run.vocab.original_rows})
-                reported = {key: run.report[key] for key in STAGE_REPORT_IN_RECORD if key in run.report}
-                stage_cost.extra.update(cached=False, **reported)
+                stage_cost.extra.update(cached=False, **reported_in_record(run.report))
 
     @contextmanager
     def reused(self, name: str, cost: dict[str, float], report: dict[str, Any] | None = None,
@@ -801,6 +805,9 @@ class LLMRecipe:
                 record.extra.update(trained_shared_by=cost["gpu_processes_max"])
             if report is not None:
                 self.reports[name] = {**report, "cached": True, "folder": str(folder)}
+                # what the stage measured travels with every run built on it: a GRPO stage whose reward never
+                # varied is flagged in each record that reuses it, not only in the one that trained it
+                record.extra.update(reported_in_record(report))
             yield
 
     def load_finished(self, cache: StageCache) -> tuple[Any, Any, SidVocabulary]:
@@ -869,6 +876,14 @@ class LLMRecipe:
     def sft_examples(self, tokenizer: Any, vocab: SidVocabulary, loss_tokens: str) -> list[Example]:
         return [sft_example(tokenizer, self.sids, vocab, history, target, self.settings["max_history"], loss_tokens)
                 for history, target in next_item_pairs(self.data, self.settings["sft_targets"])]
+
+
+def llm_sid_config(settings: dict[str, Any]) -> SidConfig:
+    """The SIDs an LLM method's settings ask for: from item text (its prompts describe items by text), built as
+    :data:`methods.llm.config.SID_SETTINGS` say. scripts/device/sids.py builds them ahead of a GPU run through this
+    same function, so that the run finds them cached."""
+    return SidConfig(quantizer=settings["sid_quantizer"], codebook_size=settings["sid_codebook_size"],
+                     epochs=settings["sid_epochs"], source="text")
 
 
 def with_lora(model: Any, settings: dict[str, Any]) -> Any:

@@ -4,10 +4,14 @@
 #   .device/wheels/  Python 3.12 wheels of the packages its image lacks or has too old (about 20 MB)
 #   .device/gguf/    the packaged SmolLM2-135M GGUF in three parts (a call carries at most 64 MiB)
 #   .device/meta/    its sha256 and the commit the run is of
-#   .device/cache/   the ml-100k semantic IDs of the `small` LLM methods and TIGER (seeds 0-2), built here, so that the 88 MB
-#                    sentence encoder need not travel (SIDs are cached by a fingerprint of split, encoder,
-#                    quantiser and seed; the GPU run finds them and builds nothing)
-#   .device/data/    the shared Amazon sequence files (never committed)
+#   .device/cache/   the semantic IDs of the `small` LLM methods and TIGER, built here (scripts/device/sids.py: each
+#                    method's own configuration), so that the 88 MB sentence encoder need not travel (SIDs are cached
+#                    by a fingerprint of split, encoder, quantiser and seed; the GPU run finds them and builds
+#                    nothing): ml-100k's of seeds 0-2 and its collaborative ones, and the text SIDs of beauty,
+#                    sports and toys (seed 0)
+#   .device/data/    the shared Amazon files in the data directory's layout (amazon2014-s3rec/<Category>.txt,
+#                    .items.jsonl with titles and categories, _item2attributes.json), which GRBENCH_DATA names on
+#                    the device (never committed)
 #   .device/resume/  the epoch checkpoints of cells earlier GPU sessions did not finish, kept in .device-resume/
 #                    (scripts/device/resume.py join), in parts that each ride in a call of their own
 # Then follow scripts/device/README.md.
@@ -49,21 +53,26 @@ sha256sum "$gguf" | cut -d' ' -f1 > .device/meta/sha256
 git rev-parse HEAD > .device/meta/commit  # no .git travels; records name this commit
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "WARNING: uncommitted changes; commit first"
 
-cp ../shared/data/amazon2014-s3rec/*.txt ../shared/data/amazon2014-s3rec/*_item2attributes.json .device/data/ 2>/dev/null \
-    || echo "no ../shared/data: the Amazon rows of the GPU run will be skipped"
-# the ml-100k SIDs of the LLM methods and TIGER (one per run seed; the sentence encoder does not travel)
-for seed in 0 1 2; do
-    GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset ml-100k --quantizer rqvae --epochs 200 \
-        --seed $seed --examples 0
-done
-# TIGER's other SIDs of the tiger-* streams (seed 0): ml-100k's from collaborative item vectors and the Amazon
-# files' (auto: from their attributes and collaborative vectors), so that the GPU rows use the SIDs a CPU builds
-for dataset in "ml-100k --source collaborative" "seq:.device/data/Beauty.txt" "seq:.device/data/Sports_and_Outdoors.txt"; do
-    [ -f .device/data/Beauty.txt ] || [ "${dataset%% *}" = ml-100k ] || continue
-    # shellcheck disable=SC2086  # the dataset and its options are words on purpose
-    GRBENCH_CACHE=$PWD/.device/cache python3 -m bench sids --dataset $dataset --quantizer rqvae --epochs 200 \
-        --seed 0 --examples 0 | grep -E "^source|collision|cached"
-done
+# the Amazon study datasets as the data directory holds them (bench/data/amazon.py): run.sh sets GRBENCH_DATA there
+shared=../shared/data/amazon2014-s3rec
+amazon=""
+if [ -d "$shared" ]; then
+    mkdir -p .device/data/amazon2014-s3rec
+    for category in Beauty Sports_and_Outdoors Toys_and_Games; do
+        cp "$shared/$category.txt" "$shared/$category.items.jsonl" "$shared/${category}_item2attributes.json" \
+            .device/data/amazon2014-s3rec/
+    done
+    amazon=beauty,sports,toys
+else
+    echo "no $shared: the Amazon rows of the GPU run will fail"
+fi
+# The SIDs of the streams' cells, each method's own (the sentence encoder does not travel): ml-100k's of the LLM
+# methods and TIGER for seeds 0-2 and TIGER's collaborative ones, and the Amazon datasets' (text: their items have
+# titles) for seed 0, read from the copies above as the device reads them
+sids() { GRBENCH_CACHE=$PWD/.device/cache GRBENCH_DATA=$PWD/.device/data python3 scripts/device/sids.py --profile small "$@"; }
+sids --methods sft,tiger --datasets ml-100k --seeds 0,1,2
+sids --methods tiger:sid_source=collaborative --datasets ml-100k
+[ -z "$amazon" ] || sids --methods sft,tiger --datasets "$amazon"
 
 # The GGUF in as many parts as the calls need: each call carries the tree (tracked and untracked files) and its
 # paths, 64 MiB at most. The first part rides with the wheels, the last with the data, the others alone.
@@ -96,3 +105,5 @@ for resume_part in .device/resume/part*; do
 done
 echo "  start: carry .device/gguf/$last .device/meta .device/data"
 echo "TIGER alone (the tiger-* streams), one call: carry .device/wheels-tiger .device/cache .device/meta .device/data"
+tiger=$(size_of .device/wheels-tiger .device/cache .device/meta .device/data)
+[ "$tiger" -le "$limit" ] || echo "ERROR: the TIGER call's paths, $((tiger / 1048576)) MiB, leave the tree too little room"

@@ -38,23 +38,29 @@ GGUF=$STATE/SmolLM2-135M-Instruct.Q4_1.gguf
 REPO=$STATE/repo  # the streams run from a copy: each call replaces the tree it was sent
 RESULTS=$REPO/results  # the tree's own results/: cells an earlier GPU run finished are skipped
 mkdir -p "$STATE/logs" "${OUT:=$STATE/out}"
+# GRBENCH_DATA: the data directory `start` carries (.device/data/amazon2014-s3rec, prepare.sh), in the streams' tree
 export PYTHONPATH=$STATE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRBENCH_CACHE=$STATE/cache \
-    GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=2 COLUMNS=160 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    GRBENCH_DATA=$REPO/.device/data GRBENCH_SMOLLM2_GGUF=$GGUF OMP_NUM_THREADS=2 COLUMNS=160 \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 [ -f "$STATE/commit" ] && export GRBENCH_GIT_COMMIT="$(cat "$STATE/commit")"  # no .git travels
 # the GPU's bf16 matrix rate (the MFU denominator), measured once alone by start: runs sharing the GPU would each
 # measure a share of it
 [ -f "$STATE/bf16-tflops" ] && export GRBENCH_BF16_MATMUL_TFLOPS="$(cat "$STATE/bf16-tflops")"
 
 ml="ml-100k"
-beauty="seq:.device/data/Beauty.txt"
-sports="seq:.device/data/Sports_and_Outdoors.txt"
+# the Amazon study datasets under their own names (their S3-Rec files, titles and categories included, from
+# GRBENCH_DATA); BEAUTY=, SPORTS= and TOYS= stand other dataset specs in for them in a rehearsal on a CPU
+# (tests/test_device_streams.py)
+beauty=${BEAUTY:-beauty} sports=${SPORTS:-sports} toys=${TOYS:-toys}
 ids="sasrec sasrec:loss=bce-all,rows=users rearec hstu:loss=ce gru4rec bert4rec hgn hstu tiger pop random"
-cells() {  # dataset seed methods...: one cell per method
+cells() {  # dataset seed methods...: one cell per method; analyze:METHODS is the study's analyses of their trained
+    # models (`bench analyze`, into results/analysis), after the cell that trains them
     local dataset=$1 seed=$2; shift 2
     for m in "$@"; do printf '%s|%s|%s ' "$m" "$dataset" "$seed"; done
 }
-# stream name -> "methods|datasets|seeds" cells, one `bench run` each (a failing cell does not stop the stream);
-# in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree) are skipped
+# stream name -> "methods|datasets|seeds" cells, one `bench run` (or `bench analyze`) each (a failing cell does not
+# stop the stream); in the order they matter: cells already in results/ (GPU runs of earlier sessions, in the tree)
+# are skipped
 declare -A STREAMS=(
     # the study's comparison, one stream a seed (`sft` seeds 0-2 are in results/ from GPU runs 1, 2 and 4, `pauserec`
     # seed 0 from run 5, and the pause stages of seeds 0-2 in results/stages/ from run 4): each trains its seed's SFT
@@ -66,14 +72,14 @@ declare -A STREAMS=(
     # 37 minutes, more than a session), seed 1's PauseRec ablation without pause pretraining; seed 2's stream goes on
     # with TIGER `small` on ml-100k before its 10 targets: TIGER's epoch checkpoint comes back when the session ends
     # first (resume-out), an unfinished SFT stage (a whole model) does not
-    [pause0]="$(cells $ml 0 pauserec) analyze:pauserec $(cells $ml 0 sft:sft_targets=10)"
+    [pause0]="$(cells $ml 0 pauserec analyze:pauserec sft:sft_targets=10)"
     [pause1]="$(cells $ml 1 pauserec pauserec:pause_init=default)"
     [pause2]="$(cells $ml 2 pauserec) $(cells $ml 0 tiger) $(cells $ml 2 sft:sft_targets=10)"
     [sft]="$(cells $ml 0 sft) $(cells $ml 1 sft) $(cells $ml 2 sft)"
     # OneRec-Think (run 5: SFT 56 s and CoT SFT about 20 s beside two pause streams, then GRPO at about 6 s a step of
     # 64 completions of up to 160 tokens, 117 steps; its completions now end at their SID, grpo_valid_sids) and its
     # analyses: the longest stream, up to 13 minutes
-    [think0]="$(cells $ml 0 onerec_think) analyze:onerec_think"
+    [think0]="$(cells $ml 0 onerec_think analyze:onerec_think)"
     [ids-ml100k]="$(cells $ml 0 sasrec gru4rec bert4rec hgn rearec hstu pop random tiger)"
     [amazon]="$(cells $beauty 0 tiger) $(cells $sports 0 tiger sasrec rearec rearec:reasoning_steps=0 sasrec:loss=bce-all,rows=users bert4rec) \
         $(for m in $ids; do cells $beauty 0 $m; cells $sports 0 $m; done)"
@@ -86,24 +92,47 @@ declare -A STREAMS=(
     [tiger-ml100k]="$(cells $ml 0 tiger:epochs=4 tiger:epochs=10 tiger:epochs=20 tiger)"
     [tiger-collab]="$(cells $ml 0 tiger:epochs=4,sid_source=collaborative tiger:epochs=10,sid_source=collaborative \
         tiger:epochs=20,sid_source=collaborative tiger:sid_source=collaborative)"
+    # On the Amazon datasets these are text SIDs (the default where items have titles; prepare.sh builds them), not
+    # the attributes+collaborative ones of the CPU rows renamed from the seq: files (another cell, never skipped).
     [tiger-beauty]="$(cells $beauty 0 tiger:epochs=6 tiger:epochs=12 tiger:epochs=24 tiger)"
     [tiger-sports]="$(cells $sports 0 tiger:epochs=4 tiger:epochs=8 tiger:epochs=16 tiger)"
+    [tiger-toys]="$(cells $toys 0 tiger:epochs=6 tiger:epochs=12 tiger:epochs=24 tiger)"
+    # The study's LLM rows (issue 44): `sft`, `pauserec` and `onerec_think` `small`, seed 0, every test user, and
+    # the analyses, on Beauty, then in another session on Toys: three streams side by side, which share their
+    # stages through the stage locks (methods.llm.stages.stage_lock): the `sft` stream trains CPT and SFT, the
+    # `pause` stream waits for CPT, trains pause pretraining beside SFT, then the implicit SFT; the `think` stream
+    # waits for SFT, then trains CoT SFT and GRPO. The recipe's steps on these datasets take far longer than a
+    # session: scripts/device/README.md, "The study's rows on Beauty and Toys", has the estimate.
+    [beauty-sft]="$(cells $beauty 0 sft)"
+    [beauty-pause]="$(cells $beauty 0 pauserec analyze:pauserec)"
+    [beauty-think]="$(cells $beauty 0 onerec_think analyze:onerec_think)"
+    [toys-sft]="$(cells $toys 0 sft)"
+    [toys-pause]="$(cells $toys 0 pauserec analyze:pauserec)"
+    [toys-think]="$(cells $toys 0 onerec_think analyze:onerec_think)"
 )
 # the streams a launch starts (STREAMS_ON="pause0 ids-ml100k" picks others): by default the two PauseRec seeds
 # not yet in results/ and OneRec-Think, the LLM cells alone, since RecBole's small kernels starve beside the LLM
 # trainers (GPU run 2) and a CPU runs them; TIGER's Amazon epochs outlast a session's device time, so `amazon` is
 # for sessions after #5's cells, its checkpoint coming back and going out again in parts (resume-out, resume.py)
 STREAMS_ON=${STREAMS_ON:-pause1 pause2 think0}
-# STREAM_PROFILE=smoke runs the streams' cells on the tiny model: a check of the streams on a CPU, from a copy of
-# the tree without .whl2 (`relaunch` would install its Python 3.12 wheels), e.g.
-#   STATE=/tmp/check STREAM_PROFILE=smoke WAIT=900 OUT=/tmp/check/out bash scripts/device/run.sh relaunch
+# STREAM_PROFILE=smoke runs the streams' cells on the tiny model, and STREAM_MAX_USERS=N ranks N test users: a
+# rehearsal of the streams on a CPU, from a copy of the tree (tests/test_device_streams.py), e.g.
+#   STATE=/tmp/check STREAM_PROFILE=smoke WITHOUT_GGUF=1 WAIT=900 OUT=/tmp/check/out bash scripts/device/run.sh start
 
-run_cell() {  # methods datasets seeds
-    python3 -m bench run --profile "${STREAM_PROFILE:-small}" --methods "$1" --datasets "$2" --seeds "$3" --out "$RESULTS"
+run_cell() {  # methods datasets seeds: `bench run` of one cell, or `bench analyze` of analyze:METHODS
+    local profile=${STREAM_PROFILE:-small}
+    if [ "${1%%:*}" = analyze ]; then
+        python3 -m bench analyze --methods "${1#analyze:}" --datasets "$2" --seed "$3" --profile "$profile" \
+            --out "$RESULTS/analysis"
+    else
+        python3 -m bench run --profile "$profile" --methods "$1" --datasets "$2" --seeds "$3" --out "$RESULTS" \
+            ${STREAM_MAX_USERS:+--max-test-users "$STREAM_MAX_USERS"}
+    fi
 }
 
 stream() {  # name: runs its cells one after the other, then once more those that failed, then marks itself done
     local name=$1 cell methods datasets seeds failed=""
+    echo $$ > "$STATE/logs/$name.pid"  # its process group too (setsid): `running` and `stop` go by it
     for cell in ${STREAMS[$name]} RETRY; do
         if [ "$cell" = RETRY ]; then
             [ -n "$failed" ] || break
@@ -114,12 +143,6 @@ stream() {  # name: runs its cells one after the other, then once more those tha
             done
             break
         fi
-        if [ "${cell%%:*}" = analyze ]; then  # analyze:METHODS, the study's analyses of trained methods
-            echo "=== $(date +%T) analyses of ${cell#analyze:} on $ml"
-            python3 -m bench analyze --methods "${cell#analyze:}" --datasets "$ml" \
-                --profile "${STREAM_PROFILE:-small}" --out "$RESULTS/analysis"
-            continue
-        fi
         IFS='|' read -r methods datasets seeds <<< "$cell"
         echo "=== $(date +%T) $methods on $datasets, seed $seeds"
         run_cell "$methods" "$datasets" "$seeds" \
@@ -128,10 +151,21 @@ stream() {  # name: runs its cells one after the other, then once more those tha
     touch "$STATE/logs/$name.done"
 }
 
-# anchored patterns: they match the streams and their cells, never a call's own `bash -c` line that names them
-# (GPU run 4: an unanchored `pkill -f "python3 -m bench"` in `stop; python3 -m bench ...` killed that call)
-STREAM_PATTERN='^bash scripts/device/run\.sh stream' CELL_PATTERN='^python3 -m bench'
-running() { pgrep -f "$STREAM_PATTERN" > /dev/null; }
+# The streams of this machine's last launch, by the process ids they wrote (each leads its own process group): never
+# by a name, which matched a call's own `bash -c` line once (GPU run 4: `pkill -f "python3 -m bench"` in
+# `stop; python3 -m bench ...` killed that call) and would match another checkout's streams on a shared machine
+stream_pids() { cat "$STATE"/logs/*.pid 2>/dev/null; }
+running() {
+    local pid
+    for pid in $(stream_pids); do kill -0 "$pid" 2>/dev/null && return 0; done
+    return 1
+}
+stop_streams() {  # the streams start no further cell; their cells are interrupted (training keeps its last epoch)
+    local pid
+    for pid in $(stream_pids); do kill -TERM "$pid" 2>/dev/null; done
+    for pid in $(stream_pids); do kill -INT -- "-$pid" 2>/dev/null; done
+    return 0
+}
 
 finished_row_stages() {  # the finished stage folders that hold trained rows only (CPT, pause: a few MB, no
     # model), relative to the cache: they come back with the results, and the next GPU run reuses them
@@ -162,7 +196,7 @@ collect() {  # the leaderboards are regenerated after `bench merge` here (on the
     for log in "$STATE"/logs/*.log; do
         [ -f "$log" ] || continue
         echo "##### $(basename "$log") $([ -f "${log%.log}.done" ] && echo done)"
-        grep -v "^\s*$" "$log" | grep -E "===|Error|error|Traceback|NDCG|ndcg|stage|epoch|FAILED" | tail -25
+        grep -v "^\s*$" "$log" | grep -E "===|Error|error|Traceback|NDCG|ndcg|stage|epoch|FAILED|WARNING" | tail -25
     done > "$OUT/logs.txt"
     cat "$OUT/logs.txt"
     echo "records: $(wc -l < "$RESULTS/results.jsonl" 2>/dev/null || echo 0)"
@@ -171,7 +205,7 @@ collect() {  # the leaderboards are regenerated after `bench merge` here (on the
     parts=$(find "$STATE/resume" -name "resume-[0-9][0-9]" 2>/dev/null | wc -l)
     [ "$parts" = 0 ] || echo "return them: $(for ((n = 0; n < parts; n += 4)); do
         printf '`FIRST=%d bash scripts/device/run.sh resume-out`; ' "$n"; done)then resume.py join here"
-    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
 }
 
 keep_resume_parts() {  # the parts of unfinished checkpoints `prepare.sh` split for carrying (any call may carry some)
@@ -279,8 +313,12 @@ case "${1:-}" in
   setup)
     wheels=.device/wheels  # or, for the tiger-* streams, the subset prepare.sh leaves in .device/wheels-tiger
     [ -d "$wheels" ] || wheels=.device/wheels-tiger
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
-        "$wheels"/*.whl || exit 1
+    if compgen -G "$wheels/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
+            "$wheels"/*.whl || exit 1
+    else  # (a rehearsal on a CPU, whose Python has them): the import check below says what is missing
+        echo "no wheels carried"
+    fi
     # the first GGUF part, when carried (WITHOUT_GGUF runs carry none)
     rm -f "$STATE"/part* && { cp .device/gguf/part* "$STATE/" 2>/dev/null || echo "no GGUF part carried"; }
     mkdir -p "$GRBENCH_CACHE" && cp -rn .device/cache/. "$GRBENCH_CACHE/" || exit 1
@@ -344,12 +382,17 @@ case "${1:-}" in
     cp "$STATE/resume/resume-sha256" "$OUT/" && ls -la "$OUT" ;;
   stream)
     stream "$2" ;;
+  cells)  # NAME...: the cells of these streams, one a line (what `start` would run; nothing runs)
+    for name in "${@:2}"; do
+        [ -n "${STREAMS[$name]+set}" ] || { echo "unknown stream $name (known: ${!STREAMS[*]})"; exit 2; }
+        printf '%s\n' ${STREAMS[$name]}
+    done ;;
   wait)
     wait_streams "${WAIT:-540}"
     collect ;;
   stop)
-    pkill -f "$STREAM_PATTERN"; pkill -INT -f "$CELL_PATTERN"; sleep 20
+    stop_streams; sleep 20
     collect ;;
   *)
-    echo "usage: bash scripts/device/run.sh setup|part|start|wait|bench|stop|relaunch|resume-out"; exit 2 ;;
+    echo "usage: bash scripts/device/run.sh setup|part|start|wait|bench|stop|relaunch|resume-out|cells"; exit 2 ;;
 esac
