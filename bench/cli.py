@@ -77,6 +77,13 @@ def _leaderboard_dir(args: argparse.Namespace) -> Path:
     return DEFAULT_LEADERBOARDS if args.out == DEFAULT_OUT else args.out / "leaderboards"
 
 
+def _add_store_arguments(parser: argparse.ArgumentParser, *, leaderboards: bool = True) -> None:
+    """The results folder a command reads and writes, and (where it regenerates them) the leaderboards' folder."""
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    if leaderboards:
+        parser.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="GRBench: one split, one evaluator, "
                                      "one leaderboard for generative recommendation.")
@@ -94,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated dataset specs (default: the profile's, ml-100k for quick)")
     run.add_argument("--profile", default="quick", help="smoke | quick (default) | small | paper")
     run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
-    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    _add_store_arguments(run, leaderboards=False)
     run.add_argument("--leaderboards", type=Path, default=None,
                      help="leaderboard folder (default leaderboards/ for the default --out, else OUT/leaderboards)")
     run.add_argument("--force", action="store_true", help="rerun cells that already have a result")
@@ -122,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "mem_gb=64, slurm_constraint=h100, ...")
 
     board = commands.add_parser("leaderboard", help="regenerate the Markdown leaderboards from stored results")
-    board.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
-    board.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    _add_store_arguments(board)
 
     commands.add_parser("datasets", help="list dataset sources")
     commands.add_parser("methods", help="list registered methods")
@@ -145,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="merge the results of other runs (another machine's, a GPU run's) "
                                 "into --out, with their rankings; then regenerate the leaderboards")
     merge.add_argument("sources", type=Path, nargs="+", help="results folders to merge (each with results.jsonl)")
-    merge.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
-    merge.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    _add_store_arguments(merge)
 
     analyze = commands.add_parser("analyze", help="analyses of trained LLM methods (metadata recovery, embedding "
                                   "PCA, pause attention): plots and a summary beside the leaderboards")
@@ -177,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rerun ID.")
     rerun.add_argument("result_id", help="the id of a record in OUT/results.jsonl, e.g. "
                        "ml-100k--bert4rec--quick--seed0--d929cbbf")
-    rerun.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    _add_store_arguments(rerun, leaderboards=False)
     rerun.add_argument("--into", type=Path, default=None,
                        help="folder for the rerun's result (default OUT/reruns/<id>/; never OUT itself)")
     rerun.add_argument("--dataset", default=None,
@@ -192,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", help="method spec A, as in the leaderboard (e.g. pauserec)")
     compare.add_argument("b", help="method spec B (e.g. sft)")
     compare.add_argument("--dataset", required=True,
-                         help="dataset as in the leaderboard (ml-100k, seq:Beauty) or as given to run (seq:<path>)")
+                         help="dataset as in the leaderboard (ml-100k, beauty) or as given to run (seq:<path>)")
     compare.add_argument("--profile", default=None, help="profile (default: the one both have, if only one)")
     compare.add_argument("--device", default=None, choices=("cpu", "gpu"),
                          help="device (default: the one both have, if only one)")
-    compare.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    _add_store_arguments(compare, leaderboards=False)
     withdraw = commands.add_parser(
         "withdraw", help="take stored results out of the leaderboards (kept, with the reason, in withdrawn.jsonl)",
         description="For numbers found wrong after they were stored (a bug in the code that made them): removes "
@@ -204,19 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/withdrawn.jsonl, and regenerates the leaderboards. Rerun the cells with the fixed code afterwards.")
     withdraw.add_argument("result_ids", nargs="+", help="ids of records in OUT/results.jsonl")
     withdraw.add_argument("--why", required=True, help="the reason, kept with each withdrawn record")
-    withdraw.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
-    withdraw.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    _add_store_arguments(withdraw)
     list_stats = commands.add_parser(
         "list-stats", help="add the top-10 lists' catalogue coverage and history share to records stored without them",
         description="Computes coverage@10 and history@10 (bench/evaluate.py's list_stats) of every record in "
         "OUT/results.jsonl that lacks them, from its stored rankings and its dataset's split (which must load "
         "here, with the record's fingerprint), and regenerates the leaderboards. Runs since compute them "
         "themselves.")
-    list_stats.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
+    _add_store_arguments(list_stats)
     list_stats.add_argument("--datasets", type=split_specs, default=[],
                             help="dataset specs to use instead of those in the records' commands (by name: "
                             "seq:<path> is seq:<file stem>), e.g. where a GPU run read its files elsewhere")
-    list_stats.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
     rename = commands.add_parser(
         "rename-dataset", help="move stored results to another name of the same data (seq:Beauty -> beauty), "
         "unretrained, where the split is proven the same",
@@ -227,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of another split stay under OLD. Then the leaderboards are regenerated.")
     rename.add_argument("old", help="the dataset name the records carry now, e.g. seq:Beauty")
     rename.add_argument("new", help="the dataset spec to move them to, e.g. beauty (it must load here)")
-    rename.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default results/)")
-    rename.add_argument("--leaderboards", type=Path, default=None, help="leaderboard folder (see run)")
+    _add_store_arguments(rename)
     progress = commands.add_parser(
         "progress", help="how far each training run in the cache has got (epochs, best validation, when each ends)",
         description="First, where OUT has cluster jobs (run --launcher slurm|local), each job's state from the "
