@@ -27,6 +27,7 @@ Memory: level ``l`` of the trie is an ``(n_prefixes_l, n_level_tokens_l)`` int32
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -325,6 +326,158 @@ class _EncoderDecoderSteps:
         return self._decode(tokens[:, None])
 
 
+def _run_graphed(function: Callable[[], torch.Tensor], graphs: bool, rewind: Callable[[], None] = lambda: None,
+                 ) -> Callable[[], torch.Tensor]:
+    """``function`` itself, or (``graphs``, on CUDA) a replay of it captured once into a CUDA graph.
+
+    ``function`` must read and write only fixed tensors (its inputs are filled in place before each call); the
+    capture runs it twice on a side stream first (lazy initialisations, cuBLAS workspaces), as PyTorch's
+    CUDA-graph recipe asks, each after ``rewind()``; whatever runs next must reset the state those runs left.
+    The replay returns the same
+    output tensor every time, overwritten by the next replay.
+    """
+    if not graphs:
+        return function
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            rewind()
+            function()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = function()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return output
+
+    return replay
+
+
+class _StaticCausalLM:
+    """Decoder-only models on fixed-shape tensors, so that each step is one CUDA-graph replay (issue 44.3).
+
+    At batch 16 the dynamic path (:class:`_CausalLMSteps`) spends its time launching the few thousand small
+    kernels of each forward, not computing. Here every tensor a forward touches has one shape and address for
+    the whole call: ``rows`` users (a last, smaller batch is padded with copies of its last prompt) left-padded
+    to ``width`` (the longest prompt of the call), a prompt cache of ``rows`` rows and a beam cache of
+    ``rows x beam_width`` rows and ``width + depth - 1`` positions (two transformers ``StaticCache``), and
+    explicit 4D attention masks and position ids. The prefill (prompt forward, then each prompt's keys and
+    values copied to its beams' rows) and the step (beam rows reordered in place by ``index_select`` +
+    ``copy_``, then the one-token forward) are each captured once on CUDA and replayed for every batch; on
+    the CPU the same functions run eagerly, which is what the tests check against the dynamic path.
+
+    A user's beams keep fixed rows ``user * beam_width + j``; steps with fewer beams (a first level with
+    fewer tokens than beams) fill the spare rows with copies and drop their logits.
+    """
+
+    def __init__(self, model: PreTrainedModel, rows: int, beam_width: int, width: int, depth: int,
+                 pad_token_id: int, device: torch.device, graphs: bool):
+        from transformers import StaticCache  # lazily: the trie alone needs no transformers
+
+        self.model, self.rows, self.beam_width, self.width = model, rows, beam_width, width
+        self.pad_token_id, self.device = pad_token_id, device
+        self.cache_keyword = _cache_keyword(model)
+        config = model.config.get_text_config(decoder=True)
+        dtype = model.get_input_embeddings().weight.dtype
+        self.masked = torch.finfo(dtype).min  # additive masks, as eager and SDPA attention both take them
+        heads = config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.prompt_cache = StaticCache(config=config, max_cache_len=width)
+        self.beam_cache = StaticCache(config=config, max_cache_len=width + depth - 1)
+        for cache, batch in ((self.prompt_cache, rows), (self.beam_cache, rows * beam_width)):
+            cache.early_initialization(batch, heads, head_dim, dtype, device)
+            if any(type(layer).__name__ != "StaticLayer" or not hasattr(layer, "cumulative_length")
+                   for layer in cache.layers):
+                raise GRBenchError(f"{type(model).__name__}'s cache has layers other than full-attention "
+                                   "StaticLayers (sliding windows?); decode it with graphs=False")
+        beams = rows * beam_width
+        # the fixed inputs, filled in place before each replay
+        self.input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long, device=device)
+        self.prompt_positions = torch.zeros((rows, width), dtype=torch.long, device=device)
+        self.prompt_mask = torch.zeros((rows, 1, width, width), dtype=dtype, device=device)
+        self.tokens = torch.zeros((beams, 1), dtype=torch.long, device=device)
+        self.parent_rows = torch.zeros(beams, dtype=torch.long, device=device)
+        self.positions = torch.zeros((beams, 1), dtype=torch.long, device=device)
+        self.beam_mask = torch.zeros((beams, 1, 1, width + depth - 1), dtype=dtype, device=device)
+        self.prompt_lengths = torch.zeros((beams, 1), dtype=torch.long, device=device)
+        self.prefill = _run_graphed(self._prefill, graphs)
+        if depth > 1:  # a one-token SID has no step
+            self.step = _run_graphed(self._step, graphs, rewind=self._rewind)
+        self.n_users, self.beams, self.level = rows, 1, 0
+
+    def _forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def _prefill(self) -> torch.Tensor:
+        for layer in self.prompt_cache.layers:
+            layer.cumulative_length.zero_()  # StaticLayer writes at (and then advances) this position
+        logits = self._forward(input_ids=self.input_ids, attention_mask=self.prompt_mask,
+                               position_ids=self.prompt_positions, **{self.cache_keyword: self.prompt_cache})
+        for prompt, beams in zip(self.prompt_cache.layers, self.beam_cache.layers):
+            beams.keys[:, :, :self.width].copy_(prompt.keys.repeat_interleave(self.beam_width, 0))
+            beams.values[:, :, :self.width].copy_(prompt.values.repeat_interleave(self.beam_width, 0))
+        self._rewind()
+        return logits
+
+    def _rewind(self) -> None:
+        for layer in self.beam_cache.layers:
+            layer.cumulative_length.fill_(self.width)  # the first SID token goes right after the prompt
+
+    def _step(self) -> torch.Tensor:
+        for layer in self.beam_cache.layers:  # in place: the graph keeps reading these addresses
+            layer.keys.copy_(layer.keys.index_select(0, self.parent_rows))
+            layer.values.copy_(layer.values.index_select(0, self.parent_rows))
+        return self._forward(input_ids=self.tokens, attention_mask=self.beam_mask, position_ids=self.positions,
+                             **{self.cache_keyword: self.beam_cache})
+
+    def load(self, prompts: Sequence[Sequence[int]]) -> _StaticCausalLM:
+        """Fills the fixed inputs with one batch of at most ``rows`` prompts; returns itself as its steps."""
+        self.n_users = len(prompts)
+        padded = list(prompts) + [prompts[-1]] * (self.rows - len(prompts))
+        input_ids, attention_mask = pad_prompts(padded, self.pad_token_id, "left", self.device)
+        width = input_ids.shape[1]
+        self.input_ids.fill_(self.pad_token_id)
+        self.input_ids[:, self.width - width:] = input_ids
+        valid = torch.zeros((self.rows, self.width), dtype=torch.bool, device=self.device)
+        valid[:, self.width - width:] = attention_mask.bool()
+        # position ids count real tokens only, as generate() computes them for left-padded prompts
+        self.prompt_positions.copy_((valid.long().cumsum(-1) - 1).clamp_min(0))
+        causal = torch.ones((self.width, self.width), dtype=torch.bool, device=self.device).tril()
+        self.prompt_mask.copy_(self._additive(causal & valid[:, None, None, :]))
+        self.beam_mask.fill_(self.masked)
+        self.beam_mask[:, 0, 0, :self.width] = self._additive(valid).repeat_interleave(self.beam_width, 0)
+        self.prompt_lengths.copy_(valid.sum(-1, keepdim=True).repeat_interleave(self.beam_width, 0))
+        self.beams, self.level = 1, 0
+        return self
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(allowed, dtype=self.beam_mask.dtype).masked_fill_(~allowed, self.masked)
+
+    def first_logits(self) -> torch.Tensor:
+        return self.prefill()[:self.n_users]
+
+    def next_logits(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        new_beams = len(parent_rows) // self.n_users
+        # the search numbers rows user * beams + beam; here a user's beams start at row user * beam_width
+        parents = (parent_rows // self.beams * self.beam_width + parent_rows % self.beams).view(self.n_users, -1)
+        tokens = tokens.view(self.n_users, -1)
+        spare = self.beam_width - new_beams  # fewer beams than rows: repeat the first beam
+        parents = torch.cat([parents, parents[:, :1].expand(-1, spare)], 1)
+        tokens = torch.cat([tokens, tokens[:, :1].expand(-1, spare)], 1)
+        users = self.n_users * self.beam_width
+        self.parent_rows[:users] = parents.view(-1)
+        self.tokens[:users, 0] = tokens.view(-1)
+        self.level += 1
+        self.positions.copy_(self.prompt_lengths + self.level - 1)
+        self.beam_mask[:, 0, 0, self.width + self.level - 1] = 0.0  # the token fed now becomes visible
+        logits = self.step()[:users].view(self.n_users, self.beam_width, -1)
+        self.beams = new_beams
+        return logits[:, :new_beams].reshape(self.n_users * new_beams, -1)
+
+
 def _beam_search(trie: _TrieTensors, steps: _ModelSteps, beam_width: int, k: int,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model-independent beam search over the trie for one batch: ``(items, scores)``, each ``(n_users, k)``.
@@ -359,6 +512,50 @@ def _beam_search(trie: _TrieTensors, steps: _ModelSteps, beam_width: int, k: int
     return trie.leaf_items[nodes[:, :k]], scores[:, :k]
 
 
+def _static_wanted(model: PreTrainedModel, device: torch.device, graphs: bool | None) -> bool:
+    """Whether to decode with :class:`_StaticCausalLM` (see ``graphs`` in :func:`constrained_beam_search`)."""
+    if graphs is False:
+        return False
+    attention = getattr(model.config, "_attn_implementation", None)
+    unsupported = ("it is an encoder-decoder" if getattr(model.config, "is_encoder_decoder", False) else
+                   f"its attention is {attention!r}, which takes no 4D additive mask"
+                   if attention not in ("sdpa", "eager") else None)
+    if graphs and unsupported:
+        raise GRBenchError(f"{type(model).__name__} cannot be decoded with graphs=True: {unsupported}")
+    return graphs is True or (unsupported is None and device.type == "cuda")
+
+
+def _steps_maker(model: PreTrainedModel, prompts: Sequence[Sequence[int]], tables: _TrieTensors, k: int,
+                 beam_width: int, batch_size: int, pad_token_id: int, graphs: bool | None,
+                 ) -> Callable[[Sequence[Sequence[int]]], _ModelSteps]:
+    """The function that gives each batch of prompts its model steps, static or dynamic."""
+    device = next(model.parameters()).device
+    dynamic_steps = _EncoderDecoderSteps if getattr(model.config, "is_encoder_decoder", False) else _CausalLMSteps
+
+    def dynamic(batch: Sequence[Sequence[int]]) -> _ModelSteps:
+        return dynamic_steps(model, batch, pad_token_id, device)
+
+    if not _static_wanted(model, device, graphs):
+        return dynamic
+    try:
+        static = _StaticCausalLM(model, min(batch_size, len(prompts)), beam_width, max(map(len, prompts)),
+                                 len(tables.level_tokens), pad_token_id, device, graphs=device.type == "cuda")
+    except Exception as error:  # auto: a model or transformers version the static path does not fit
+        if graphs:
+            raise
+        warnings.warn(f"decoding with the dynamic cache: the static one failed ({error})", stacklevel=3)
+        return dynamic
+    if graphs is None:  # auto, on a GPU: the captured graphs check themselves against the dynamic path
+        first = prompts[:batch_size]
+        _, fast = _beam_search(tables, static.load(first), beam_width, k)
+        _, reference = _beam_search(tables, dynamic(first), beam_width, k)
+        if not torch.allclose(fast, reference, rtol=0, atol=0.05):
+            warnings.warn("decoding with the dynamic cache: the CUDA graphs' scores differ from it by up to "
+                          f"{(fast - reference).abs().max().item():.3g} on the first batch", stacklevel=3)
+            return dynamic
+    return static.load
+
+
 def constrained_beam_search(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
@@ -368,6 +565,7 @@ def constrained_beam_search(
     beam_width: int = 10,
     batch_size: int = 16,
     pad_token_id: int | None = None,
+    graphs: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` distinct items per prompt by trie-constrained beam search, best first.
 
@@ -376,6 +574,14 @@ def constrained_beam_search(
     LM, everything before the first SID token, e.g. ending in ``<|sid_begin|>``). Users are decoded
     ``batch_size`` at a time with ``beam_width`` beams, on the model's device, in eval mode and without
     gradients (the model's training mode is restored afterwards).
+
+    ``graphs`` picks how a decoder-only model runs its forwards: True, on fixed-shape tensors and a static KV
+    cache (:class:`_StaticCausalLM`), each forward captured once into a CUDA graph on a GPU and run eagerly
+    elsewhere; False, the dynamic cache that grows and is re-indexed each step; None (auto, the default), the
+    graphs on CUDA, where the first batch is decoded both ways and the graphs are kept only if the scores
+    agree (a guard for the GPU path, which the CPU tests cannot reach), and the dynamic cache elsewhere.
+    Encoder-decoder models always use the dynamic cache. Both give the same items and scores up to float
+    rounding.
 
     Returns ``(item_ids, scores)``: int64 ``(n_users, k)`` and float32 ``(n_users, k)``, where a score is the
     sum of the log-probabilities of the item's L SID tokens.
@@ -392,7 +598,6 @@ def constrained_beam_search(
     if pad_token_id is None:
         pad_token_id = getattr(model.config, "pad_token_id", None)
         pad_token_id = 0 if pad_token_id is None else pad_token_id  # masked out, so any valid id will do
-    make_steps = _EncoderDecoderSteps if getattr(model.config, "is_encoder_decoder", False) else _CausalLMSteps
 
     item_ids = np.empty((len(prompts), k), dtype=np.int64)
     scores = np.empty((len(prompts), k), dtype=np.float32)
@@ -400,10 +605,10 @@ def constrained_beam_search(
     model.eval()
     try:
         with torch.inference_mode():
+            make_steps = _steps_maker(model, prompts, tables, k, beam_width, batch_size, pad_token_id, graphs)
             for start in range(0, len(prompts), batch_size):
                 batch = prompts[start:start + batch_size]
-                items, batch_scores = _beam_search(tables, make_steps(model, batch, pad_token_id, device),
-                                                   beam_width, k)
+                items, batch_scores = _beam_search(tables, make_steps(batch), beam_width, k)
                 if not torch.isfinite(batch_scores).all():
                     raise GRBenchError("the model gave non-finite log-probabilities to valid SID tokens "
                                        "(NaN or overflowing logits?)")
