@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,17 @@ def tiny_t5(seed: int = 0) -> transformers.PreTrainedModel:
     return transformers.T5ForConditionalGeneration(config).eval()
 
 
+def tiny_llama(seed: int = 0) -> transformers.PreTrainedModel:
+    """SmolLM2's architecture (Llama), tiny: the static-cache path must fit it as well as Qwen3."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=1, tie_word_embeddings=True)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
 MODELS = {"causal": tiny_causal_lm, "t5": tiny_t5}
+DECODER_ONLY = {"qwen3": tiny_causal_lm, "llama": tiny_llama}
 
 
 def random_sids(n_items: int, seed: int, levels: list[tuple[int, int]] = SID_LEVELS) -> np.ndarray:
@@ -357,3 +369,91 @@ def test_the_sid_processor_leaves_rows_outside_a_sid_alone():
     assert torch.equal(out[0], scores[0])
     assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [100]
     assert torch.isfinite(out[2]).nonzero().flatten().tolist() == [140, 141]
+
+
+# --- the static-cache path (graphs=True: CUDA graphs on a GPU, the same code eagerly here) ----------------------
+
+
+@pytest.mark.parametrize("kind", DECODER_ONLY)
+@pytest.mark.parametrize("levels, beam_width", [(SID_LEVELS, 10), ([(100, 103), (140, 150), (180, 190)], 8)])
+def test_static_cache_gives_the_dynamic_results(kind, levels, beam_width):
+    """Same items and scores as the dynamic cache: prompts of different lengths (left padding, padded here to the
+    call's longest), a last batch of one user (padded to the batch size), and, in the second case, a first level
+    with fewer tokens than beams (spare beam rows) and a three-token SID."""
+    model = DECODER_ONLY[kind]()
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12, levels=levels))
+    prompts = random_prompts([3, 11, 1, 6, 8, 14, 2], seed=13)
+    dynamic = constrained_beam_search(model, prompts, trie, k=6, beam_width=beam_width, batch_size=3, graphs=False)
+    static = constrained_beam_search(model, prompts, trie, k=6, beam_width=beam_width, batch_size=3, graphs=True)
+    assert static[0].tolist() == dynamic[0].tolist()
+    np.testing.assert_allclose(static[1], dynamic[1], atol=1e-5, rtol=0)
+
+
+def break_the_reordering(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.decode
+
+    step = bench.decode._StaticCausalLM._step
+
+    def step_in_place(self: bench.decode._StaticCausalLM) -> torch.Tensor:
+        self.parent_rows.copy_(torch.arange(len(self.parent_rows)))  # every beam row keeps its own cache row
+        return step(self)
+
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "_step", step_in_place)
+
+
+def test_static_cache_results_depend_on_the_beam_reordering(monkeypatch: pytest.MonkeyPatch):
+    """The test above would catch a wrong reordering: leaving the beam rows where they are changes the lists."""
+    model = tiny_causal_lm()
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12))
+    prompts = random_prompts([3, 11, 1, 6, 8], seed=13)
+    right = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=True)
+    break_the_reordering(monkeypatch)
+    wrong = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=True)
+    assert wrong[0].tolist() != right[0].tolist()
+
+
+def test_static_cache_scores_are_exact_log_probabilities():
+    model = tiny_llama(seed=2)
+    sids = random_sids(80, seed=14)
+    trie = SIDTrie.from_item_tokens(sids)
+    prompts = random_prompts([5, 1, 9], seed=15)
+    items, scores = constrained_beam_search(model, prompts, trie, k=4, beam_width=6, batch_size=2, graphs=True)
+    for user, prompt in enumerate(prompts):
+        expected = [sequence_log_prob(model, prompt, sids[item].tolist()) for item in items[user]]
+        np.testing.assert_allclose(scores[user], expected, atol=1e-4, rtol=0)
+
+
+def test_graphs_setting_picks_the_path(monkeypatch: pytest.MonkeyPatch):
+    """Auto on the CPU is the dynamic cache; graphs=True is refused where the static path cannot go."""
+    import bench.decode
+
+    built = []
+    load = bench.decode._StaticCausalLM.load
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "load", lambda self, batch: built.append(1) or load(self, batch))
+    trie = SIDTrie.from_item_tokens(random_sids(30, seed=16))
+    constrained_beam_search(tiny_causal_lm(), [[3, 4]], trie, k=2, beam_width=4)
+    assert built == []
+    constrained_beam_search(tiny_causal_lm(), [[3, 4]], trie, k=2, beam_width=4, graphs=True)
+    assert built == [1]
+    with pytest.raises(GRBenchError, match="encoder-decoder"):
+        constrained_beam_search(tiny_t5(), [[3, 4]], trie, k=2, beam_width=4, graphs=True)
+
+
+def test_auto_keeps_the_static_path_only_if_its_first_batch_agrees(monkeypatch: pytest.MonkeyPatch):
+    """What auto does on a GPU, run eagerly here: a broken static path is noticed on the first batch and replaced
+    by the dynamic cache, with a warning, so its lists come out right anyway."""
+    import bench.decode
+
+    monkeypatch.setattr(bench.decode, "_static_wanted", lambda model, device, graphs: graphs is not False)
+    model = tiny_causal_lm()
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12))
+    prompts = random_prompts([3, 11, 1, 6, 8], seed=13)
+    reference = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a working static path keeps quiet
+        kept = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)
+    np.testing.assert_allclose(kept[1], reference[1], atol=1e-5, rtol=0)
+    break_the_reordering(monkeypatch)
+    with pytest.warns(UserWarning, match="scores differ"):
+        fallen_back = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)
+    assert fallen_back[0].tolist() == reference[0].tolist()
