@@ -277,7 +277,21 @@ def test_the_benchmark_measures_each_batch_size_and_compares_the_best(capsys: py
     assert code == 0, printed
     assert "batch 2:" in printed and "batch 4:" in printed
     assert printed.count("identical top-2 lists: 4/4 users") == 2
-    assert "each at its best batch size: ours" in printed
+    assert "each at its best batch size: generate" in printed and "  dynamic: " in printed
+
+
+def test_the_benchmark_times_both_of_our_decoders(capsys: pytest.CaptureFixture[str]) -> None:
+    """--decoder all: generate, the dynamic and the static cache, each against generate, the static one against the
+    dynamic one too, and their lists checked against generate's."""
+    from benchmarks.decode import main
+
+    code = main(["--users", "5", "--batch", "2", "--beams", "3", "--items", "40", "--codes", "16",
+                 "--prompt-length", "6", "--threads", "1", "--device", "cpu", "--decoder", "all"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.count("identical top-3 lists: 5/5 users") == 2
+    assert "x generate, " in printed and "x the dynamic cache" in printed
+    assert "static cache (CUDA graphs on a GPU):" in printed and ", static " in printed
 
 
 @pytest.mark.parametrize("text", ["0", "16,x", "", "-4"])
