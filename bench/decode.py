@@ -333,8 +333,8 @@ def _run_graphed(function: Callable[[], torch.Tensor], graphs: bool, rewind: Cal
     ``function`` must read and write only fixed tensors (its inputs are filled in place before each call); the
     capture runs it twice on a side stream first (lazy initialisations, cuBLAS workspaces), as PyTorch's
     CUDA-graph recipe asks, each after ``rewind()``; whatever runs next must reset the state those runs left.
-    The replay returns the same
-    output tensor every time, overwritten by the next replay.
+    Nothing captured may wait for the GPU (no ``.item()``, no output sizes read from tensors). The replay returns
+    the same output tensor every time, overwritten by the next replay.
     """
     if not graphs:
         return function
@@ -417,8 +417,10 @@ class _StaticCausalLM:
         logits = self._forward(input_ids=self.input_ids, attention_mask=self.prompt_mask,
                                position_ids=self.prompt_positions, **{self.cache_keyword: self.prompt_cache})
         for prompt, beams in zip(self.prompt_cache.layers, self.beam_cache.layers):
-            beams.keys[:, :, :self.width].copy_(prompt.keys.repeat_interleave(self.beam_width, 0))
-            beams.values[:, :, :self.width].copy_(prompt.values.repeat_interleave(self.beam_width, 0))
+            for source, target in ((prompt.keys, beams.keys), (prompt.values, beams.values)):
+                # each prompt row to its beam_width rows by a broadcasting copy (repeat_interleave may synchronise)
+                per_user = target.view(self.rows, self.beam_width, *target.shape[1:])
+                per_user[:, :, :, :self.width].copy_(source[:, None])
         self._rewind()
         return logits
 

@@ -42,7 +42,15 @@ def tiny_llama(seed: int = 0) -> transformers.PreTrainedModel:
 
 
 MODELS = {"causal": tiny_causal_lm, "t5": tiny_t5}
-DECODER_ONLY = {"qwen3": tiny_causal_lm, "llama": tiny_llama}
+
+
+def tiny_llama_eager() -> transformers.PreTrainedModel:
+    model = tiny_llama()
+    model.set_attn_implementation("eager")  # the static path's additive masks suit eager attention as well as SDPA
+    return model
+
+
+DECODER_ONLY = {"qwen3": tiny_causal_lm, "llama": tiny_llama, "llama-eager": tiny_llama_eager}
 
 
 def random_sids(n_items: int, seed: int, levels: list[tuple[int, int]] = SID_LEVELS) -> np.ndarray:
