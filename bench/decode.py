@@ -26,8 +26,10 @@ Memory: level ``l`` of the trie is an ``(n_prefixes_l, n_level_tokens_l)`` int32
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -356,77 +358,93 @@ def _run_graphed(function: Callable[[], torch.Tensor], graphs: bool, rewind: Cal
     return replay
 
 
+@dataclass
+class _PrefillInputs:
+    """The fixed inputs of one prefill width (``bucket`` tokens a prompt) and its captured run."""
+
+    input_ids: torch.Tensor  # (rows, bucket), left-padded
+    positions: torch.Tensor  # (rows, bucket)
+    mask: torch.Tensor  # (rows, 1, bucket, width): additive, causal over the prompt cache's first bucket slots
+    run: Callable[[], torch.Tensor] = lambda: torch.empty(0)
+
+
 class _StaticCausalLM:
-    """Decoder-only models on fixed-shape tensors, so that each step is one CUDA-graph replay (issue 44.3).
+    """Decoder-only models on fixed-shape tensors, so that each forward is one CUDA-graph replay (issue 44.3).
 
     At batch 16 the dynamic path (:class:`_CausalLMSteps`) spends its time launching the few thousand small
-    kernels of each forward, not computing. Here every tensor a forward touches has one shape and address for
-    the whole call: ``rows`` users (a last, smaller batch is padded with copies of its last prompt) left-padded
-    to ``width`` (the longest prompt of the call), a prompt cache of ``rows`` rows and a beam cache of
-    ``rows x beam_width`` rows and ``width + depth - 1`` positions (two transformers ``StaticCache``), and
-    explicit 4D attention masks and position ids. The prefill (prompt forward, then each prompt's keys and
-    values copied to its beams' rows) and the step (beam rows reordered in place by ``index_select`` +
-    ``copy_``, then the one-token forward) are each captured once on CUDA and replayed for every batch; on
-    the CPU the same functions run eagerly, which is what the tests check against the dynamic path.
+    kernels of each forward, not computing. Here every tensor a forward touches keeps its shape and address from
+    call to call: ``rows`` users (a smaller batch is padded with copies of its last prompt), a prompt cache of
+    ``rows`` rows and a beam cache of ``rows x beam_width`` rows (two transformers ``StaticCache``) of ``width``
+    prompt slots (then ``depth - 1`` SID slots), and explicit 4D additive attention masks and position ids.
+    A batch's prompts are left-padded to the next multiple of ``PREFILL_BUCKET`` tokens (so that short prompts do
+    not pay for the longest), each such width with its own captured prefill: the prompt forward into the prompt
+    cache's first slots, then each prompt's keys and values copied to its beams' rows. The step (beam rows
+    reordered in place by ``index_select`` + ``copy_``, then the one-token forward) is captured once. On CUDA
+    each is captured on first use and replayed after; on the CPU the same functions run eagerly, which is what the
+    tests check against the dynamic path.
 
     A user's beams keep fixed rows ``user * beam_width + j``; steps with fewer beams (a first level with
-    fewer tokens than beams) fill the spare rows with copies and drop their logits.
+    fewer tokens than beams) fill the spare rows with copies and drop their logits. ``model`` may be a weak
+    proxy: the decoder is kept between calls (:func:`_static_decoder`) and must not keep the model alive.
     """
+
+    PREFILL_BUCKET = 64
 
     def __init__(self, model: PreTrainedModel, rows: int, beam_width: int, width: int, depth: int,
                  pad_token_id: int, device: torch.device, graphs: bool):
         from transformers import StaticCache  # lazily: the trie alone needs no transformers
 
         self.model, self.rows, self.beam_width, self.width = model, rows, beam_width, width
-        self.pad_token_id, self.device = pad_token_id, device
+        self.pad_token_id, self.device, self.graphs = pad_token_id, device, graphs
         self.cache_keyword = _cache_keyword(model)
         config = model.config.get_text_config(decoder=True)
-        dtype = model.get_input_embeddings().weight.dtype
-        self.masked = torch.finfo(dtype).min  # additive masks, as eager and SDPA attention both take them
+        self.dtype = model.get_input_embeddings().weight.dtype
+        self.masked = torch.finfo(self.dtype).min  # additive masks, as eager and SDPA attention both take them
         heads = config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.prompt_cache = StaticCache(config=config, max_cache_len=width)
         self.beam_cache = StaticCache(config=config, max_cache_len=width + depth - 1)
         for cache, batch in ((self.prompt_cache, rows), (self.beam_cache, rows * beam_width)):
-            cache.early_initialization(batch, heads, head_dim, dtype, device)
+            cache.early_initialization(batch, heads, head_dim, self.dtype, device)
             if any(type(layer).__name__ != "StaticLayer" or not hasattr(layer, "cumulative_length")
                    for layer in cache.layers):
                 raise GRBenchError(f"{type(model).__name__}'s cache has layers other than full-attention "
                                    "StaticLayers (sliding windows?); decode it with graphs=False")
         beams = rows * beam_width
-        # the fixed inputs, filled in place before each replay
-        self.input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long, device=device)
-        self.prompt_positions = torch.zeros((rows, width), dtype=torch.long, device=device)
-        self.prompt_mask = torch.zeros((rows, 1, width, width), dtype=dtype, device=device)
+        # the step's fixed inputs, filled in place before each replay
         self.tokens = torch.zeros((beams, 1), dtype=torch.long, device=device)
         self.parent_rows = torch.zeros(beams, dtype=torch.long, device=device)
         self.positions = torch.zeros((beams, 1), dtype=torch.long, device=device)
-        self.beam_mask = torch.zeros((beams, 1, 1, width + depth - 1), dtype=dtype, device=device)
+        self.beam_mask = torch.zeros((beams, 1, 1, width + depth - 1), dtype=self.dtype, device=device)
         self.prompt_lengths = torch.zeros((beams, 1), dtype=torch.long, device=device)
-        self.prefill = _run_graphed(self._prefill, graphs)
+        self.prefills: dict[int, _PrefillInputs] = {}
         if depth > 1:  # a one-token SID has no step
             self.step = _run_graphed(self._step, graphs, rewind=self._rewind)
+        self.current: _PrefillInputs | None = None
         self.n_users, self.beams, self.level = rows, 1, 0
+        self.key: tuple[Any, ...] = ()  # what it was built for (_static_decoder)
+        self.agrees: bool | None = None  # whether its first batch matched the dynamic path (auto checks once)
 
-    def _forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+    def _forward(self, **inputs: Any) -> torch.Tensor:
         return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
 
-    def _prefill(self) -> torch.Tensor:
+    def _prefill(self, inputs: _PrefillInputs) -> torch.Tensor:
         for layer in self.prompt_cache.layers:
             layer.cumulative_length.zero_()  # StaticLayer writes at (and then advances) this position
-        logits = self._forward(input_ids=self.input_ids, attention_mask=self.prompt_mask,
-                               position_ids=self.prompt_positions, **{self.cache_keyword: self.prompt_cache})
+        logits = self._forward(input_ids=inputs.input_ids, attention_mask=inputs.mask, position_ids=inputs.positions,
+                               **{self.cache_keyword: self.prompt_cache})
+        bucket = inputs.input_ids.shape[1]
         for prompt, beams in zip(self.prompt_cache.layers, self.beam_cache.layers):
             for source, target in ((prompt.keys, beams.keys), (prompt.values, beams.values)):
                 # each prompt row to its beam_width rows by a broadcasting copy (repeat_interleave may synchronise)
                 per_user = target.view(self.rows, self.beam_width, *target.shape[1:])
-                per_user[:, :, :, :self.width].copy_(source[:, None])
+                per_user[:, :, :, :bucket].copy_(source[:, None, :, :bucket])
         self._rewind()
         return logits
 
     def _rewind(self) -> None:
         for layer in self.beam_cache.layers:
-            layer.cumulative_length.fill_(self.width)  # the first SID token goes right after the prompt
+            layer.cumulative_length.fill_(self.width)  # the first SID token goes right after the prompt slots
 
     def _step(self) -> torch.Tensor:
         for layer in self.beam_cache.layers:  # in place: the graph keeps reading these addresses
@@ -435,20 +453,33 @@ class _StaticCausalLM:
         return self._forward(input_ids=self.tokens, attention_mask=self.beam_mask, position_ids=self.positions,
                              **{self.cache_keyword: self.beam_cache})
 
+    def _prefill_inputs(self, width: int) -> _PrefillInputs:
+        """The prefill of the bucket that holds ``width``-token prompts, captured on its first use."""
+        bucket = min(self.width, -(-width // self.PREFILL_BUCKET) * self.PREFILL_BUCKET)
+        if bucket not in self.prefills:
+            inputs = _PrefillInputs(
+                input_ids=torch.full((self.rows, bucket), self.pad_token_id, dtype=torch.long, device=self.device),
+                positions=torch.zeros((self.rows, bucket), dtype=torch.long, device=self.device),
+                mask=torch.zeros((self.rows, 1, bucket, self.width), dtype=self.dtype, device=self.device))
+            inputs.run = _run_graphed(functools.partial(self._prefill, inputs), self.graphs)
+            self.prefills[bucket] = inputs
+        return self.prefills[bucket]
+
     def load(self, prompts: Sequence[Sequence[int]]) -> _StaticCausalLM:
         """Fills the fixed inputs with one batch of at most ``rows`` prompts; returns itself as its steps."""
         self.n_users = len(prompts)
         padded = list(prompts) + [prompts[-1]] * (self.rows - len(prompts))
         input_ids, attention_mask = pad_prompts(padded, self.pad_token_id, "left", self.device)
-        width = input_ids.shape[1]
-        self.input_ids.fill_(self.pad_token_id)
-        self.input_ids[:, self.width - width:] = input_ids
-        valid = torch.zeros((self.rows, self.width), dtype=torch.bool, device=self.device)
-        valid[:, self.width - width:] = attention_mask.bool()
+        self.current = inputs = self._prefill_inputs(input_ids.shape[1])
+        bucket, start = inputs.input_ids.shape[1], inputs.input_ids.shape[1] - input_ids.shape[1]
+        inputs.input_ids.fill_(self.pad_token_id)
+        inputs.input_ids[:, start:] = input_ids
+        valid = torch.zeros((self.rows, self.width), dtype=torch.bool, device=self.device)  # the prompt slots
+        valid[:, start:bucket] = attention_mask.bool()
         # position ids count real tokens only, as generate() computes them for left-padded prompts
-        self.prompt_positions.copy_((valid.long().cumsum(-1) - 1).clamp_min(0))
-        causal = torch.ones((self.width, self.width), dtype=torch.bool, device=self.device).tril()
-        self.prompt_mask.copy_(self._additive(causal & valid[:, None, None, :]))
+        inputs.positions.copy_((valid[:, :bucket].long().cumsum(-1) - 1).clamp_min(0))
+        causal = torch.ones((bucket, self.width), dtype=torch.bool, device=self.device).tril()
+        inputs.mask.copy_(self._additive(causal & valid[:, None, None, :]))
         self.beam_mask.fill_(self.masked)
         self.beam_mask[:, 0, 0, :self.width] = self._additive(valid).repeat_interleave(self.beam_width, 0)
         self.prompt_lengths.copy_(valid.sum(-1, keepdim=True).repeat_interleave(self.beam_width, 0))
@@ -456,10 +487,11 @@ class _StaticCausalLM:
         return self
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(allowed, dtype=self.beam_mask.dtype).masked_fill_(~allowed, self.masked)
+        return torch.zeros_like(allowed, dtype=self.dtype).masked_fill_(~allowed, self.masked)
 
     def first_logits(self) -> torch.Tensor:
-        return self.prefill()[:self.n_users]
+        assert self.current is not None, "load() a batch first"
+        return self.current.run()[:self.n_users]
 
     def next_logits(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         new_beams = len(parent_rows) // self.n_users
@@ -527,6 +559,32 @@ def _static_wanted(model: PreTrainedModel, device: torch.device, graphs: bool | 
     return graphs is True or (unsupported is None and device.type == "cuda")
 
 
+# One static decoder per model, kept between calls (the runner decodes 16 users a call): capturing its graphs costs
+# several forwards. A weak key, so that it goes with its model; one per model, so that a new batch size frees the
+# memory of the last.
+_STATIC_DECODERS: weakref.WeakKeyDictionary[Any, _StaticCausalLM] = weakref.WeakKeyDictionary()
+
+
+def _static_decoder(model: PreTrainedModel, rows: int, beam_width: int, width: int, depth: int, pad_token_id: int,
+                    device: torch.device) -> _StaticCausalLM:
+    """The model's static decoder for these shapes: the kept one, or a new one (with room for prompts of up to
+    ``width`` tokens, rounded up to a power of two so that longer prompts in later calls rarely rebuild it).
+
+    The parameters' addresses are part of the key: a captured graph reads the weights where they were, so a model
+    whose tensors were replaced (resized embeddings, say) needs new graphs."""
+    key = (rows, beam_width, depth, pad_token_id, str(device), tuple(p.data_ptr() for p in model.parameters()))
+    decoder = _STATIC_DECODERS.get(model)
+    if decoder is None or decoder.key != key or decoder.width < width:
+        _STATIC_DECODERS.pop(model, None)
+        decoder = None  # the old one's memory goes before the new one's is taken
+        capacity = max(_StaticCausalLM.PREFILL_BUCKET, 1 << (width - 1).bit_length())
+        decoder = _StaticCausalLM(weakref.proxy(model), rows, beam_width, capacity, depth, pad_token_id, device,
+                                  graphs=device.type == "cuda")
+        decoder.key = key
+        _STATIC_DECODERS[model] = decoder
+    return decoder
+
+
 def _steps_maker(model: PreTrainedModel, prompts: Sequence[Sequence[int]], tables: _TrieTensors, k: int,
                  beam_width: int, batch_size: int, pad_token_id: int, graphs: bool | None,
                  ) -> Callable[[Sequence[Sequence[int]]], _ModelSteps]:
@@ -540,22 +598,22 @@ def _steps_maker(model: PreTrainedModel, prompts: Sequence[Sequence[int]], table
     if not _static_wanted(model, device, graphs):
         return dynamic
     try:
-        static = _StaticCausalLM(model, min(batch_size, len(prompts)), beam_width, max(map(len, prompts)),
-                                 len(tables.level_tokens), pad_token_id, device, graphs=device.type == "cuda")
+        static = _static_decoder(model, min(batch_size, len(prompts)), beam_width, max(map(len, prompts)),
+                                 len(tables.level_tokens), pad_token_id, device)
     except Exception as error:  # auto: a model or transformers version the static path does not fit
         if graphs:
             raise
         warnings.warn(f"decoding with the dynamic cache: the static one failed ({error})", stacklevel=3)
         return dynamic
-    if graphs is None:  # auto, on a GPU: the captured graphs check themselves against the dynamic path
+    if graphs is None and static.agrees is None:  # auto: a new decoder checks itself against the dynamic path
         first = prompts[:batch_size]
         _, fast = _beam_search(tables, static.load(first), beam_width, k)
         _, reference = _beam_search(tables, dynamic(first), beam_width, k)
-        if not torch.allclose(fast, reference, rtol=0, atol=0.05):
-            warnings.warn("decoding with the dynamic cache: the CUDA graphs' scores differ from it by up to "
+        static.agrees = torch.allclose(fast, reference, rtol=0, atol=0.05)
+        if not static.agrees:
+            warnings.warn("decoding with the dynamic cache: the static one's scores differ from it by up to "
                           f"{(fast - reference).abs().max().item():.3g} on the first batch", stacklevel=3)
-            return dynamic
-    return static.load
+    return dynamic if graphs is None and not static.agrees else static.load
 
 
 def constrained_beam_search(

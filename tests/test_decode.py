@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -421,6 +422,7 @@ def break_the_reordering(monkeypatch: pytest.MonkeyPatch) -> None:
         return step(self)
 
     monkeypatch.setattr(bench.decode._StaticCausalLM, "_step", step_in_place)
+    monkeypatch.setattr(bench.decode, "_STATIC_DECODERS", weakref.WeakKeyDictionary())  # none built before it
 
 
 def test_static_cache_results_depend_on_the_beam_reordering(monkeypatch: pytest.MonkeyPatch):
@@ -479,3 +481,31 @@ def test_auto_keeps_the_static_path_only_if_its_first_batch_agrees(monkeypatch: 
     with pytest.warns(UserWarning, match="scores differ"):
         fallen_back = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)
     assert fallen_back[0].tolist() == reference[0].tolist()
+
+
+def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefill_width():
+    """The runner decodes 16 users a call, so the decoder (and on a GPU its graphs) outlives a call; a batch of short
+    prompts is prefilled at its own bucket of 64 tokens inside a decoder built for longer ones (keys past the
+    bucket masked), a call with longer prompts than it has room for gets a new one, and every call still returns
+    the dynamic cache's lists."""
+    import bench.decode
+
+    model = tiny_llama(seed=3)
+    trie = SIDTrie.from_item_tokens(random_sids(100, seed=17))
+    short, long = random_prompts([3, 9, 5, 12], seed=18), random_prompts([70, 4, 100], seed=19)
+
+    def both(prompts: list[list[int]]) -> None:
+        dynamic = constrained_beam_search(model, prompts, trie, k=5, beam_width=6, batch_size=2, graphs=False)
+        static = constrained_beam_search(model, prompts, trie, k=5, beam_width=6, batch_size=2, graphs=True)
+        assert static[0].tolist() == dynamic[0].tolist()
+        np.testing.assert_allclose(static[1], dynamic[1], atol=1e-5, rtol=0)
+
+    both(short)
+    first = bench.decode._STATIC_DECODERS[model]
+    both(short[::-1])
+    assert bench.decode._STATIC_DECODERS[model] is first and first.width == 64
+    both(long)  # 100 tokens: room for 128, prefills of 128 ([70, 4]) and 64 ([100] alone pads to 128)
+    second = bench.decode._STATIC_DECODERS[model]
+    assert second is not first and second.width == 128 and sorted(second.prefills) == [128]
+    both(short + long[1:2])  # short batches in a 128-token decoder: the 64-token prefill
+    assert bench.decode._STATIC_DECODERS[model] is second and sorted(second.prefills) == [64, 128]
