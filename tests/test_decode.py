@@ -509,3 +509,20 @@ def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefil
     assert second is not first and second.width == 128 and sorted(second.prefills) == [128]
     both(short + long[1:2])  # short batches in a 128-token decoder: the 64-token prefill
     assert bench.decode._STATIC_DECODERS[model] is second and sorted(second.prefills) == [64, 128]
+
+
+@pytest.mark.parametrize("kind", DECODER_ONLY)
+def test_what_is_captured_into_cuda_graphs_never_waits_for_the_gpu(kind):
+    """A captured function may not read a tensor's values on the host (``.item()``, data-dependent shapes): the
+    capture fails on the GPU. No GPU here, so the prefill and the step run on the meta device, whose tensors have
+    shapes but no values, so that any such read raises."""
+    from bench.decode import _StaticCausalLM
+
+    with pytest.raises(RuntimeError, match="meta"):
+        torch.zeros(1, device="meta").item()  # what the meta device does to a host read
+    model = DECODER_ONLY[kind]().to("meta")
+    with torch.inference_mode():
+        decoder = _StaticCausalLM(model, rows=2, beam_width=3, width=64, depth=4, pad_token_id=0,
+                                  device=torch.device("meta"), graphs=False)
+        assert decoder._prefill(decoder._prefill_inputs(10)).shape == (2, VOCAB)
+        assert decoder._step().shape == (6, VOCAB)
