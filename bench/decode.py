@@ -22,6 +22,11 @@ checks this on tiny causal and encoder-decoder models.
 
 Memory: level ``l`` of the trie is an ``(n_prefixes_l, n_level_tokens_l)`` int32 table, at most
 ``n_items x n_level_tokens`` entries (about 12 MB for 12k items and 256 codes a level).
+
+On a GPU, at the leaderboards' batch of 16, a decoder-only model's forwards are bound by launching kernels, not
+by computing (issue 44.3). There :class:`_StaticCausalLM` runs them on fixed shapes over a static KV cache, each
+forward one CUDA-graph replay (``graphs`` in :func:`constrained_beam_search`); the dynamic cache stays the
+reference and the path of encoder-decoders and CPUs.
 """
 
 from __future__ import annotations
@@ -329,14 +334,15 @@ class _EncoderDecoderSteps:
 
 
 def _run_graphed(function: Callable[[], torch.Tensor], graphs: bool, rewind: Callable[[], None] = lambda: None,
-                 ) -> Callable[[], torch.Tensor]:
+                 pool: Any = None) -> Callable[[], torch.Tensor]:
     """``function`` itself, or (``graphs``, on CUDA) a replay of it captured once into a CUDA graph.
 
     ``function`` must read and write only fixed tensors (its inputs are filled in place before each call); the
     capture runs it twice on a side stream first (lazy initialisations, cuBLAS workspaces), as PyTorch's
     CUDA-graph recipe asks, each after ``rewind()``; whatever runs next must reset the state those runs left.
     Nothing captured may wait for the GPU (no ``.item()``, no output sizes read from tensors). The replay returns
-    the same output tensor every time, overwritten by the next replay.
+    the same output tensor every time, overwritten by the next replay. Graphs given the same memory ``pool``
+    share their temporaries, which is safe for graphs that never run at the same time.
     """
     if not graphs:
         return function
@@ -348,7 +354,7 @@ def _run_graphed(function: Callable[[], torch.Tensor], graphs: bool, rewind: Cal
             function()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         output = function()
 
     def replay() -> torch.Tensor:
@@ -376,7 +382,7 @@ class _StaticCausalLM:
     call to call: ``rows`` users (a smaller batch is padded with copies of its last prompt), a prompt cache of
     ``rows`` rows and a beam cache of ``rows x beam_width`` rows (two transformers ``StaticCache``) of ``width``
     prompt slots (then ``depth - 1`` SID slots), and explicit 4D additive attention masks and position ids.
-    A batch's prompts are left-padded to the next multiple of ``PREFILL_BUCKET`` tokens (so that short prompts do
+    A batch's prompts are left-padded to the next multiple of ``PREFILL_BUCKET`` (32) tokens (so that short prompts do
     not pay for the longest), each such width with its own captured prefill: the prompt forward into the prompt
     cache's first slots, then each prompt's keys and values copied to its beams' rows. The step (beam rows
     reordered in place by ``index_select`` + ``copy_``, then the one-token forward) is captured once. On CUDA
@@ -388,7 +394,7 @@ class _StaticCausalLM:
     proxy: the decoder is kept between calls (:func:`_static_decoder`) and must not keep the model alive.
     """
 
-    PREFILL_BUCKET = 64
+    PREFILL_BUCKET = 32
 
     def __init__(self, model: PreTrainedModel, rows: int, beam_width: int, width: int, depth: int,
                  pad_token_id: int, device: torch.device, graphs: bool):
@@ -418,12 +424,19 @@ class _StaticCausalLM:
         self.beam_mask = torch.zeros((beams, 1, 1, width + depth - 1), dtype=self.dtype, device=device)
         self.prompt_lengths = torch.zeros((beams, 1), dtype=torch.long, device=device)
         self.prefills: dict[int, _PrefillInputs] = {}
+        # one memory pool for all its graphs: they run one after the other, and each prefill width has one
+        self.pool = torch.cuda.graph_pool_handle() if graphs else None
         if depth > 1:  # a one-token SID has no step
-            self.step = _run_graphed(self._step, graphs, rewind=self._rewind)
+            self.step = _run_graphed(self._step, graphs, rewind=self._rewind, pool=self.pool)
         self.current: _PrefillInputs | None = None
         self.n_users, self.beams, self.level = rows, 1, 0
         self.key: tuple[Any, ...] = ()  # what it was built for (_static_decoder)
         self.agrees: bool | None = None  # whether its first batch matched the dynamic path (auto checks once)
+
+    @classmethod
+    def bucket(cls, width: int) -> int:
+        """``width`` rounded up to a multiple of ``PREFILL_BUCKET``."""
+        return -(-width // cls.PREFILL_BUCKET) * cls.PREFILL_BUCKET
 
     def _forward(self, **inputs: Any) -> torch.Tensor:
         return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -455,13 +468,13 @@ class _StaticCausalLM:
 
     def _prefill_inputs(self, width: int) -> _PrefillInputs:
         """The prefill of the bucket that holds ``width``-token prompts, captured on its first use."""
-        bucket = min(self.width, -(-width // self.PREFILL_BUCKET) * self.PREFILL_BUCKET)
+        bucket = min(self.width, self.bucket(width))
         if bucket not in self.prefills:
             inputs = _PrefillInputs(
                 input_ids=torch.full((self.rows, bucket), self.pad_token_id, dtype=torch.long, device=self.device),
                 positions=torch.zeros((self.rows, bucket), dtype=torch.long, device=self.device),
                 mask=torch.zeros((self.rows, 1, bucket, self.width), dtype=self.dtype, device=self.device))
-            inputs.run = _run_graphed(functools.partial(self._prefill, inputs), self.graphs)
+            inputs.run = _run_graphed(functools.partial(self._prefill, inputs), self.graphs, pool=self.pool)
             self.prefills[bucket] = inputs
         return self.prefills[bucket]
 
@@ -567,8 +580,9 @@ _STATIC_DECODERS: weakref.WeakKeyDictionary[Any, _StaticCausalLM] = weakref.Weak
 
 def _static_decoder(model: PreTrainedModel, rows: int, beam_width: int, width: int, depth: int, pad_token_id: int,
                     device: torch.device) -> _StaticCausalLM:
-    """The model's static decoder for these shapes: the kept one, or a new one (with room for prompts of up to
-    ``width`` tokens, rounded up to a power of two so that longer prompts in later calls rarely rebuild it).
+    """The model's static decoder for these shapes: the kept one, or a new one with room for prompts of up to
+    ``width`` tokens, rounded up to a prefill bucket (a later call with longer prompts builds a bigger one: a few
+    captures in a whole evaluation, against a KV cache of twice the size if the room were a power of two).
 
     The parameters' addresses are part of the key: a captured graph reads the weights where they were, so a model
     whose tensors were replaced (resized embeddings, say) needs new graphs."""
@@ -577,7 +591,7 @@ def _static_decoder(model: PreTrainedModel, rows: int, beam_width: int, width: i
     if decoder is None or decoder.key != key or decoder.width < width:
         _STATIC_DECODERS.pop(model, None)
         decoder = None  # the old one's memory goes before the new one's is taken
-        capacity = max(_StaticCausalLM.PREFILL_BUCKET, 1 << (width - 1).bit_length())
+        capacity = _StaticCausalLM.bucket(width)
         decoder = _StaticCausalLM(weakref.proxy(model), rows, beam_width, capacity, depth, pad_token_id, device,
                                   graphs=device.type == "cuda")
         decoder.key = key
@@ -636,12 +650,12 @@ def constrained_beam_search(
     gradients (the model's training mode is restored afterwards).
 
     ``graphs`` picks how a decoder-only model runs its forwards: True, on fixed-shape tensors and a static KV
-    cache (:class:`_StaticCausalLM`), each forward captured once into a CUDA graph on a GPU and run eagerly
-    elsewhere; False, the dynamic cache that grows and is re-indexed each step; None (auto, the default), the
-    graphs on CUDA, where the first batch is decoded both ways and the graphs are kept only if the scores
-    agree (a guard for the GPU path, which the CPU tests cannot reach), and the dynamic cache elsewhere.
-    Encoder-decoder models always use the dynamic cache. Both give the same items and scores up to float
-    rounding.
+    cache (:class:`_StaticCausalLM`, kept with the model for the next call), each forward captured into a CUDA
+    graph on first use on a GPU and run eagerly elsewhere; False, the dynamic cache that grows and is
+    re-indexed each step; None (auto, the default), the graphs on CUDA, where a new static decoder's first batch
+    is decoded both ways and the graphs are kept only if the scores agree (a guard for the GPU path, which the
+    CPU tests cannot reach), and the dynamic cache elsewhere. Encoder-decoder models always use the dynamic
+    cache. Both give the same items and scores up to float rounding.
 
     Returns ``(item_ids, scores)``: int64 ``(n_users, k)`` and float32 ``(n_users, k)``, where a score is the
     sum of the log-probabilities of the item's L SID tokens.

@@ -485,7 +485,7 @@ def test_auto_keeps_the_static_path_only_if_its_first_batch_agrees(monkeypatch: 
 
 def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefill_width():
     """The runner decodes 16 users a call, so the decoder (and on a GPU its graphs) outlives a call; a batch of short
-    prompts is prefilled at its own bucket of 64 tokens inside a decoder built for longer ones (keys past the
+    prompts is prefilled at its own bucket (32 tokens) inside a decoder built for longer ones (keys past the
     bucket masked), a call with longer prompts than it has room for gets a new one, and every call still returns
     the dynamic cache's lists."""
     import bench.decode
@@ -503,12 +503,12 @@ def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefil
     both(short)
     first = bench.decode._STATIC_DECODERS[model]
     both(short[::-1])
-    assert bench.decode._STATIC_DECODERS[model] is first and first.width == 64
-    both(long)  # 100 tokens: room for 128, prefills of 128 ([70, 4]) and 64 ([100] alone pads to 128)
+    assert bench.decode._STATIC_DECODERS[model] is first and first.width == 32
+    both(long)  # 100 tokens: room for 128; [70, 4] prefilled at 96 tokens, [100] at 128
     second = bench.decode._STATIC_DECODERS[model]
-    assert second is not first and second.width == 128 and sorted(second.prefills) == [128]
-    both(short + long[1:2])  # short batches in a 128-token decoder: the 64-token prefill
-    assert bench.decode._STATIC_DECODERS[model] is second and sorted(second.prefills) == [64, 128]
+    assert second is not first and second.width == 128 and sorted(second.prefills) == [96, 128]
+    both(short + long[1:2])  # short batches in the 128-token decoder: a 32-token prefill
+    assert bench.decode._STATIC_DECODERS[model] is second and sorted(second.prefills) == [32, 96, 128]
 
 
 @pytest.mark.parametrize("kind", DECODER_ONLY)
