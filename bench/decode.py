@@ -382,12 +382,12 @@ class _StaticCausalLM:
     call to call: ``rows`` users (a smaller batch is padded with copies of its last prompt), a prompt cache of
     ``rows`` rows and a beam cache of ``rows x beam_width`` rows (two transformers ``StaticCache``) of ``width``
     prompt slots (then ``depth - 1`` SID slots), and explicit 4D additive attention masks and position ids.
-    A batch's prompts are left-padded to the next multiple of ``PREFILL_BUCKET`` (32) tokens (so that short prompts do
-    not pay for the longest), each such width with its own captured prefill: the prompt forward into the prompt
-    cache's first slots, then each prompt's keys and values copied to its beams' rows. The step (beam rows
-    reordered in place by ``index_select`` + ``copy_``, then the one-token forward) is captured once. On CUDA
-    each is captured on first use and replayed after; on the CPU the same functions run eagerly, which is what the
-    tests check against the dynamic path.
+    A batch's prompts are left-padded to the next multiple of ``PREFILL_BUCKET`` (32) tokens, so that short
+    prompts do not pay for the longest, each such width with its own captured prefill: the prompt forward into
+    the prompt cache's first slots, then each prompt's keys and values copied to its beams' rows. The step (beam
+    rows reordered in place by ``index_select`` + ``copy_``, then the one-token forward) is captured once. On
+    CUDA each is captured on first use and replayed after; on the CPU the same functions run eagerly, which is
+    what the tests check against the dynamic path.
 
     A user's beams keep fixed rows ``user * beam_width + j``; steps with fewer beams (a first level with
     fewer tokens than beams) fill the spare rows with copies and drop their logits. ``model`` may be a weak
