@@ -354,7 +354,8 @@ def _run_graphed(function: Callable[[], torch.Tensor], graphs: bool, rewind: Cal
             function()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # thread_local: other threads' CUDA calls (a monitor, say) do not break this thread's capture
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         output = function()
 
     def replay() -> torch.Tensor:
