@@ -579,22 +579,24 @@ def _static_wanted(model: PreTrainedModel, device: torch.device, graphs: bool | 
 _STATIC_DECODERS: weakref.WeakKeyDictionary[Any, _StaticCausalLM] = weakref.WeakKeyDictionary()
 
 
-def _static_decoder(model: PreTrainedModel, rows: int, beam_width: int, width: int, depth: int, pad_token_id: int,
-                    device: torch.device) -> _StaticCausalLM:
-    """The model's static decoder for these shapes: the kept one, or a new one with room for prompts of up to
-    ``width`` tokens, rounded up to a prefill bucket (a later call with longer prompts builds a bigger one: a few
-    captures in a whole evaluation, against a KV cache of twice the size if the room were a power of two).
+def _static_decoder(model: PreTrainedModel, users: int, batch_size: int, beam_width: int, width: int, depth: int,
+                    pad_token_id: int, device: torch.device) -> _StaticCausalLM:
+    """The model's static decoder for ``users`` prompts of up to ``width`` tokens in batches of ``batch_size``.
 
+    The kept one where it fits: as many rows as the batch or (a last, smaller call, such as the runner's last 16
+    users) more, but no more than ``batch_size``, and room enough. Otherwise a new one, of ``min(batch_size,
+    users)`` rows and room for ``width`` tokens rounded up to a prefill bucket: a later call with longer prompts
+    builds a bigger one, a few captures in a whole evaluation, where a power-of-two room would double the KV cache.
     The parameters' addresses are part of the key: a captured graph reads the weights where they were, so a model
     whose tensors were replaced (resized embeddings, say) needs new graphs."""
-    key = (rows, beam_width, depth, pad_token_id, str(device), tuple(p.data_ptr() for p in model.parameters()))
+    key = (beam_width, depth, pad_token_id, str(device), tuple(p.data_ptr() for p in model.parameters()))
+    rows = min(batch_size, users)
     decoder = _STATIC_DECODERS.get(model)
-    if decoder is None or decoder.key != key or decoder.width < width:
+    if decoder is None or decoder.key != key or not rows <= decoder.rows <= batch_size or decoder.width < width:
         _STATIC_DECODERS.pop(model, None)
         decoder = None  # the old one's memory goes before the new one's is taken
-        capacity = _StaticCausalLM.bucket(width)
-        decoder = _StaticCausalLM(weakref.proxy(model), rows, beam_width, capacity, depth, pad_token_id, device,
-                                  graphs=device.type == "cuda")
+        decoder = _StaticCausalLM(weakref.proxy(model), rows, beam_width, _StaticCausalLM.bucket(width), depth,
+                                  pad_token_id, device, graphs=device.type == "cuda")
         decoder.key = key
         _STATIC_DECODERS[model] = decoder
     return decoder
@@ -613,7 +615,7 @@ def _steps_maker(model: PreTrainedModel, prompts: Sequence[Sequence[int]], table
     if not _static_wanted(model, device, graphs):
         return dynamic
     try:
-        static = _static_decoder(model, min(batch_size, len(prompts)), beam_width, max(map(len, prompts)),
+        static = _static_decoder(model, len(prompts), batch_size, beam_width, max(map(len, prompts)),
                                  len(tables.level_tokens), pad_token_id, device)
     except Exception as error:  # auto: a model or transformers version the static path does not fit
         if graphs:

@@ -509,6 +509,8 @@ def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefil
     assert second is not first and second.width == 128 and sorted(second.prefills) == [96, 128]
     both(short + long[1:2])  # short batches in the 128-token decoder: a 32-token prefill
     assert bench.decode._STATIC_DECODERS[model] is second and sorted(second.prefills) == [32, 96, 128]
+    both(short[:1])  # one user (a runner's last call): the decoder of 2 rows, one of them a copy
+    assert bench.decode._STATIC_DECODERS[model] is second
 
 
 @pytest.mark.parametrize("kind", DECODER_ONLY)
