@@ -425,7 +425,8 @@ class _StaticCausalLM:
         self.beam_mask = torch.zeros((beams, 1, 1, width + depth - 1), dtype=self.dtype, device=device)
         self.prompt_lengths = torch.zeros((beams, 1), dtype=torch.long, device=device)
         self.prefills: dict[int, _PrefillInputs] = {}
-        # one memory pool for all its graphs: they run one after the other, and each prefill width has one
+        # one memory pool for all its graphs (each prefill width has one): they never run at the same time, and each
+        # one's output stays referenced by its replay, so none can take over another's live memory, in any order
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         if depth > 1:  # a one-token SID has no step
             self.step = _run_graphed(self._step, graphs, rewind=self._rewind, pool=self.pool)
