@@ -55,6 +55,7 @@ class _TrieTensors:
     level_tokens: tuple[torch.Tensor, ...]
     children: tuple[torch.Tensor, ...]
     leaf_items: torch.Tensor
+    largest_token: int  # on the host: checking the vocabulary must not wait for the GPU
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,6 +169,7 @@ class SIDTrie:
                 level_tokens=tuple(torch.tensor(t, device=device) for t in self.level_tokens),
                 children=tuple(torch.tensor(c, device=device) for c in self.children),
                 leaf_items=torch.tensor(self.leaf_items, device=device),
+                largest_token=max(int(tokens[-1]) for tokens in self.level_tokens),
             )
         return self._on_device[key]
 
@@ -536,7 +538,7 @@ def _beam_search(trie: _TrieTensors, steps: _ModelSteps, beam_width: int, k: int
     Beam search never extends the same prefix twice, so the final beams are distinct items.
     """
     logits = steps.first_logits()
-    largest_token = max(int(tokens[-1]) for tokens in trie.level_tokens)
+    largest_token = trie.largest_token
     if largest_token >= logits.shape[-1]:
         raise GRBenchError(f"SID token id {largest_token} is outside the model's vocabulary ({logits.shape[-1]} "
                            "logits); were the SID tokens added to it and its embeddings resized?")
