@@ -580,6 +580,7 @@ def _static_wanted(model: PreTrainedModel, device: torch.device, graphs: bool | 
 # several forwards. A weak key, so that it goes with its model; one per model, so that a new batch size frees the
 # memory of the last.
 _STATIC_DECODERS: weakref.WeakKeyDictionary[Any, _StaticCausalLM] = weakref.WeakKeyDictionary()
+_STATIC_GIVEN_UP: weakref.WeakSet[Any] = weakref.WeakSet()  # models auto decodes with the dynamic cache (warned once)
 
 
 def _static_decoder(model: PreTrainedModel, users: int, batch_size: int, beam_width: int, width: int, depth: int,
@@ -608,32 +609,51 @@ def _static_decoder(model: PreTrainedModel, users: int, batch_size: int, beam_wi
 def _steps_maker(model: PreTrainedModel, prompts: Sequence[Sequence[int]], tables: _TrieTensors, k: int,
                  beam_width: int, batch_size: int, pad_token_id: int, graphs: bool | None,
                  ) -> Callable[[Sequence[Sequence[int]]], _ModelSteps]:
-    """The function that gives each batch of prompts its model steps, static or dynamic."""
+    """The function that gives each batch of prompts its model steps, static or dynamic.
+
+    Under auto (``graphs=None``) the static path must never cost a ranking: a decoder that cannot be built or
+    captured, or whose first batch disagrees with the dynamic path, is given up for the model with one warning,
+    and the dynamic cache decodes from then on."""
     device = next(model.parameters()).device
     dynamic_steps = _EncoderDecoderSteps if getattr(model.config, "is_encoder_decoder", False) else _CausalLMSteps
 
     def dynamic(batch: Sequence[Sequence[int]]) -> _ModelSteps:
         return dynamic_steps(model, batch, pad_token_id, device)
 
-    if not _static_wanted(model, device, graphs):
+    def give_up(reason: str) -> Callable[[Sequence[Sequence[int]]], _ModelSteps]:
+        _STATIC_DECODERS.pop(model, None)
+        _STATIC_GIVEN_UP.add(model)
+        warnings.warn(f"decoding with the dynamic cache from now on: {reason}", stacklevel=4)
+        return dynamic
+
+    if not _static_wanted(model, device, graphs) or (graphs is None and model in _STATIC_GIVEN_UP):
         return dynamic
     try:
         static = _static_decoder(model, len(prompts), batch_size, beam_width, max(map(len, prompts)),
                                  len(tables.level_tokens), pad_token_id, device)
-    except Exception as error:  # auto: a model or transformers version the static path does not fit
+    except Exception as error:  # a model or transformers version the static path does not fit, a failed capture
         if graphs:
             raise
-        warnings.warn(f"decoding with the dynamic cache: the static one failed ({error})", stacklevel=3)
-        return dynamic
+        return give_up(f"the static cache failed ({type(error).__name__}: {error})")
     if graphs is None and static.agrees is None:  # auto: a new decoder checks itself against the dynamic path
         first = prompts[:batch_size]
         _, fast = _beam_search(tables, static.load(first), beam_width, k)
         _, reference = _beam_search(tables, dynamic(first), beam_width, k)
         static.agrees = torch.allclose(fast, reference, rtol=0, atol=0.05)
         if not static.agrees:
-            warnings.warn("decoding with the dynamic cache: the static one's scores differ from it by up to "
-                          f"{(fast - reference).abs().max().item():.3g} on the first batch", stacklevel=3)
-    return dynamic if graphs is None and not static.agrees else static.load
+            return give_up("the static cache's scores differ from the dynamic one's by up to "
+                           f"{(fast - reference).abs().max().item():.3g} on its first batch")
+    if graphs:
+        return static.load
+
+    def static_or_dynamic(batch: Sequence[Sequence[int]]) -> _ModelSteps:
+        try:
+            return static.load(batch)  # may capture the prefill of a new prompt width
+        except Exception as error:
+            give_up(f"the static cache failed ({type(error).__name__}: {error})")
+            return dynamic(batch)
+
+    return static_or_dynamic
 
 
 def constrained_beam_search(

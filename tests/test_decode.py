@@ -482,6 +482,42 @@ def test_auto_keeps_the_static_path_only_if_its_first_batch_agrees(monkeypatch: 
     with pytest.warns(UserWarning, match="scores differ"):
         fallen_back = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)
     assert fallen_back[0].tolist() == reference[0].tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # given up for this model: no second check, no second warning
+        assert constrained_beam_search(model, prompts, trie, k=6, batch_size=3)[0].tolist() == reference[0].tolist()
+
+
+def test_auto_gives_up_the_static_path_when_it_cannot_be_built_or_captured(monkeypatch: pytest.MonkeyPatch):
+    """A capture that fails on the GPU (here: the decoder's construction, then a later prompt width's prefill)
+    costs one warning, never the ranking; graphs=True raises instead."""
+    import bench.decode
+
+    monkeypatch.setattr(bench.decode, "_static_wanted", lambda model, device, graphs: graphs is not False)
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12))
+    prompts = random_prompts([3, 11, 1, 40, 8], seed=13)
+    model = tiny_causal_lm()
+    reference = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=False)
+    real_prefill_inputs = bench.decode._StaticCausalLM._prefill_inputs
+
+    def capture_fails_past_32_tokens(self: bench.decode._StaticCausalLM, width: int) -> object:
+        if width > 32:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_prefill_inputs(self, width)
+
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "_prefill_inputs", capture_fails_past_32_tokens)
+    with pytest.warns(UserWarning, match="RuntimeError: operation not permitted"):
+        fallen_back = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)  # the 2nd batch fails
+    assert fallen_back[0].tolist() == reference[0].tolist()
+    with pytest.raises(RuntimeError, match="capturing"):
+        constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=True)
+
+    def no_static_cache(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("capture failed")
+
+    other = tiny_causal_lm()
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "__init__", no_static_cache)
+    with pytest.warns(UserWarning, match="the static cache failed"):
+        assert constrained_beam_search(other, prompts, trie, k=6, batch_size=3)[0].tolist() == reference[0].tolist()
 
 
 def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefill_width():
