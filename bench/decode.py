@@ -680,7 +680,8 @@ def constrained_beam_search(
     graph on first use on a GPU and run eagerly elsewhere; False, the dynamic cache that grows and is
     re-indexed each step; None (auto, the default), the graphs on CUDA, where a new static decoder's first batch
     is decoded both ways and the graphs are kept only if the scores agree (a guard for the GPU path, which the
-    CPU tests cannot reach), and the dynamic cache elsewhere. Encoder-decoder models always use the dynamic
+    CPU tests cannot reach; a disagreement or a failed capture falls back to the dynamic cache for the model, with
+    a warning), and the dynamic cache elsewhere. Encoder-decoder models always use the dynamic
     cache. Both give the same items and scores up to float rounding.
 
     Returns ``(item_ids, scores)``: int64 ``(n_users, k)`` and float32 ``(n_users, k)``, where a score is the
