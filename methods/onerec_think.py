@@ -88,7 +88,7 @@ from bench.registry import RunContext, TrainingInputs, register_method
 from bench.results import write_atomically
 from bench.split import EVAL_SUBSET_SEED, TrainData, fixed_subset
 from methods.llm.backbone import SidVocabulary
-from methods.llm.config import shared_variant
+from methods.llm.config import decode_graphs, shared_variant
 from methods.llm.prompts import THINK_CLOSE, THINK_OPEN, chat_head, recent, sid_history, think_prefix
 from methods.llm.rationales import (
     RATIONALES,
@@ -496,7 +496,8 @@ class OneRecThink(NextItemSFT):
                    for history, rationale in zip(histories, rationales)]
         items, _ = constrained_beam_search(model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
                                            batch_size=self.settings["infer_batch_size"],
-                                           pad_token_id=pad_token_id(self.tokenizer))
+                                           pad_token_id=pad_token_id(self.tokenizer),
+                                           graphs=decode_graphs(self.settings))
         return items
 
     def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from bench.registry import Method, RunContext, TrainingInputs, register_method
 from bench.sid import SidConfig, check_encoder
 from bench.split import TrainData
 from methods.llm.backbone import SidVocabulary, check_backbone
-from methods.llm.config import check_shared_settings, llm_profiles, shared_variant
+from methods.llm.config import check_shared_settings, decode_graphs, llm_profiles, shared_variant
 from methods.llm.stages import (
     Example,
     LLMRecipe,
@@ -157,7 +157,8 @@ class NextItemSFT(Method):
         prompts = [self.prompt(history) for history in histories]
         items, _ = constrained_beam_search(self.model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
                                            batch_size=self.settings["infer_batch_size"],
-                                           pad_token_id=pad_token_id(self.tokenizer))
+                                           pad_token_id=pad_token_id(self.tokenizer),
+                                           graphs=decode_graphs(self.settings))
         return items
 
     def report(self) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import warnings
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +33,25 @@ def tiny_t5(seed: int = 0) -> transformers.PreTrainedModel:
     return transformers.T5ForConditionalGeneration(config).eval()
 
 
+def tiny_llama(seed: int = 0) -> transformers.PreTrainedModel:
+    """SmolLM2's architecture (Llama), tiny: the static-cache path must fit it as well as Qwen3."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=1, tie_word_embeddings=True)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
 MODELS = {"causal": tiny_causal_lm, "t5": tiny_t5}
+
+
+def tiny_llama_eager() -> transformers.PreTrainedModel:
+    model = tiny_llama()
+    model.set_attn_implementation("eager")  # the static path's additive masks suit eager attention as well as SDPA
+    return model
+
+
+DECODER_ONLY = {"qwen3": tiny_causal_lm, "llama": tiny_llama, "llama-eager": tiny_llama_eager}
 
 
 def random_sids(n_items: int, seed: int, levels: list[tuple[int, int]] = SID_LEVELS) -> np.ndarray:
@@ -265,7 +286,22 @@ def test_the_benchmark_measures_each_batch_size_and_compares_the_best(capsys: py
     assert code == 0, printed
     assert "batch 2:" in printed and "batch 4:" in printed
     assert printed.count("identical top-2 lists: 4/4 users") == 2
-    assert "each at its best batch size: ours" in printed
+    assert "each at its best batch size: generate" in printed and "  dynamic: " in printed
+
+
+def test_the_benchmark_times_both_of_our_decoders(capsys: pytest.CaptureFixture[str]) -> None:
+    """--decoder all: generate, the dynamic and the static cache, each against generate, the static one against the
+    dynamic one too, and their lists checked against generate's."""
+    from benchmarks.decode import main
+
+    code = main(["--users", "5", "--batch", "2", "--beams", "3", "--items", "40", "--codes", "16",
+                 "--prompt-length", "6", "--threads", "1", "--device", "cpu", "--decoder", "all"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.count("identical top-3 lists: 5/5 users") == 2
+    assert "x generate, " in printed and "x the dynamic cache" in printed
+    assert "static cache (CUDA graphs on a GPU):" in printed and ", static " in printed
+    assert printed.count("with its captures") == 1  # the static cache's first pass, timed apart
 
 
 @pytest.mark.parametrize("text", ["0", "16,x", "", "-4"])
@@ -357,3 +393,175 @@ def test_the_sid_processor_leaves_rows_outside_a_sid_alone():
     assert torch.equal(out[0], scores[0])
     assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [100]
     assert torch.isfinite(out[2]).nonzero().flatten().tolist() == [140, 141]
+
+
+# --- the static-cache path (graphs=True: CUDA graphs on a GPU, the same code eagerly here) ----------------------
+
+
+@pytest.mark.parametrize("kind", DECODER_ONLY)
+@pytest.mark.parametrize("levels, beam_width", [(SID_LEVELS, 10), ([(100, 103), (140, 150), (180, 190)], 8)])
+def test_static_cache_gives_the_dynamic_results(kind, levels, beam_width):
+    """Same items and scores as the dynamic cache: prompts of different lengths (left padding, padded here to the
+    call's longest), a last batch of one user (padded to the batch size), and, in the second case, a first level
+    with fewer tokens than beams (spare beam rows) and a three-token SID."""
+    model = DECODER_ONLY[kind]()
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12, levels=levels))
+    prompts = random_prompts([3, 11, 1, 6, 8, 14, 2], seed=13)
+    dynamic = constrained_beam_search(model, prompts, trie, k=6, beam_width=beam_width, batch_size=3, graphs=False)
+    static = constrained_beam_search(model, prompts, trie, k=6, beam_width=beam_width, batch_size=3, graphs=True)
+    assert static[0].tolist() == dynamic[0].tolist()
+    np.testing.assert_allclose(static[1], dynamic[1], atol=1e-5, rtol=0)
+
+
+def break_the_reordering(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.decode
+
+    step = bench.decode._StaticCausalLM._step
+
+    def step_in_place(self: bench.decode._StaticCausalLM) -> torch.Tensor:
+        self.parent_rows.copy_(torch.arange(len(self.parent_rows)))  # every beam row keeps its own cache row
+        return step(self)
+
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "_step", step_in_place)
+    monkeypatch.setattr(bench.decode, "_STATIC_DECODERS", weakref.WeakKeyDictionary())  # none built before it
+
+
+def test_static_cache_results_depend_on_the_beam_reordering(monkeypatch: pytest.MonkeyPatch):
+    """The test above would catch a wrong reordering: leaving the beam rows where they are changes the lists."""
+    model = tiny_causal_lm()
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12))
+    prompts = random_prompts([3, 11, 1, 6, 8], seed=13)
+    right = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=True)
+    break_the_reordering(monkeypatch)
+    wrong = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=True)
+    assert wrong[0].tolist() != right[0].tolist()
+
+
+def test_static_cache_scores_are_exact_log_probabilities():
+    model = tiny_llama(seed=2)
+    sids = random_sids(80, seed=14)
+    trie = SIDTrie.from_item_tokens(sids)
+    prompts = random_prompts([5, 1, 9], seed=15)
+    items, scores = constrained_beam_search(model, prompts, trie, k=4, beam_width=6, batch_size=2, graphs=True)
+    for user, prompt in enumerate(prompts):
+        expected = [sequence_log_prob(model, prompt, sids[item].tolist()) for item in items[user]]
+        np.testing.assert_allclose(scores[user], expected, atol=1e-4, rtol=0)
+
+
+def test_graphs_setting_picks_the_path(monkeypatch: pytest.MonkeyPatch):
+    """Auto on the CPU is the dynamic cache; graphs=True is refused where the static path cannot go."""
+    import bench.decode
+
+    built = []
+    load = bench.decode._StaticCausalLM.load
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "load", lambda self, batch: built.append(1) or load(self, batch))
+    trie = SIDTrie.from_item_tokens(random_sids(30, seed=16))
+    constrained_beam_search(tiny_causal_lm(), [[3, 4]], trie, k=2, beam_width=4)
+    assert built == []
+    constrained_beam_search(tiny_causal_lm(), [[3, 4]], trie, k=2, beam_width=4, graphs=True)
+    assert built == [1]
+    with pytest.raises(GRBenchError, match="encoder-decoder"):
+        constrained_beam_search(tiny_t5(), [[3, 4]], trie, k=2, beam_width=4, graphs=True)
+
+
+def test_auto_keeps_the_static_path_only_if_its_first_batch_agrees(monkeypatch: pytest.MonkeyPatch):
+    """What auto does on a GPU, run eagerly here: a broken static path is noticed on the first batch and replaced
+    by the dynamic cache, with a warning, so its lists come out right anyway."""
+    import bench.decode
+
+    monkeypatch.setattr(bench.decode, "_static_wanted", lambda model, device, graphs: graphs is not False)
+    model = tiny_causal_lm()
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12))
+    prompts = random_prompts([3, 11, 1, 6, 8], seed=13)
+    reference = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a working static path keeps quiet
+        kept = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)
+    np.testing.assert_allclose(kept[1], reference[1], atol=1e-5, rtol=0)
+    break_the_reordering(monkeypatch)
+    with pytest.warns(UserWarning, match="scores differ"):
+        fallen_back = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)
+    assert fallen_back[0].tolist() == reference[0].tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # given up for this model: no second check, no second warning
+        assert constrained_beam_search(model, prompts, trie, k=6, batch_size=3)[0].tolist() == reference[0].tolist()
+
+
+def test_auto_gives_up_the_static_path_when_it_cannot_be_built_or_captured(monkeypatch: pytest.MonkeyPatch):
+    """A capture that fails on the GPU (here: the decoder's construction, then a later prompt width's prefill)
+    costs one warning, never the ranking; graphs=True raises instead."""
+    import bench.decode
+
+    monkeypatch.setattr(bench.decode, "_static_wanted", lambda model, device, graphs: graphs is not False)
+    trie = SIDTrie.from_item_tokens(random_sids(120, seed=12))
+    prompts = random_prompts([3, 11, 1, 40, 8], seed=13)
+    model = tiny_causal_lm()
+    reference = constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=False)
+    real_prefill_inputs = bench.decode._StaticCausalLM._prefill_inputs
+
+    def capture_fails_past_32_tokens(self: bench.decode._StaticCausalLM, width: int) -> object:
+        if width > 32:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_prefill_inputs(self, width)
+
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "_prefill_inputs", capture_fails_past_32_tokens)
+    with pytest.warns(UserWarning, match="RuntimeError: operation not permitted"):
+        fallen_back = constrained_beam_search(model, prompts, trie, k=6, batch_size=3)  # the 2nd batch fails
+    assert fallen_back[0].tolist() == reference[0].tolist()
+    with pytest.raises(RuntimeError, match="capturing"):
+        constrained_beam_search(model, prompts, trie, k=6, batch_size=3, graphs=True)
+
+    def no_static_cache(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("capture failed")
+
+    other = tiny_causal_lm()
+    monkeypatch.setattr(bench.decode._StaticCausalLM, "__init__", no_static_cache)
+    with pytest.warns(UserWarning, match="the static cache failed"):
+        assert constrained_beam_search(other, prompts, trie, k=6, batch_size=3)[0].tolist() == reference[0].tolist()
+
+
+def test_static_decoder_is_kept_between_calls_and_each_batch_uses_its_own_prefill_width():
+    """The runner decodes 16 users a call, so the decoder (and on a GPU its graphs) outlives a call; a batch of short
+    prompts is prefilled at its own bucket (32 tokens) inside a decoder built for longer ones (keys past the
+    bucket masked), a call with longer prompts than it has room for gets a new one, and every call still returns
+    the dynamic cache's lists."""
+    import bench.decode
+
+    model = tiny_llama(seed=3)
+    trie = SIDTrie.from_item_tokens(random_sids(100, seed=17))
+    short, long = random_prompts([3, 9, 5, 12], seed=18), random_prompts([70, 4, 100], seed=19)
+
+    def both(prompts: list[list[int]]) -> None:
+        dynamic = constrained_beam_search(model, prompts, trie, k=5, beam_width=6, batch_size=2, graphs=False)
+        static = constrained_beam_search(model, prompts, trie, k=5, beam_width=6, batch_size=2, graphs=True)
+        assert static[0].tolist() == dynamic[0].tolist()
+        np.testing.assert_allclose(static[1], dynamic[1], atol=1e-5, rtol=0)
+
+    both(short)
+    first = bench.decode._STATIC_DECODERS[model]
+    both(short[::-1])
+    assert bench.decode._STATIC_DECODERS[model] is first and first.width == 32
+    both(long)  # 100 tokens: room for 128; [70, 4] prefilled at 96 tokens, [100] at 128
+    second = bench.decode._STATIC_DECODERS[model]
+    assert second is not first and second.width == 128 and sorted(second.prefills) == [96, 128]
+    both(short + long[1:2])  # short batches in the 128-token decoder: a 32-token prefill
+    assert bench.decode._STATIC_DECODERS[model] is second and sorted(second.prefills) == [32, 96, 128]
+    both(short[:1])  # one user (a runner's last call): the decoder of 2 rows, one of them a copy
+    assert bench.decode._STATIC_DECODERS[model] is second
+
+
+@pytest.mark.parametrize("kind", DECODER_ONLY)
+def test_what_is_captured_into_cuda_graphs_never_waits_for_the_gpu(kind):
+    """A captured function may not read a tensor's values on the host (``.item()``, data-dependent shapes): the
+    capture fails on the GPU. No GPU here, so the prefill and the step run on the meta device, whose tensors have
+    shapes but no values, so that any such read raises."""
+    from bench.decode import _StaticCausalLM
+
+    with pytest.raises(RuntimeError, match="meta"):
+        torch.zeros(1, device="meta").item()  # what the meta device does to a host read
+    model = DECODER_ONLY[kind]().to("meta")
+    with torch.inference_mode():
+        decoder = _StaticCausalLM(model, rows=2, beam_width=3, width=64, depth=4, pad_token_id=0,
+                                  device=torch.device("meta"), graphs=False)
+        assert decoder._prefill(decoder._prefill_inputs(10)).shape == (2, VOCAB)
+        assert decoder._step().shape == (6, VOCAB)

@@ -322,6 +322,8 @@ def test_stages_are_cached_reused_and_redone_when_their_inputs_change(tmp_path, 
     second = fit(tmp_path, data)  # everything cached: no training at all, same model
     assert trained == []
     np.testing.assert_array_equal(second.recommend(data.train_sequences[:3], 10, np.arange(3)), topk)
+    second.settings["decode_graphs"] = "on"  # the static KV cache (run eagerly on a CPU) recommends the same
+    np.testing.assert_array_equal(second.recommend(data.train_sequences[:3], 10, np.arange(3)), topk)
     cpt_cost = second.context.costs.stages[1]
     assert cpt_cost.name == "cpt" and cpt_cost.carried_wall_s > 0 and cpt_cost.extra["cached"]
     # where a reused stage trained is kept: a stage folder can be carried to another machine
@@ -547,9 +549,14 @@ def test_settings_are_checked_and_shown(monkeypatch):
     assert "LoRA r=8" in NextItemSFT.variant(smoke_settings(lora="true", lora_r="8"))
     for options, message in [({"cpt_corpus": "all"}, "cpt_corpus"), ({"beam_width": "5"}, "beam_width"),
                              ({"sft_loss_tokens": "all"}, "sft_loss_tokens"), ({"dtype": "int8"}, "dtype"),
-                             ({"sft_batch_size": "6"}, "sft_batch_size: batch size 6 is not a multiple of micro")]:
+                             ({"sft_batch_size": "6"}, "sft_batch_size: batch size 6 is not a multiple of micro"),
+                             ({"decode_graphs": "yes"}, "decode_graphs 'yes': expected one of auto, on, off")]:
         with pytest.raises(GRBenchError, match=message):
             smoke_settings(**options)
+    from methods.llm.config import decode_graphs
+
+    chosen = [decode_graphs(smoke_settings(decode_graphs=value)) for value in ("auto", "on", "off")]
+    assert chosen == [None, True, False]
 
 
 def test_lora_without_peft_is_a_clear_error(tmp_path, monkeypatch):

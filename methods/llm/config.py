@@ -19,6 +19,10 @@ has Trainer compile the model, on any device, with batch widths padded to few sh
 are bound by issuing thousands of small operators from Python (docs/llm-on-gpu.md), which compiling fuses and
 CUDA graphs replay at once. Like ``liger`` and ``micro_batch_size`` it changes no result beyond rounding, so it
 stays out of the stage keys.
+``decode_graphs`` picks how recommendations are decoded (``bench.decode.constrained_beam_search``'s ``graphs``):
+``auto`` (default) runs each beam-search forward as one CUDA-graph replay over a static KV cache on a GPU and the
+dynamic cache elsewhere, ``on`` the static cache everywhere (eagerly on a CPU), ``off`` the dynamic cache; the
+same lists up to rounding, so it stays out of the stage keys too (issue 44.3).
 ``checkpoint_epochs`` saves the whole training state after every epoch, so that a stage killed mid-way resumes
 there (GPU profiles; on a CPU a SmolLM2 checkpoint, weights and AdamW state, costs more than the few steps it
 protects).
@@ -41,7 +45,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 256,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 3,
-        "beam_width": 10, "infer_batch_size": 16,
+        "beam_width": 10, "infer_batch_size": 16, "decode_graphs": "auto",
     },
     # the 2-core CPU budget: a SmolLM2 step of 4 CPT lines takes ~2.5 s on 2 quiet cores (2-5x that on a busy
     # machine), so tens of steps a stage, short histories, and a higher CPT learning rate so that so few steps move
@@ -53,7 +57,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 3, "cpt_max_length": 160,
         "cpt_epochs": 1, "cpt_lr": 1e-3, "cpt_batch_size": 4, "cpt_max_steps": 30,
-        "beam_width": 10, "infer_batch_size": 16,
+        "beam_width": 10, "infer_batch_size": 16, "decode_graphs": "auto",
     },
     # the study's recipe with SmolLM2 on one GPU: 3 CPT epochs at 1e-4. Micro-batches of 32, so that CPT and pause
     # pretraining take their 32 lines in one forward: SmolLM2's steps are bound by launching kernels (GPU run 3:
@@ -67,7 +71,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 20, "cpt_max_length": 1024,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 32, "cpt_max_steps": 0,
-        "beam_width": 10, "infer_batch_size": 16,
+        "beam_width": 10, "infer_batch_size": 16, "decode_graphs": "auto",
     },
     # the study: Qwen3-1.7B (float32 master weights, bf16 mixed precision), whole purchase sequences per CPT line
     # (truncated at 4096 tokens, as OneRec-Think's alignment script), global batch 64 (its 8 GPUs x 8)
@@ -78,7 +82,7 @@ SHARED: dict[str, dict[str, Any]] = {
         "group_by_length": True, "liger": False, "compile": "off",
         "cpt_corpus": "train", "cpt_item_lines": True, "cpt_items_per_line": 0, "cpt_max_length": 4096,
         "cpt_epochs": 3, "cpt_lr": 1e-4, "cpt_batch_size": 64, "cpt_max_steps": 0,
-        "beam_width": 10, "infer_batch_size": 16,
+        "beam_width": 10, "infer_batch_size": 16, "decode_graphs": "auto",
     },
 }
 
@@ -88,6 +92,14 @@ SID_SETTINGS = ("sid_quantizer", "sid_codebook_size", "sid_epochs")
 BACKBONE_SETTINGS = ("backbone", "dtype", "bf16", "gradient_checkpointing", "group_by_length")
 CPT_SETTINGS = ("cpt_corpus", "cpt_item_lines", "cpt_items_per_line", "cpt_max_length", "cpt_epochs", "cpt_lr",
                 "cpt_batch_size", "cpt_max_steps")
+
+# decode_graphs -> constrained_beam_search's graphs: auto (None) is CUDA graphs on a GPU, the dynamic cache elsewhere
+DECODE_GRAPHS: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
+def decode_graphs(settings: dict[str, Any]) -> bool | None:
+    """The ``graphs`` argument of ``constrained_beam_search`` that the ``decode_graphs`` setting asks for."""
+    return DECODE_GRAPHS[settings.get("decode_graphs", "auto")]
 
 
 def llm_profiles(own: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -102,6 +114,9 @@ def check_shared_settings(method: str, settings: dict[str, Any]) -> None:
     if settings["cpt_corpus"] not in CPT_CORPORA:
         raise GRBenchError(f"{method}: cpt_corpus {settings['cpt_corpus']!r}: expected one of {', '.join(CPT_CORPORA)}"
                            " (paper: the study's corpus, which also lists each user's validation item)")
+    if settings.get("decode_graphs", "auto") not in DECODE_GRAPHS:
+        raise GRBenchError(f"{method}: decode_graphs {settings['decode_graphs']!r}: expected one of "
+                           f"{', '.join(DECODE_GRAPHS)}")
     if settings["beam_width"] < 10:
         raise GRBenchError(f"{method}: beam_width must be at least 10 (the top-10 list), got {settings['beam_width']}")
     positive = [key for key, value in settings.items()

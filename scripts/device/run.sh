@@ -254,8 +254,9 @@ benchmarks() {  # the decoder, training-step and MFU benchmarks, one after the o
     running && echo "warning: streams still run; the benchmarks share the GPU with them (stop first for clean numbers)"
     # DECODE_BENCH=1 runs it (about 60 s on an H200): off by default since run 3 measured it on this kind of GPU
     # (docs/logs/gpu-run-3-decode-h200.txt)
+    # (--decoder all: also the static cache with CUDA graphs, issue 44.3)
     [ "${DECODE_BENCH:-0}" = 0 ] || python3 benchmarks/decode.py --model smollm2 --users 256 --batch 16,64,256 \
-        --beams 10 --k 10 2>&1 | tee "$OUT/decode.txt"
+        --beams 10 --k 10 --decoder all 2>&1 | tee "$OUT/decode.txt"
     # TRAIN_BENCH=0 skips it: what bounds a SmolLM2 training step (benchmarks/train_step.py: the recipe's kernels,
     # bf16 weights and Liger at batch 16 and 64, torch.compile at 64 alone since each shape compiles anew), about
     # 2 minutes
