@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -284,6 +285,35 @@ def _interval(runs: list[dict], metric: str) -> tuple[float, float, float]:
     return mean, stored.get("ci_low", mean), stored.get("ci_high", mean)
 
 
+# where a point's label may go, in points from the marker, in the order tried: right, left, then below and above
+_LABEL_SPOTS = ((6, 2, "left"), (-6, 2, "right"), (6, -11, "left"), (-6, -11, "right"), (6, 12, "left"),
+                (-6, 12, "right"))
+
+
+def _place_labels(figure: Any, axes: Any, labels: list[tuple[str, float, float]]) -> None:
+    """Labels each (text, x, y) point at the first spot where the label stays inside the axes and overlaps no label
+    placed before it, nor any marker (the last spot if none is free). matplotlib places no labels itself;
+    adjustText would, but by an iterative repulsion that is more than a dozen points need, while a greedy search in
+    a fixed order keeps the PNG byte-reproducible."""
+    figure.canvas.draw()  # runs the layout, so that the data-to-pixel transform below is the one saved
+    renderer = figure.canvas.get_renderer()
+    markers = [axes.transData.transform((x, y)) for _, x, y in labels]
+    taken = [(mx - 4, my - 4, mx + 4, my + 4) for mx, my in markers]
+    frame = axes.get_window_extent(renderer)
+    for text, x, y in labels:
+        for dx, dy, align in _LABEL_SPOTS:
+            label = axes.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=align,
+                                  va="center", fontsize=8)
+            box = label.get_window_extent(renderer)
+            own = (box.x0, box.y0, box.x1, box.y1)
+            inside = frame.x0 <= own[0] and own[2] <= frame.x1 and frame.y0 <= own[1] and own[3] <= frame.y1
+            if inside and not any(own[0] < o[2] and o[0] < own[2] and own[1] < o[3] and o[1] < own[3] for o in taken):
+                break
+            if (dx, dy, align) != _LABEL_SPOTS[-1]:
+                label.remove()
+        taken.append(own)
+
+
 def cost_quality_plot(rows: dict[str, list[dict]], title: str, path: Path) -> Path:
     """NDCG@10 with its interval against training wall time (log axis) of one dataset's canonical rows: a marker
     per method, coloured by family, ○ on a CPU and ■ on a GPU; rows that train for less than a second (the
@@ -295,14 +325,11 @@ def cost_quality_plot(rows: dict[str, list[dict]], title: str, path: Path) -> Pa
     figure = new_figure(7.5, 4.8)
     axes = figure.add_subplot()
     trained = sorted((p for p in points if p[4] * 3600 >= UNTRAINED_S), key=lambda p: p[5])
-    for rank, (method, family, device, mark, hours, mean, low, high) in enumerate(trained):
+    for _, family, device, _, hours, mean, low, high in trained:
         colour = FAMILY_COLOURS.get(family, "black")
         axes.errorbar([hours], [mean], yerr=[[max(mean - low, 0)], [max(high - mean, 0)]],
                       fmt="s" if device == "gpu" else "o", color=colour,
                       markerfacecolor=colour if device == "gpu" else "white", capsize=3)
-        # neighbours in NDCG@10 label on alternate sides, so that close points keep readable labels
-        axes.annotate(f"{method}{mark}", (hours, mean), textcoords="offset points", fontsize=8,
-                      xytext=(6, 2) if rank % 2 else (-6, 2), ha="left" if rank % 2 else "right")
     for method, family, _, mark, hours, mean, _, _ in points:
         if hours * 3600 < UNTRAINED_S:
             axes.axhline(mean, color=FAMILY_COLOURS.get(family, "black"), linestyle="--", linewidth=0.8)
@@ -324,6 +351,7 @@ def cost_quality_plot(rows: dict[str, list[dict]], title: str, path: Path) -> Pa
         if any(p[1] == family for p in points):
             axes.plot([], [], "o", color=FAMILY_COLOURS[family], label=family)
     axes.legend(loc="best", fontsize=8)
+    _place_labels(figure, axes, [(f"{method}{mark}", hours, mean) for method, _, _, mark, hours, mean, _, _ in trained])
     digest = hashlib.sha256(json.dumps(points).encode()).hexdigest()[:16]
     return save_png(figure, path, description=f"grbench cost-quality plot, data {digest}")
 

@@ -19,6 +19,7 @@ from bench.headline import (
     NOT_RUN,
     REFERENCES_FILE,
     MethodFacts,
+    _place_labels,
     canonical_rows,
     cost_quality_plot,
     dataset_title,
@@ -222,6 +223,27 @@ def test_the_plot_is_byte_reproducible_and_its_digest_follows_the_numbers(tmp_pa
     cost_quality_plot(changed, "Beauty", tmp_path / "c.png")
     assert png_description(tmp_path / "a.png") == png_description(tmp_path / "b.png")
     assert png_description(tmp_path / "c.png") != png_description(tmp_path / "a.png")
+
+
+def test_labels_of_close_points_neither_overlap_nor_leave_the_axes():
+    """As SASRec and ReaRec on Toys, or three LLM rows at NDCG 0 on Sports: points whose labels would collide on
+    one side, and one at the bottom edge."""
+    from bench.figures import new_figure
+
+    figure = new_figure(7.5, 4.8)
+    axes = figure.add_subplot()
+    points = [("sasrec", 1.0, 0.0426), ("rearec", 1.3, 0.0424), ("hstu", 1.3, 0.0415), ("sft", 0.40, 0.0),
+              ("onerec_think", 0.46, 0.0), ("pauserec", 0.53, 0.0)]
+    axes.plot([x for _, x, _ in points], [y for _, _, y in points], "o")
+    axes.set_xscale("log")
+    _place_labels(figure, axes, points)
+    renderer = figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in axes.texts]
+    frame = axes.get_window_extent(renderer)
+    assert [text.get_text() for text in axes.texts] == [name for name, _, _ in points]
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, i
+        assert not any(box.overlaps(other) for other in boxes[i + 1:]), axes.texts[i].get_text()
 
 
 def test_the_runs_page_gives_every_records_provenance_and_marks_headline_rows():
