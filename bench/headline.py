@@ -295,23 +295,24 @@ def _place_labels(figure: Any, axes: Any, labels: list[tuple[str, float, float]]
     placed before it, nor any marker (the last spot if none is free). matplotlib places no labels itself;
     adjustText would, but by an iterative repulsion that is more than a dozen points need, while a greedy search in
     a fixed order keeps the PNG byte-reproducible."""
+    from matplotlib.transforms import Bbox
+
     figure.canvas.draw()  # runs the layout, so that the data-to-pixel transform below is the one saved
     renderer = figure.canvas.get_renderer()
-    markers = [axes.transData.transform((x, y)) for _, x, y in labels]
-    taken = [(mx - 4, my - 4, mx + 4, my + 4) for mx, my in markers]
+    markers = axes.transData.transform([(x, y) for _, x, y in labels])
+    taken = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in markers]
     frame = axes.get_window_extent(renderer)
     for text, x, y in labels:
         for dx, dy, align in _LABEL_SPOTS:
             label = axes.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=align,
                                   va="center", fontsize=8)
             box = label.get_window_extent(renderer)
-            own = (box.x0, box.y0, box.x1, box.y1)
-            inside = frame.x0 <= own[0] and own[2] <= frame.x1 and frame.y0 <= own[1] and own[3] <= frame.y1
-            if inside and not any(own[0] < o[2] and o[0] < own[2] and own[1] < o[3] and o[1] < own[3] for o in taken):
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in taken):
                 break
             if (dx, dy, align) != _LABEL_SPOTS[-1]:
                 label.remove()
-        taken.append(own)
+        taken.append(box)
 
 
 def cost_quality_plot(rows: dict[str, list[dict]], title: str, path: Path) -> Path:
