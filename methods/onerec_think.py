@@ -80,7 +80,7 @@ import numpy as np
 import torch
 
 from bench.compat import attention_without_cudnn
-from bench.decode import SIDAfterMarker, SIDTrie, constrained_beam_search, pad_prompts
+from bench.decode import SIDAfterMarker, SIDTrie, pad_prompts
 from bench.distributed import is_main_process
 from bench.errors import GRBenchError
 from bench.evaluate import METRICS, per_user_metrics, summarize
@@ -88,7 +88,7 @@ from bench.registry import RunContext, TrainingInputs, register_method
 from bench.results import write_atomically
 from bench.split import EVAL_SUBSET_SEED, TrainData, fixed_subset
 from methods.llm.backbone import SidVocabulary
-from methods.llm.config import decode_graphs, shared_variant
+from methods.llm.config import shared_variant
 from methods.llm.prompts import THINK_CLOSE, THINK_OPEN, chat_head, recent, sid_history, think_prefix
 from methods.llm.rationales import (
     RATIONALES,
@@ -494,11 +494,7 @@ class OneRecThink(NextItemSFT):
         """Top-``k`` items by constrained beam search after ``<think>{rationale}</think> <|sid_begin|>``."""
         prompts = [prompt_ids(self.tokenizer, self.vocab, self.user_text(history), think_prefix(rationale))
                    for history, rationale in zip(histories, rationales)]
-        items, _ = constrained_beam_search(model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
-                                           batch_size=self.settings["infer_batch_size"],
-                                           pad_token_id=pad_token_id(self.tokenizer),
-                                           graphs=decode_graphs(self.settings))
-        return items
+        return self.beam_search(model, prompts, k)
 
     def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
         return self.decode(self.model, histories, self.rationales(self.model, histories), k)

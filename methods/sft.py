@@ -25,7 +25,7 @@ import numpy as np
 from bench.decode import SIDTrie, constrained_beam_search
 from bench.errors import GRBenchError
 from bench.registry import Method, RunContext, TrainingInputs, register_method
-from bench.sid import SidConfig, check_encoder
+from bench.sid import check_encoder
 from bench.split import TrainData
 from methods.llm.backbone import SidVocabulary, check_backbone
 from methods.llm.config import check_shared_settings, decode_graphs, llm_profiles, shared_variant
@@ -91,7 +91,7 @@ class NextItemSFT(Method):
     @classmethod
     def check_available(cls, settings: dict[str, Any]) -> None:
         check_backbone(settings["backbone"])
-        check_encoder(SidConfig().encoder)  # the SIDs' item text encoder (methods.llm.stages.LLMRecipe)
+        check_encoder(llm_sid_config(settings).encoder)  # the SIDs' item text encoder
 
     @classmethod
     def variant(cls, settings: dict[str, Any]) -> str:
@@ -153,13 +153,17 @@ class NextItemSFT(Method):
         """The token ids a recommendation for ``history`` continues (ending in ``<|sid_begin|>``)."""
         return sft_prompt_ids(self.tokenizer, self.sids, self.vocab, history, self.settings["max_history"])
 
-    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
-        prompts = [self.prompt(history) for history in histories]
-        items, _ = constrained_beam_search(self.model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
+    def beam_search(self, model: Any, prompts: Sequence[Sequence[int]], k: int) -> np.ndarray:
+        """Top-``k`` items of ``model`` after each prompt, by trie-constrained beam search as the settings ask
+        (beam width, batch size, CUDA graphs); subclasses with prompts of their own decode through it too."""
+        items, _ = constrained_beam_search(model, prompts, self.trie, k, beam_width=self.settings["beam_width"],
                                            batch_size=self.settings["infer_batch_size"],
                                            pad_token_id=pad_token_id(self.tokenizer),
                                            graphs=decode_graphs(self.settings))
         return items
+
+    def recommend(self, histories: Sequence[np.ndarray], k: int, users: np.ndarray) -> np.ndarray:
+        return self.beam_search(self.model, [self.prompt(history) for history in histories], k)
 
     def report(self) -> dict[str, Any]:
         return self.report_data

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import methods.onerec_think as onerec_think
+import methods.sft as sft_module
 from bench.cli import main
 from bench.data import load_dataset
 from bench.errors import GRBenchError
@@ -281,7 +282,7 @@ def test_grpo_progress_lines_say_when_no_group_has_a_reward_spread():
 def test_recommend_returns_distinct_items_after_a_rationale_cut_at_max_tokens(tmp_path, monkeypatch):
     method, data = fitted(tmp_path, max_rationale_tokens="5")
     generated, prompts = [], []
-    real_generate, real_search = method.model.generate, onerec_think.constrained_beam_search
+    real_generate, real_search = method.model.generate, sft_module.constrained_beam_search
 
     def spy_generate(*args, **kwargs):
         output = real_generate(*args, **kwargs)
@@ -293,7 +294,7 @@ def test_recommend_returns_distinct_items_after_a_rationale_cut_at_max_tokens(tm
         return real_search(model, batch, *args, **kwargs)
 
     monkeypatch.setattr(method.model, "generate", spy_generate)
-    monkeypatch.setattr(onerec_think, "constrained_beam_search", spy_search)
+    monkeypatch.setattr(sft_module, "constrained_beam_search", spy_search)  # NextItemSFT.beam_search calls it
     histories = data.train_sequences[:20]
     topk = method.recommend(histories, 10, np.arange(20))
     assert topk.shape == (20, 10) and topk.dtype == np.int64
