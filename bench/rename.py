@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from bench.data import load_dataset
 from bench.errors import GRBenchError
 from bench.provenance import process_commit
-from bench.results import ResultKey, ResultStore, write_atomically
+from bench.results import ResultKey, ResultStore
 from bench.split import fingerprint_sequences, leave_last_out
 
 
@@ -80,9 +80,7 @@ def rename_dataset(store: ResultStore, old_name: str, new_spec: str, when: str) 
             moved["id"] = key.id
             if record.get("rankings"):  # written before the records that name them, as every store write is
                 source = store.folder / record["rankings"]
-                target = store.rankings_path(key)
-                write_atomically(target, source.read_bytes())
-                moved["rankings"] = str(target.relative_to(store.folder))
+                moved["rankings"] = store.copy_rankings(source, key)
                 old_rankings.append(source)
             kept.append(moved)
             outcome.moved.append((ResultKey.of(record).id, key.id))

@@ -228,13 +228,16 @@ class ResultStore:
                     raise GRBenchError(f"{shown_path(source / RESULTS_FILE)}: record {record.get('id')} names "
                                        f"rankings {shown_path(rankings)}, which does not exist; nothing of this "
                                        "record was merged")
-                # where this store keeps the key's rankings (a GPU run's beside the CPU run's, never over it)
-                target = self.rankings_path(key)
-                write_atomically(target, rankings.read_bytes())
-                record = {**record, "rankings": str(target.relative_to(self.folder)), "id": key.id,
-                          "device": key.device}
+                record = {**record, "rankings": self.copy_rankings(rankings, key), "id": key.id, "device": key.device}
             self.add(record)
         return len(records)
+
+    def copy_rankings(self, source: Path, key: ResultKey) -> str:
+        """Copies the rankings file ``source`` to where this store keeps ``key``'s (a GPU run's beside the CPU run's,
+        never over it); returns that path as records name it (relative to the store)."""
+        target = self.rankings_path(key)
+        write_atomically(target, source.read_bytes())
+        return str(target.relative_to(self.folder))
 
     def rankings_path(self, key: ResultKey) -> Path:
         device = "" if key.device == "cpu" else f"-{key.device}"
