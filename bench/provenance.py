@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 TRACKED_PACKAGES = ("grbench", "numpy", "pandas", "torch", "recbole", "transformers", "peft", "trl",
-                    "sentence-transformers", "accelerate")
+                    "sentence-transformers", "accelerate", "vector-quantize-pytorch")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import string
 import sys
 import time
@@ -396,6 +397,29 @@ def _mlp(dims: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])  # no activation on the output
 
 
+VECTOR_QUANTIZE_RANGE = ((1, 32), (1, 34))  # [low, high): the versions whose dead-code rule our SIDs were built with
+
+
+def check_vector_quantize_version() -> None:
+    """Refuses a vector-quantize-pytorch whose dead-code re-seeding differs from the one our SIDs were built with.
+
+    From 1.34 a code is dead when its EMA count falls below a ratio of the *mean* count, no longer below an absolute
+    count; the old ``threshold_ema_dead_code`` is mapped to ``threshold / codebook_size``. That silently builds other
+    SIDs under the same cache key and stored configuration (and fails outright when the threshold reaches the
+    codebook size), so an out-of-range version is an error, not a warning.
+    """
+    from importlib import metadata
+
+    installed = metadata.version("vector-quantize-pytorch")
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", installed)[:2])
+    (low, high) = VECTOR_QUANTIZE_RANGE
+    if not low <= major_minor < high:
+        raise GRBenchError(
+            f"vector-quantize-pytorch {installed} is installed; the rqvae quantizer needs >={low[0]}.{low[1]},"
+            f"<{high[0]}.{high[1]} (1.34 changed how dead codes are re-seeded, which changes the SIDs): "
+            f"`pip install 'vector-quantize-pytorch>={low[0]}.{low[1]},<{high[0]}.{high[1]}'`")
+
+
 class RQVAE(nn.Module):
     """TIGER's RQ-VAE: encoder MLP → residual vector quantiser → decoder MLP.
 
@@ -412,6 +436,7 @@ class RQVAE(nn.Module):
         except ModuleNotFoundError:
             raise GRBenchError("the rqvae quantizer needs vector-quantize-pytorch: `pip install "
                                "vector-quantize-pytorch==1.32.0` (or use the rkmeans quantizer)") from None
+        check_vector_quantize_version()
         dims = [input_dim, *config.hidden_dims, config.latent_dim]
         self.encoder = _mlp(dims)
         self.decoder = _mlp(dims[::-1])

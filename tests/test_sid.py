@@ -84,6 +84,18 @@ def test_same_seed_gives_same_codes_and_seed_and_config_change_the_key(fake_enco
     assert len({first.fingerprint, other_seed.fingerprint, other_config.fingerprint}) == 3
 
 
+@pytest.mark.parametrize("installed", ["1.34.1", "2.0.0", "1.31.6"])
+def test_rqvae_refuses_a_vector_quantize_version_whose_dead_code_rule_differs(fake_encoder, monkeypatch, installed):
+    """1.34 re-seeds dead codes by a ratio of the mean count: other SIDs under the same cache key, never silently."""
+    from importlib import metadata
+
+    real_version = metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: installed if name == "vector-quantize-pytorch" else real_version(name))
+    with pytest.raises(GRBenchError, match=rf"vector-quantize-pytorch {installed} is installed.*>=1\.32,<1\.34"):
+        build_semantic_ids(synthetic_train(), TINY, use_cache=False)
+
+
 def test_second_build_loads_the_cache_and_a_new_config_recomputes(fake_encoder, monkeypatch):
     train = synthetic_train()
     built = build_semantic_ids(train, TINY)
