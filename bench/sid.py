@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import string
 import sys
 import time
@@ -397,7 +396,7 @@ def _mlp(dims: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])  # no activation on the output
 
 
-VECTOR_QUANTIZE_RANGE = ((1, 32), (1, 34))  # [low, high): the versions whose dead-code rule our SIDs were built with
+VECTOR_QUANTIZE_VERSIONS = ">=1.32,<1.34"  # those whose dead-code rule our SIDs were built with (as in pyproject.toml)
 
 
 def check_vector_quantize_version() -> None:
@@ -410,14 +409,14 @@ def check_vector_quantize_version() -> None:
     """
     from importlib import metadata
 
+    from packaging.specifiers import SpecifierSet
+
     installed = metadata.version("vector-quantize-pytorch")
-    major_minor = tuple(int(part) for part in re.findall(r"\d+", installed)[:2])
-    (low, high) = VECTOR_QUANTIZE_RANGE
-    if not low <= major_minor < high:
+    if not SpecifierSet(VECTOR_QUANTIZE_VERSIONS).contains(installed, prereleases=True):
         raise GRBenchError(
-            f"vector-quantize-pytorch {installed} is installed; the rqvae quantizer needs >={low[0]}.{low[1]},"
-            f"<{high[0]}.{high[1]} (1.34 changed how dead codes are re-seeded, which changes the SIDs): "
-            f"`pip install 'vector-quantize-pytorch>={low[0]}.{low[1]},<{high[0]}.{high[1]}'`")
+            f"vector-quantize-pytorch {installed} is installed; the rqvae quantizer needs {VECTOR_QUANTIZE_VERSIONS} "
+            f"(1.34 changed how dead codes are re-seeded, which changes the SIDs): "
+            f"`pip install 'vector-quantize-pytorch{VECTOR_QUANTIZE_VERSIONS}'`")
 
 
 class RQVAE(nn.Module):
@@ -435,7 +434,8 @@ class RQVAE(nn.Module):
             from vector_quantize_pytorch import ResidualVQ
         except ModuleNotFoundError:
             raise GRBenchError("the rqvae quantizer needs vector-quantize-pytorch: `pip install "
-                               "vector-quantize-pytorch==1.32.0` (or use the rkmeans quantizer)") from None
+                               f"'vector-quantize-pytorch{VECTOR_QUANTIZE_VERSIONS}'` (or use the rkmeans quantizer)"
+                               ) from None
         check_vector_quantize_version()
         dims = [input_dim, *config.hidden_dims, config.latent_dim]
         self.encoder = _mlp(dims)
